@@ -1,0 +1,41 @@
+# Every target creates .venv on first use, so a fresh clone needs only Python >= 3.10 and make.
+PYTHON3 ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install train sweep test lint format bench tensorboard clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON3) -m venv $(VENV)
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)  ## one run with the default config; pass overrides as ARGS="..."
+	$(BIN)/mtrec-train $(ARGS)
+
+sweep: $(STAMP)  ## the reference 2 x 2 study (four runs of 200 epochs)
+	$(BIN)/mtrec-train experiment=cs330 $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)  ## seconds per epoch: a plain PyTorch loop next to the template
+	$(BIN)/python benchmarks/epoch_time.py $(ARGS)
+
+tensorboard: $(STAMP)
+	$(BIN)/tensorboard --logdir outputs
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

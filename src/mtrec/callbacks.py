@@ -1,0 +1,59 @@
+"""Callbacks of the template: the per-run metrics record."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+
+from mtrec.files import atomic_write_text
+
+# Metrics where lower is better; every other held-out metric is better when higher.
+LOWER_IS_BETTER = ("mse", "rmse")
+
+
+class MetricsHistory(L.Callback):
+    """Records held-out metrics after each evaluation and writes ``metrics.json``.
+
+    The file holds ``final`` (last value of every metric), ``best`` (best value and the
+    epoch it was reached, epochs counted from 1) and ``history`` (one entry per evaluation).
+    """
+
+    def __init__(self, path: str | Path = "metrics.json"):
+        self.path = Path(path)
+        self.history: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._record(trainer, epoch=trainer.current_epoch + 1)
+
+    def on_test_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._record(trainer, epoch=trainer.current_epoch)
+
+    def _record(self, trainer: L.Trainer, epoch: int) -> None:
+        values = {
+            name: float(value)
+            for name, value in trainer.callback_metrics.items()
+            if name.startswith(("val/", "test/"))
+        }
+        self.history.append({"epoch": epoch, **values})
+        if trainer.is_global_zero:
+            atomic_write_text(self.path, json.dumps(self.summary(), indent=2))
+
+    def summary(self) -> dict:
+        final: dict[str, float] = {}
+        best: dict[str, dict[str, float]] = {}
+        for entry in self.history:
+            for name, value in entry.items():
+                if name == "epoch" or math.isnan(value):
+                    continue
+                final[name] = value
+                lower = name.split("/")[-1] in LOWER_IS_BETTER
+                current = best.get(name)
+                if current is None or (
+                    value < current["value"] if lower else value > current["value"]
+                ):
+                    best[name] = {"value": value, "epoch": entry["epoch"]}
+        return {"final": final, "best": best, "history": self.history}

@@ -1,0 +1,1 @@
+"""MovieLens data: files, tensors and the LightningDataModule."""

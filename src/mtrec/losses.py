@@ -1,0 +1,58 @@
+"""Factorization (implicit-feedback) and regression losses.
+
+Factorization losses take the logits of observed items ``positive`` of shape (B,) and of
+sampled items ``negative`` of shape (B, K); each (positive, negative) pair counts once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def bounded_bpr(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """The reference loss: ``mean(1 - sigmoid(p+ - p-))``, bounded in (0, 1)."""
+    return (1.0 - torch.sigmoid(positive.unsqueeze(-1) - negative)).mean()
+
+
+def bpr(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Bayesian personalised ranking: ``mean(-log sigmoid(p+ - p-))``."""
+    return F.softplus(negative - positive.unsqueeze(-1)).mean()
+
+
+def bce(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Pointwise binary cross-entropy: observed items labelled 1, sampled items 0.
+
+    Each of the B x K negatives weighs as much as the B positives together (mean of each part).
+    """
+    return F.softplus(-positive).mean() + F.softplus(negative).mean()
+
+
+def hinge(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Pairwise hinge with margin 1: ``mean(max(0, 1 - (p+ - p-)))``."""
+    return torch.clamp(1.0 - (positive.unsqueeze(-1) - negative), min=0.0).mean()
+
+
+FACTORIZATION_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "bounded_bpr": bounded_bpr,
+    "bpr": bpr,
+    "bce": bce,
+    "hinge": hinge,
+}
+
+
+def factorization_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    try:
+        return FACTORIZATION_LOSSES[name]
+    except KeyError:
+        raise ValueError(
+            f"model.factorization_loss={name!r} is unknown. "
+            f"Choose one of: {', '.join(FACTORIZATION_LOSSES)}."
+        ) from None
+
+
+def regression_loss(predicted: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the predicted ratings."""
+    return F.mse_loss(predicted, observed)

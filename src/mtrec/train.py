@@ -1,0 +1,55 @@
+"""The Hydra entry point: build every part from its config, fit, test, return the metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
+    """Train one run described by ``cfg``; return its final held-out metrics."""
+    torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    net = instantiate(cfg.model.net, num_users=datamodule.num_users, num_items=datamodule.num_items)
+    module = instantiate(cfg.model.module, net=net)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks += extra_callbacks
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = held_out_metrics(trainer)
+    if datamodule.has_validation:
+        trainer.test(module, datamodule=datamodule)
+        metrics.update(held_out_metrics(trainer))
+    log.info("Final metrics: %s", {name: round(value, 4) for name, value in metrics.items()})
+    return metrics
+
+
+def held_out_metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {
+        name: float(value)
+        for name, value in trainer.callback_metrics.items()
+        if name.startswith(("val/", "test/"))
+    }
+
+
+@hydra.main(version_base="1.3", config_path="pkg://mtrec.conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    log.info("Config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Shared fixtures: small synthetic MovieLens-shaped data written by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def synthetic_ratings(num_users: int = 60, num_items: int = 40, per_user: int = 15, seed: int = 0):
+    """Ratings with structure a model can learn: two user groups prefer two item groups."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(1, num_users + 1):
+        group = user % 2
+        liked = [i for i in range(1, num_items + 1) if i % 2 == group]
+        items = rng.choice(liked, size=per_user, replace=False)
+        for item in items:
+            rating = int(np.clip(rng.normal(4.0 if item % 4 < 2 else 2.5, 0.5), 1, 5))
+            rows.append((user, int(item), rating, 880_000_000 + len(rows)))
+    return pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+
+
+def write_u_data(folder: Path, ratings: pd.DataFrame) -> Path:
+    """Write ``ratings`` as an ML-100K ``u.data`` file (and a matching ``u.item``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ratings.to_csv(folder / "u.data", sep="\t", header=False, index=False)
+    genres = "|".join(["0"] * 18)
+    lines = [
+        f"{i}|Movie {i} (1990)|01-Jan-1990||http://x|0|{genres}"
+        for i in sorted(ratings.item.unique())
+    ]
+    (folder / "u.item").write_text("\n".join(lines) + "\n", encoding="latin-1")
+    return folder
+
+
+@pytest.fixture
+def ratings_folder(tmp_path: Path) -> Path:
+    return write_u_data(tmp_path / "ml-synthetic", synthetic_ratings())

@@ -1,0 +1,170 @@
+"""The data loader against a fake GroupLens archive and a fake package-index wheel."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import synthetic_ratings, write_u_data
+from mtrec.data import movielens
+from mtrec.data.movielens import DataError, load_movielens
+
+RATINGS = synthetic_ratings(num_users=20, num_items=12, per_user=5)
+
+
+def make_archive(tmp_path: Path) -> Path:
+    folder = write_u_data(tmp_path / "src" / "ml-100k", RATINGS)
+    archive = tmp_path / "server" / "ml-100k.zip"
+    archive.parent.mkdir(parents=True)
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in ("u.data", "u.item"):
+            z.write(folder / name, f"ml-100k/{name}")
+    return archive
+
+
+def make_wheel(tmp_path: Path) -> tuple[Path, bytes]:
+    inter = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "".join(
+        f"{r.user}\t{r.item}\t{r.rating}\t{r.timestamp}\n" for r in RATINGS.itertuples()
+    )
+    items = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n" + "".join(
+        f"{i}\tMovie {i}\t1990\tAction Sci-Fi\n" for i in sorted(RATINGS.item.unique())
+    )
+    wheel = tmp_path / "wheels" / "recbole-1.2.1-py3-none-any.whl"
+    wheel.parent.mkdir(parents=True)
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("recbole/dataset_example/ml-100k/ml-100k.inter", inter)
+        z.writestr("recbole/dataset_example/ml-100k/ml-100k.item", items)
+        z.writestr(
+            "recbole-1.2.1.dist-info/METADATA",
+            "Metadata-Version: 2.1\nName: recbole\nVersion: 1.2.1\n",
+        )
+        z.writestr(
+            "recbole-1.2.1.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        z.writestr("recbole-1.2.1.dist-info/RECORD", "")
+    return wheel, inter.encode()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def grouplens(tmp_path, monkeypatch):
+    """Serve a fake archive from a file:// URL, with its true MD5 registered."""
+    archive = make_archive(tmp_path)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setattr(movielens, "GROUPLENS_URL", (tmp_path / "server").as_uri() + "/{archive}")
+    monkeypatch.setitem(
+        movielens.VARIANTS, "ml-100k", replace(movielens.VARIANTS["ml-100k"], md5=md5)
+    )
+    return archive
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """A fake wheel that the real ``pip download`` fetches from a local path."""
+    wheel, inter = make_wheel(tmp_path)
+    fake = replace(
+        movielens.MIRRORS["ml-100k"],
+        requirement=str(wheel),
+        sha256=sha256(wheel.read_bytes()),
+        ratings_sha256=sha256(inter),
+    )
+    monkeypatch.setitem(movielens.MIRRORS, "ml-100k", fake)
+    return wheel
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    monkeypatch.setattr(movielens, "GROUPLENS_URL", (tmp_path / "nowhere").as_uri() + "/{archive}")
+
+
+def cache_files(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir() if p.suffix != ".lock")
+
+
+def test_grouplens_download_is_verified_cached_and_reused(tmp_path, grouplens, caplog):
+    cache = tmp_path / "cache"
+    caplog.set_level("INFO")
+    data = load_movielens("ml-100k", cache)
+    assert len(data.ratings) == len(RATINGS) and data.source.startswith("GroupLens")
+    assert cache_files(cache) == ["ml-100k.zip"]
+    assert data.items.title.iloc[0] == "Movie 1 (1990)"
+    grouplens.unlink()  # the server is gone: the cache must serve
+    again = load_movielens("ml-100k", cache)
+    assert again.source.startswith("cache") and again.ratings.equals(data.ratings)
+    assert "source: cache" in caplog.text
+
+
+def test_mirror_wheel_is_used_when_grouplens_fails(tmp_path, offline, mirror):
+    cache = tmp_path / "cache"
+    data = load_movielens("ml-100k", cache)
+    assert data.source == f"package index {mirror}"
+    assert data.ratings[["user", "item"]].equals(RATINGS[["user", "item"]])
+    assert data.items.title.iloc[0] == "Movie 1 (1990)" and data.items.genres.iloc[0] == (
+        "Action",
+        "Sci-Fi",
+    )
+    assert cache_files(cache) == [mirror.name]
+
+
+def test_checksum_mismatch_raises_and_leaves_no_partial_file(tmp_path, grouplens, monkeypatch):
+    monkeypatch.setitem(
+        movielens.VARIANTS, "ml-100k", replace(movielens.VARIANTS["ml-100k"], md5="0" * 32)
+    )
+    monkeypatch.setitem(
+        movielens.MIRRORS,
+        "ml-100k",
+        replace(movielens.MIRRORS["ml-100k"], requirement=str(tmp_path / "missing.whl")),
+    )
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as error:
+        load_movielens("ml-100k", cache)
+    message = str(error.value)
+    assert "Checksum mismatch" in message and "GroupLens" in message and "package index" in message
+    assert "data.path" in message and "ml-100k.zip" in message  # what the user can do
+    assert cache_files(cache) == []  # no partial archive, no temporary file
+
+
+def test_corrupted_cached_archive_is_replaced(tmp_path, grouplens):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "ml-100k.zip").write_bytes(grouplens.read_bytes()[:100])  # a truncated download
+    data = load_movielens("ml-100k", cache)
+    assert data.source.startswith("GroupLens")
+    assert (cache / "ml-100k.zip").read_bytes() == grouplens.read_bytes()
+
+
+@pytest.mark.parametrize("layout", ["u.data", "ratings.dat", "ratings.csv"])
+def test_data_path_reads_common_layouts(tmp_path, layout, offline):
+    folder = tmp_path / "local"
+    folder.mkdir()
+    frame = RATINGS
+    if layout == "u.data":
+        frame.to_csv(folder / layout, sep="\t", header=False, index=False)
+    elif layout == "ratings.dat":
+        lines = [f"{r.user}::{r.item}::{r.rating}::{r.timestamp}" for r in frame.itertuples()]
+        (folder / layout).write_text("\n".join(lines) + "\n")
+    else:
+        frame.rename(columns={"user": "userId", "item": "movieId"}).to_csv(
+            folder / layout, index=False
+        )
+    for path in (folder, folder / layout):
+        data = load_movielens("ml-100k", tmp_path / "cache", path=path)
+        assert data.ratings[["user", "item"]].equals(frame[["user", "item"]])
+        assert data.ratings.rating.tolist() == frame.rating.astype(float).tolist()
+
+
+def test_unknown_variant_and_missing_path_are_clear(tmp_path):
+    with pytest.raises(
+        DataError, match="Unknown data variant 'ml-5k'. Known variants: ml-100k, ml-1m"
+    ):
+        load_movielens("ml-5k", tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        load_movielens("ml-100k", tmp_path, path=tmp_path / "nope")

@@ -1,0 +1,164 @@
+"""Short real training runs on synthetic data: the Lightning glue and the Hydra app."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import OmegaConf
+
+from mtrec.callbacks import MetricsHistory
+from mtrec.data.datamodule import MovieLensDataModule
+from mtrec.models import MultiTaskNet
+from mtrec.module import MultiTaskModule
+from mtrec.train import main, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("sharing", [True, False])
+def test_training_lowers_the_loss(ratings_folder, tmp_path, sharing):
+    L.seed_everything(0)
+    dm = MovieLensDataModule(path=str(ratings_folder), batch_size=64, test_fraction=0.2)
+    dm.setup()
+    net = MultiTaskNet(
+        dm.num_users, dm.num_items, embedding_dim=8, layer_sizes=(24, 16), embedding_sharing=sharing
+    )
+    module = MultiTaskModule(net, factorization_weight=0.5)
+    history = MetricsHistory(tmp_path / "metrics.json")
+    trainer = L.Trainer(
+        max_epochs=30,
+        logger=CSVLogger(tmp_path, name="csv", version=""),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[history],
+    )
+    trainer.fit(module, datamodule=dm)
+    logged = pd.read_csv(tmp_path / "csv" / "metrics.csv")
+    losses = logged["train/loss"].dropna().tolist()
+    assert len(losses) == 30 and losses[-1] < 0.7 * losses[0]
+    assert {"train/factorization_loss", "train/regression_loss"} <= set(logged.columns)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(record["history"]) == 30 and record["history"][-1]["epoch"] == 30
+    assert record["final"]["test/mse"] < record["history"][0]["test/mse"]
+    assert record["best"]["test/mse"]["value"] == min(h["test/mse"] for h in record["history"])
+
+
+def test_regression_weight_defaults_to_one_minus_factorization_weight():
+    net = MultiTaskNet(3, 3, embedding_dim=2, layer_sizes=(6, 4))
+    assert MultiTaskModule(net, factorization_weight=0.99).regression_weight == pytest.approx(0.01)
+    assert (
+        MultiTaskModule(net, factorization_weight=0.5, regression_weight=2.0).regression_weight
+        == 2.0
+    )
+
+
+def overrides(folder: Path, out: Path) -> list[str]:
+    return [
+        f"data.path={folder}",
+        f"paths.data_dir={out / 'cache'}",
+        "trainer.max_epochs=2",
+        "data.batch_size=128",
+        f"hydra.sweep.dir={out / 'sweep'}",
+        f"hydra.run.dir={out / 'run'}",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+
+
+def test_one_run_writes_config_log_metrics_checkpoint_and_events(
+    ratings_folder, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(sys, "argv", ["mtrec-train", *overrides(ratings_folder, tmp_path)])
+    main()
+    run = tmp_path / "run"
+    assert (run / ".hydra" / "config.yaml").exists() and (run / "train.log").exists()
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    record = json.loads((run / "metrics.json").read_text())
+    assert set(record["final"]) == {
+        f"test/{m}" for m in ("mrr", "mrr_interaction", "hr@10", "ndcg@10", "mse", "rmse")
+    }
+
+
+def test_in_process_multirun_runs_each_job(ratings_folder, tmp_path, monkeypatch):
+    argv = [
+        "mtrec-train",
+        "-m",
+        "model.embedding_sharing=true,false",
+        *overrides(ratings_folder, tmp_path),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    jobs = sorted((tmp_path / "sweep").glob("[0-9]*"))
+    assert [j.name for j in jobs] == ["0", "1"]
+    sharing = [OmegaConf.load(j / ".hydra" / "config.yaml").model.embedding_sharing for j in jobs]
+    assert sharing == [True, False]
+    for job in jobs:
+        assert json.loads((job / "metrics.json").read_text())["final"]["test/mrr"] > 0
+
+
+def test_validation_carve_out_logs_val_every_epoch_and_test_once(ratings_folder, tmp_path):
+    with initialize_config_module("mtrec.conf", version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"data.path={ratings_folder}",
+                "data.val_fraction=0.1",
+                "trainer.max_epochs=2",
+                "~logger",
+                "~callbacks",
+                f"paths.output_dir={tmp_path}",
+                f"paths.data_dir={tmp_path}",
+                f"paths.root_dir={tmp_path}",
+            ],
+            return_hydra_config=False,
+        )
+    metrics = train(cfg)
+    assert {"val/mrr", "val/mse", "test/mrr", "test/mse"} <= set(metrics)
+
+
+def test_reference_experiment_is_the_two_by_two_sweep():
+    with initialize_config_module("mtrec.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=cs330"], return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert dict(cfg.hydra.sweeper.params) == {
+        "model.embedding_sharing": "true,false",
+        "model.factorization_weight": "0.99,0.5",
+    }
+    assert (
+        cfg.data.split_seed == 123 and cfg.trainer.max_epochs == 200 and cfg.data.batch_size == 256
+    )
+
+
+def test_configs_ship_inside_the_built_wheel(tmp_path):
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+    )
+    names = zipfile.ZipFile(next(tmp_path.glob("mtrec-*.whl"))).namelist()
+    for config in (
+        "train.yaml",
+        "model/multitask.yaml",
+        "experiment/cs330.yaml",
+        "data/movielens.yaml",
+    ):
+        assert f"mtrec/conf/{config}" in names
