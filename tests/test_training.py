@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_module
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import OmegaConf
 
 from mtrec.callbacks import MetricsHistory
 from mtrec.data.datamodule import MovieLensDataModule
@@ -61,48 +60,33 @@ def test_regression_weight_defaults_to_one_minus_factorization_weight():
     )
 
 
-def overrides(folder: Path, out: Path) -> list[str]:
-    return [
-        f"data.path={folder}",
-        f"paths.data_dir={out / 'cache'}",
-        "trainer.max_epochs=2",
-        "data.batch_size=128",
-        f"hydra.sweep.dir={out / 'sweep'}",
-        f"hydra.run.dir={out / 'run'}",
-        "callbacks.progress_bar.refresh_rate=0",
-    ]
-
-
 def test_one_run_writes_config_log_metrics_checkpoint_and_events(
     ratings_folder, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(sys, "argv", ["mtrec-train", *overrides(ratings_folder, tmp_path)])
+    argv = [
+        "mtrec-train", f"data.path={ratings_folder}", "trainer.max_epochs=2",
+        "model.embedding_sharing=false", "callbacks.progress_bar.refresh_rate=0",
+    ]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.chdir(tmp_path)
     main()
-    run = tmp_path / "run"
+    # named by its overrides, housekeeping keys (data.path, callbacks.*) left out
+    named = (
+        tmp_path
+        / "outputs"
+        / "runs"
+        / "train"
+        / "trainer.max_epochs=2,model.embedding_sharing=False"
+    )
+    (run,) = named.iterdir()
     assert (run / ".hydra" / "config.yaml").exists() and (run / "train.log").exists()
     assert (run / "checkpoints" / "last.ckpt").exists()
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert list(run.glob("events.out.tfevents.*"))
+    assert (run / "job.json").exists()
     record = json.loads((run / "metrics.json").read_text())
     assert set(record["final"]) == {
         f"test/{m}" for m in ("mrr", "mrr_interaction", "hr@10", "ndcg@10", "mse", "rmse")
     }
-
-
-def test_in_process_multirun_runs_each_job(ratings_folder, tmp_path, monkeypatch):
-    argv = [
-        "mtrec-train",
-        "-m",
-        "model.embedding_sharing=true,false",
-        *overrides(ratings_folder, tmp_path),
-    ]
-    monkeypatch.setattr(sys, "argv", argv)
-    main()
-    jobs = sorted((tmp_path / "sweep").glob("[0-9]*"))
-    assert [j.name for j in jobs] == ["0", "1"]
-    sharing = [OmegaConf.load(j / ".hydra" / "config.yaml").model.embedding_sharing for j in jobs]
-    assert sharing == [True, False]
-    for job in jobs:
-        assert json.loads((job / "metrics.json").read_text())["final"]["test/mrr"] > 0
 
 
 def test_validation_carve_out_logs_val_every_epoch_and_test_once(ratings_folder, tmp_path):

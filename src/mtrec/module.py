@@ -34,7 +34,9 @@ class MultiTaskModule(L.LightningModule):
         top_k: int = 10,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        # Only plain values go into checkpoints, so they load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["net", "optimizer"], logger=False)
+        self.make_optimizer = optimizer or partial(torch.optim.Adam, lr=1e-3)
         self.net = net
         self.factorization_loss = losses.factorization_loss(factorization_loss)
         self.factorization_weight = factorization_weight
@@ -84,5 +86,4 @@ class MultiTaskModule(L.LightningModule):
         )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        make_optimizer = self.hparams.optimizer or partial(torch.optim.Adam, lr=1e-3)
-        return make_optimizer(self.parameters())
+        return self.make_optimizer(self.parameters())

@@ -11,18 +11,25 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mtrec.naming import register_resolvers
+
 log = logging.getLogger(__name__)
+register_resolvers()
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """The data module (set up) and the LightningModule that ``cfg`` describes."""
+    torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    net = instantiate(cfg.model.net, num_users=datamodule.num_users, num_items=datamodule.num_items)
+    return datamodule, instantiate(cfg.model.module, net=net)
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
     """Train one run described by ``cfg``; return its final held-out metrics."""
-    torch.set_num_threads(cfg.threads)
-    L.seed_everything(cfg.seed, workers=True)
-
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    net = instantiate(cfg.model.net, num_users=datamodule.num_users, num_items=datamodule.num_items)
-    module = instantiate(cfg.model.module, net=net)
+    datamodule, module = build(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks += extra_callbacks
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]

@@ -81,7 +81,7 @@ class MovieLensDataModule(L.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)
         self.split = None
 
     def setup(self, stage: str | None = None) -> None:

@@ -1,0 +1,114 @@
+"""Readable, collision-free names for runs and sweeps, as OmegaConf resolvers.
+
+A run is named by the overrides that set it apart from the other runs of its sweep, for example
+``model.embedding_sharing=False,model.factorization_weight=0.5``; housekeeping keys (paths,
+``experiment=``, ...) never appear. The same keys are the swept values logged to TensorBoard's
+HParams dashboard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+# Keys that say where things go or which preset was used, never what a run is.
+HIDDEN_KEYS = ("experiment", "name", "ckpt_path", "debug", "threads")
+HIDDEN_PREFIXES = ("hydra.", "paths.", "data.path", "data.cache_dir", "callbacks.", "logger.")
+MAX_NAME_LENGTH = 120
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, str, bool]]:
+    """(key, value as typed, is a sweep) for each command-line override."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return [
+        (
+            o.key_or_group,
+            "" if o.is_sweep_override() else o.get_value_element_as_str(),
+            o.is_sweep_override(),
+        )
+        for o in parsed
+        if not o.is_delete()
+    ]
+
+
+def is_hidden(key: str) -> bool:
+    key = key.lstrip("+~")
+    return key in HIDDEN_KEYS or key.startswith(HIDDEN_PREFIXES)
+
+
+def swept_keys(sweep_dir: str | Path) -> list[str] | None:
+    """The keys a multirun varies: its sweep overrides and the sweeper's params.
+
+    Read from the sweep's ``multirun.yaml``, so every launcher (local, joblib, submitit) sees
+    the same answer; ``None`` when the file is not there.
+    """
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.exists():
+        return None
+    saved = OmegaConf.load(path)
+    keys = [k for k, _, sweep in parse_overrides(saved.hydra.overrides.task) if sweep]
+    params = OmegaConf.select(saved, "hydra.sweeper.params") or {}
+    keys += [k for k in params if k not in keys]
+    return [k for k in keys if not is_hidden(k)]
+
+
+def job_keys() -> list[str]:
+    """The keys that name the current Hydra job (all shown overrides of a single run)."""
+    hydra_cfg = HydraConfig.get()
+    task = list(hydra_cfg.overrides.task)
+    given = [k for k, _, _ in parse_overrides(task) if not is_hidden(k)]
+    if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
+        swept = swept_keys(hydra_cfg.sweep.dir)
+        if swept is not None:
+            return [k for k in given if k in swept] or swept
+    return given
+
+
+def safe_name(text: str) -> str:
+    """A folder name: no path separators or spaces; long names keep a hash to stay unique."""
+    text = re.sub(r"[^\w=,.+\-\[\]]", "_", text)
+    if len(text) > MAX_NAME_LENGTH:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+        text = f"{text[: MAX_NAME_LENGTH - 9]}-{digest}"
+    return text
+
+
+def run_name(default: str = "default") -> str:
+    """``key=value`` of the job's naming overrides, comma-separated, or ``default``."""
+    overrides = dict((k, v) for k, v, _ in parse_overrides(HydraConfig.get().overrides.task))
+    keys = job_keys()
+    return safe_name(",".join(f"{k}={overrides[k]}" for k in keys if k in overrides)) or default
+
+
+def swept_values(*, _root_: DictConfig) -> dict:
+    """The current job's naming keys with their composed values (empty outside Hydra)."""
+    if not HydraConfig.initialized():
+        return {}
+    return {key: OmegaConf.select(_root_, key.lstrip("+~")) for key in job_keys()}
+
+
+def unique_token() -> str:
+    """Six random hex digits: two sweeps started in the same second get different folders."""
+    return os.urandom(3).hex()
+
+
+def one_minus(value: float) -> float:
+    return round(1.0 - float(value), 12)
+
+
+def register_resolvers() -> None:
+    resolvers = {
+        "mtrec.run_name": (run_name, False),
+        "mtrec.swept_values": (swept_values, False),
+        "mtrec.token": (unique_token, True),  # cached: one token per sweep, shared by its jobs
+        "mtrec.one_minus": (one_minus, False),
+    }
+    for name, (function, cache) in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function, use_cache=cache)

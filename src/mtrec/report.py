@@ -1,0 +1,230 @@
+"""The summary of a sweep: one table row per job, and figures for a report.
+
+``mtrec-report <sweep folder>`` (re)writes ``summary.csv``, ``summary.md`` and the PNG
+figures from what the jobs left on disk (``.hydra/overrides.yaml``, ``metrics.json`` and
+``job.json``), so it works for any finished or interrupted sweep and any launcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from mtrec.files import atomic_write_bytes, atomic_write_text
+from mtrec.naming import is_hidden, parse_overrides, swept_keys
+
+# Metrics in the order tables and figures show them.
+METRIC_ORDER = ("mrr", "mse", "rmse", "mrr_interaction", "hr@10", "ndcg@10")
+CURVE_METRICS = ("mrr", "mse")
+
+
+@dataclass
+class Job:
+    folder: Path
+    overrides: dict[str, str]
+    status: str
+    error: str = ""
+    wall_seconds: float = math.nan
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+
+def read_job(folder: Path) -> Job:
+    overrides_file = folder / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.exists() else []
+    values = {k.lstrip("+~"): v for k, v, _ in parse_overrides(overrides)}
+    record = _read_json(folder / "job.json")
+    metrics = _read_json(folder / "metrics.json")
+    status = record.get("status") or ("incomplete" if not metrics else "unknown")
+    return Job(folder, values, status, record.get("error", ""),
+               record.get("wall_seconds", math.nan), metrics)  # fmt: skip
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def read_sweep(sweep_dir: Path) -> tuple[list[Job], list[str]]:
+    """The jobs of a sweep (every sub-folder with a ``.hydra`` folder) and its swept keys."""
+    folders = sorted(p.parent for p in sweep_dir.glob("*/.hydra"))
+    jobs = sorted((read_job(f) for f in folders), key=_job_number)
+    keys = swept_keys(sweep_dir)
+    if keys is None:  # no multirun.yaml: the keys whose values differ between jobs
+        every = {k for job in jobs for k in job.overrides if not is_hidden(k)}
+        keys = sorted(k for k in every if len({j.overrides.get(k) for j in jobs}) > 1)
+    return jobs, [k.lstrip("+~") for k in keys]
+
+
+def _job_number(job: Job) -> tuple[int, str]:
+    config = job.folder / ".hydra" / "hydra.yaml"
+    try:
+        return int(OmegaConf.load(config).hydra.job.num), job.name
+    except Exception:  # an unreadable job still gets a row, sorted last
+        return 1 << 30, job.name
+
+
+def _metric_sort_key(name: str) -> tuple[int, int, str]:
+    prefix, _, metric = name.partition("/")
+    order = METRIC_ORDER.index(metric) if metric in METRIC_ORDER else len(METRIC_ORDER)
+    return ({"test": 0, "val": 1}.get(prefix, 2), order, name)
+
+
+def summary_table(jobs: list[Job], keys: list[str]) -> pd.DataFrame:
+    names = sorted({m for job in jobs for m in job.metrics.get("final", {})}, key=_metric_sort_key)
+    rows = []
+    for job in jobs:
+        row = {"run": job.name, **{k: job.overrides.get(k, "") for k in keys}}
+        row.update(status=job.status, wall_seconds=job.wall_seconds,
+                   epochs=len({h["epoch"] for h in job.metrics.get("history", [])}))  # fmt: skip
+        for name in names:
+            best = job.metrics.get("best", {}).get(name, {})
+            row[name] = job.metrics.get("final", {}).get(name, math.nan)
+            row[f"{name} best"] = best.get("value", math.nan)
+            row[f"{name} best epoch"] = best.get("epoch", math.nan)
+        row["error"] = job.error
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.4g}"
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += [
+        "| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def compact_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Final values, and each best value with its epoch in one cell: ``0.862 (23)``."""
+    compact = table.copy()
+    for column in [c for c in table.columns if c.endswith(" best")]:
+        epochs = table[f"{column} epoch"]
+        compact[f"{column} (epoch)"] = [
+            "" if math.isnan(v) else f"{v:.4g} ({int(e)})"
+            for v, e in zip(table[column], epochs, strict=True)
+        ]
+        compact = compact.drop(columns=[column, f"{column} epoch"])
+    return compact[[c for c in compact.columns if c != "error"] + ["error"]]
+
+
+def run_label(job: Job, keys: list[str]) -> str:
+    """A short legend label: the swept values with the last part of each key."""
+    parts = [f"{k.rsplit('.', 1)[-1]}={job.overrides[k]}" for k in keys if k in job.overrides]
+    return ", ".join(parts) or job.name
+
+
+def write_figures(jobs: list[Job], keys: list[str], sweep_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    finished = [j for j in jobs if j.metrics.get("history")]
+    for metric in CURVE_METRICS:
+        name = _curve_metric(finished, metric)
+        if name is None:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for job in finished:
+            points = [(h["epoch"], h[name]) for h in job.metrics["history"] if name in h]
+            ax.plot(*zip(*points, strict=True), label=run_label(job, keys), linewidth=1.5)
+        ax.set(xlabel="epoch", ylabel=name, title=f"{name} per epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        written.append(_save(fig, sweep_dir / f"curve_{name.replace('/', '_')}.png"))
+        plt.close(fig)
+
+    names = [m for m in sorted({m for j in finished for m in j.metrics.get("final", {})},
+                               key=_metric_sort_key)]  # fmt: skip
+    if names:
+        columns = min(3, len(names))
+        rows = math.ceil(len(names) / columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False)
+        labels = [run_label(j, keys) for j in finished]
+        colors = [f"C{i}" for i in range(len(finished))]
+        for ax, name in zip(axes.flat, names, strict=False):
+            values = [j.metrics["final"].get(name, math.nan) for j in finished]
+            ax.bar(range(len(values)), values, color=colors)
+            ax.set_title(name, fontsize=10)
+            ax.set_xticks([])
+            ax.grid(axis="y", alpha=0.3)
+        for ax in list(axes.flat)[len(names) :]:
+            ax.axis("off")
+        handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
+        fig.legend(handles, labels, loc="lower center", ncol=min(2, len(labels)), fontsize=8)
+        fig.suptitle("final metrics per run")
+        legend_rows = math.ceil(len(labels) / 2)
+        fig.tight_layout(rect=(0, (0.25 + 0.22 * legend_rows) / (3.6 * rows), 1, 1))
+        written.append(_save(fig, sweep_dir / "final_metrics.png"))
+        plt.close(fig)
+    return written
+
+
+def _curve_metric(jobs: list[Job], metric: str) -> str | None:
+    """``test/<metric>`` when it was evaluated every epoch, else ``val/<metric>``."""
+    for prefix in ("test", "val"):
+        name = f"{prefix}/{metric}"
+        if any(sum(name in h for h in j.metrics["history"]) > 1 for j in jobs):
+            return name
+    return None
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def write_report(sweep_dir: str | Path) -> pd.DataFrame:
+    """Write ``summary.csv``, ``summary.md`` and the figures of a sweep; return the table."""
+    sweep_dir = Path(sweep_dir)
+    jobs, keys = read_sweep(sweep_dir)
+    table = summary_table(jobs, keys)
+    atomic_write_text(sweep_dir / "summary.csv", table.to_csv(index=False))
+    atomic_write_text(
+        sweep_dir / "summary.md",
+        f"# Sweep {sweep_dir.name}\n\n{len(jobs)} jobs; swept: {', '.join(keys) or 'nothing'}\n\n"
+        + markdown_table(compact_table(table)),
+    )
+    write_figures(jobs, keys, sweep_dir)
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="mtrec-report", description="Write the summary and figures of a sweep folder."
+    )
+    parser.add_argument(
+        "sweep_dir", type=Path, help="a multirun folder, e.g. outputs/sweeps/cs330/<date>"
+    )
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir() or not list(args.sweep_dir.glob("*/.hydra")):
+        parser.error(f"{args.sweep_dir} is not a sweep folder (no job folders with .hydra/ inside)")
+    table = write_report(args.sweep_dir)
+    print(markdown_table(compact_table(table)))
+    print(f"Wrote summary.csv, summary.md and figures to {args.sweep_dir}")
+
+
+if __name__ == "__main__":
+    main()

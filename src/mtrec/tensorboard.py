@@ -1,0 +1,79 @@
+"""TensorBoard extras: a real HParams session per run, and item embeddings for the projector."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+
+def _tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def _hparam_value(value):
+    """Numbers stay numbers; every categorical value (booleans too) becomes a string."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    return str(value)
+
+
+class HParamsSession(L.Callback):
+    """Writes one HParams session for the run, with the metric names it will report.
+
+    TensorBoard's dashboard reads each metric's value from the run's own scalar of that name
+    (its last step), so the table shows the final ``test/...`` (and ``val/...``) values, never a
+    placeholder. ``hparams`` is a fixed set from the config; ``swept`` holds the values the run's
+    sweep varies, so all runs of a sweep share one set of keys.
+    """
+
+    def __init__(self, hparams: Mapping, metrics: Sequence[str], swept: Mapping | None = None):
+        self.hparams = {**dict(hparams), **dict(swept or {})}
+        self.metrics = list(metrics)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = _tensorboard(trainer)
+        if logger is None or not trainer.is_global_zero:
+            return
+        prefixes = ["test"] + (
+            ["val"] if getattr(trainer.datamodule, "has_validation", False) else []
+        )
+        metric_names = {f"{prefix}/{name}": 0.0 for prefix in prefixes for name in self.metrics}
+        values = {key: _hparam_value(value) for key, value in self.hparams.items()}
+        writer = logger.experiment._get_file_writer()
+        for summary in hparams_summaries(values, metric_names):
+            writer.add_summary(summary)
+        writer.flush()
+
+
+class ItemEmbeddingProjector(L.Callback):
+    """Logs every item embedding table of the final model to TensorBoard's projector.
+
+    Items are labelled with their title and genres. With separate embeddings both tables are
+    logged, each under its module name.
+    """
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger, datamodule = _tensorboard(trainer), trainer.datamodule
+        if logger is None or not trainer.is_global_zero or datamodule is None:
+            return
+        metadata = datamodule.item_metadata.set_index("item")
+        raw_ids = datamodule.vocabulary.item_ids
+        labels = [
+            [str(metadata.title.get(i, f"item {i}")), "|".join(metadata.genres.get(i, ()))]
+            for i in raw_ids
+        ]
+        for name, module in pl_module.named_modules():
+            if isinstance(module, torch.nn.Embedding) and module.num_embeddings == len(raw_ids):
+                if module.embedding_dim < 2:
+                    continue  # biases: nothing to project
+                logger.experiment.add_embedding(
+                    module.weight.detach().cpu(),
+                    metadata=labels,
+                    metadata_header=["title", "genres"],
+                    tag=name.removeprefix("net."),
+                    global_step=trainer.global_step,
+                )

@@ -1,0 +1,187 @@
+"""A real multirun with one failing setting: names, summary, figures, HParams, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from mtrec import evaluate, report
+from mtrec.naming import safe_name
+from mtrec.train import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, request) -> Path:
+    """Four jobs: sharing x embedding size, where embedding size 5 is invalid and fails."""
+    from conftest import synthetic_ratings, write_u_data
+
+    out = tmp_path_factory.mktemp("sweep")
+    folder = write_u_data(out / "data", synthetic_ratings())
+    argv = [
+        "mtrec-train", "-m", "model.embedding_sharing=true,false", "model.embedding_dim=8,5",
+        "model.layer_sizes=[24,16]", f"data.path={folder}", f"paths.data_dir={out / 'cache'}",
+        "trainer.max_epochs=3", "data.batch_size=128", f"hydra.sweep.dir={out / 'sweep'}",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]  # fmt: skip
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):  # Hydra reports the failed jobs after running all of them
+        main()
+    monkeypatch.undo()
+    return out / "sweep"
+
+
+def job_dirs(sweep: Path) -> dict[str, Path]:
+    return {p.parent.name: p.parent for p in sweep.glob("*/.hydra")}
+
+
+def test_runs_are_named_by_their_swept_values_only(sweep):
+    assert set(job_dirs(sweep)) == {
+        f"model.embedding_sharing={s},model.embedding_dim={d}"
+        for s in (True, False)
+        for d in (8, 5)
+    }
+
+
+def test_summary_has_every_job_and_marks_the_failed_ones(sweep):
+    table = pd.read_csv(sweep / "summary.csv")
+    assert len(table) == 4
+    assert list(table.columns[1:3]) == ["model.embedding_sharing", "model.embedding_dim"]
+    failed = table[table.status == "failed"]
+    assert sorted(failed["model.embedding_dim"]) == [5, 5]
+    assert failed.error.str.contains(
+        r"layer_sizes\[0\]=24 must equal 3 \* model.embedding_dim"
+    ).all()
+    for _, row in table[table.status == "completed"].iterrows():
+        record = json.loads((sweep / row["run"] / "metrics.json").read_text())
+        for name, value in record["final"].items():
+            assert row[name] == pytest.approx(value, rel=1e-12)
+            assert row[f"{name} best"] == pytest.approx(record["best"][name]["value"], rel=1e-12)
+            assert row[f"{name} best epoch"] == record["best"][name]["epoch"]
+        assert row["epochs"] == 3 and row["wall_seconds"] > 0
+    markdown = (sweep / "summary.md").read_text()
+    assert markdown.count("| failed |") == 2 and markdown.count("| completed |") == 2
+
+
+def test_figures_are_written(sweep):
+    for name in ("curve_test_mrr.png", "curve_test_mse.png", "final_metrics.png"):
+        data = (sweep / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+
+
+def test_report_command_regenerates_the_summary(sweep, capsys):
+    before = (sweep / "summary.csv").read_text()
+    (sweep / "summary.csv").unlink()
+    (sweep / "final_metrics.png").unlink()
+    report.main([str(sweep)])
+    assert (sweep / "summary.csv").read_text() == before
+    assert (sweep / "final_metrics.png").exists()
+    assert "failed" in capsys.readouterr().out
+
+
+def read_events(run: Path) -> EventAccumulator:
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def test_each_run_has_one_hparams_session_with_final_metrics(sweep):
+    completed = [run for name, run in job_dirs(sweep).items() if "dim=8" in name]
+    key_sets = []
+    for run in completed:
+        events = read_events(run)
+        content = events.PluginTagToContent("hparams")
+        sessions = [plugin_data_pb2.HParamsPluginData.FromString(c) for c in content.values()]
+        starts = [s.session_start_info for s in sessions if s.HasField("session_start_info")]
+        experiment = next(s.experiment for s in sessions if s.HasField("experiment"))
+        assert len(starts) == 1
+        hparams = starts[0].hparams
+        key_sets.append(set(hparams))
+        sharing = hparams["model.embedding_sharing"].string_value
+        assert f"model.embedding_sharing={sharing}" in run.name  # categorical, as a string
+        assert hparams["model.embedding_dim"].number_value == 8
+        assert hparams["model.regression_weight"].number_value == pytest.approx(0.01)
+        metric_tags = {m.name.tag for m in experiment.metric_infos}
+        assert {"test/mrr", "test/mse", "test/rmse", "test/mrr_interaction", "test/hr@10",
+                "test/ndcg@10"} == metric_tags  # fmt: skip
+        assert "hp_metric" not in events.Tags()["scalars"]
+        final = json.loads((run / "metrics.json").read_text())["final"]
+        for tag in ("test/mrr", "test/mse"):
+            assert events.Scalars(tag)[-1].value == pytest.approx(final[tag], rel=1e-6)
+    assert key_sets[0] == key_sets[1]
+
+
+def test_item_embeddings_are_logged_for_the_projector(sweep):
+    for name, run in job_dirs(sweep).items():
+        if "dim=8" not in name:
+            continue
+        config = (run / "projector_config.pbtxt").read_text()
+        expected = 1 if "sharing=True" in name else 2
+        assert config.count("embeddings {") == expected
+        metadata = next(run.glob("*/item_embeddings/metadata.tsv")).read_text().splitlines()
+        assert metadata[0] == "title\tgenres" and metadata[1].startswith("Movie 1 (1990)")
+        assert len(metadata) == 41
+
+
+def test_eval_reproduces_the_end_of_training_metrics_exactly(sweep, capsys):
+    run = next(run for name, run in job_dirs(sweep).items() if "dim=8" in name)
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    evaluate.main([f"ckpt_path={checkpoint}"])
+    written = json.loads((run / "eval_last.json").read_text())["metrics"]
+    final = json.loads((run / "metrics.json").read_text())["final"]
+    assert written == final
+    assert "test/mrr" in capsys.readouterr().out
+
+
+def test_eval_rejects_a_missing_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match="is not a file"):
+        evaluate.main([f"ckpt_path={tmp_path / 'nope.ckpt'}"])
+
+
+def test_notebook_runs_top_to_bottom_on_the_sweep(sweep, monkeypatch):
+    """Executes the notebook's code cells in order, as nbconvert would."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    notebook = json.loads(
+        (Path(__file__).parents[1] / "notebooks" / "compare_sweep.ipynb").read_text()
+    )
+    monkeypatch.setenv("MTREC_SWEEP", str(sweep))
+    namespace: dict = {}
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), "notebook", "exec"), namespace)  # noqa: S102
+    assert len(namespace["summary"]) == 4
+    assert set(namespace["scalars"].run) == {n for n in job_dirs(sweep) if "dim=8" in n}
+
+
+def test_safe_name_keeps_folder_names_flat_and_short():
+    assert safe_name("data.path=/a/b c") == "data.path=_a_b_c"
+    long = safe_name("x=" + "y" * 500)
+    assert len(long) <= 120 and long != safe_name("x=" + "y" * 499)
+
+
+def test_two_sweeps_started_together_get_two_folders(ratings_folder, tmp_path):
+    command = [
+        sys.executable, "-m", "mtrec.train", "-m", "seed=1,2", f"data.path={ratings_folder}",
+        "trainer.max_epochs=1", "~callbacks", "~logger", "hydra.callbacks={}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    procs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    sweeps = list((tmp_path / "outputs" / "sweeps" / "train").iterdir())
+    assert len(sweeps) == 2
+    for folder in sweeps:
+        assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["seed=1", "seed=2"]
