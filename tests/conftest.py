@@ -27,11 +27,10 @@ def write_u_data(folder: Path, ratings: pd.DataFrame) -> Path:
     """Write ``ratings`` as an ML-100K ``u.data`` file (and a matching ``u.item``)."""
     folder.mkdir(parents=True, exist_ok=True)
     ratings.to_csv(folder / "u.data", sep="\t", header=False, index=False)
-    genres = "|".join(["0"] * 18)
-    lines = [
-        f"{i}|Movie {i} (1990)|01-Jan-1990||http://x|0|{genres}"
-        for i in sorted(ratings.item.unique())
-    ]
+    lines = []
+    for i in sorted(ratings.item.unique()):
+        flags = ["1" if g in (i % 19, (7 * i) % 19) else "0" for g in range(19)]  # 1-2 genres
+        lines.append(f"{i}|Movie {i} (1990)|01-Jan-1990||http://x|{'|'.join(flags)}")
     (folder / "u.item").write_text("\n".join(lines) + "\n", encoding="latin-1")
     return folder
 

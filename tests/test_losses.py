@@ -20,6 +20,7 @@ def sigmoid(x):
         ("bounded_bpr", sum(1 - sigmoid(d) for d in DIFFS) / 4),
         ("bpr", sum(-math.log(sigmoid(d)) for d in DIFFS) / 4),
         ("hinge", sum(max(0.0, 1 - d) for d in DIFFS) / 4),
+        ("adaptive_hinge", (max(0.0, 1 - (2.0 - 3.0)) + max(0.0, 1 - (-1.0 - -1.0))) / 2),
         (
             "bce",
             (-math.log(sigmoid(2.0)) - math.log(sigmoid(-1.0))) / 2
@@ -35,6 +36,13 @@ def test_factorization_losses_match_hand_computation(name, expected):
 def test_regression_loss_is_mean_squared_error():
     value = losses.regression_loss(torch.tensor([1.0, 4.0, 2.5]), torch.tensor([2.0, 4.0, 5.0]))
     assert value.item() == pytest.approx((1 + 0 + 6.25) / 3)
+
+
+def test_penalty_matches_hand_computation():
+    weights = [torch.tensor([1.0, -2.0]), torch.tensor([[0.5], [-3.0]])]
+    value = losses.penalty(weights, l1=0.1, l2=0.01)
+    assert float(value) == pytest.approx(0.1 * (1 + 2 + 0.5 + 3) + 0.01 * (1 + 4 + 0.25 + 9))
+    assert losses.penalty(weights) == 0.0
 
 
 def test_unknown_loss_names_the_choices():

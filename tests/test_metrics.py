@@ -31,6 +31,8 @@ def brute_force(scores, test_pairs, seen_pairs, k=10):
 class FixedScores(torch.nn.Module):
     """A stand-in net whose scores and ratings are given tables."""
 
+    heads = ("interaction", "rating")
+
     def __init__(self, scores, ratings):
         super().__init__()
         self.scores, self.rating_table = scores, ratings

@@ -28,11 +28,18 @@ def sweep(tmp_path_factory, request) -> Path:
     out = tmp_path_factory.mktemp("sweep")
     folder = write_u_data(out / "data", synthetic_ratings())
     argv = [
-        "mtrec-train", "-m", "model.embedding_sharing=true,false", "model.embedding_dim=8,5",
-        "model.layer_sizes=[24,16]", f"data.path={folder}", f"paths.data_dir={out / 'cache'}",
-        "trainer.max_epochs=3", "data.batch_size=128", f"hydra.sweep.dir={out / 'sweep'}",
+        "mtrec-train",
+        "-m",
+        "model.embedding_sharing=true,false",
+        "model.embedding_dim=8,5",
+        "model.layer_sizes=[24,16]",
+        f"data.path={folder}",
+        f"paths.data_dir={out / 'cache'}",
+        "trainer.max_epochs=3",
+        "data.batch_size=128",
+        f"hydra.sweep.dir={out / 'sweep'}",
         "callbacks.progress_bar.refresh_rate=0",
-    ]  # fmt: skip
+    ]
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit):  # Hydra reports the failed jobs after running all of them
@@ -112,8 +119,14 @@ def test_each_run_has_one_hparams_session_with_final_metrics(sweep):
         assert hparams["model.embedding_dim"].number_value == 8
         assert hparams["model.regression_weight"].number_value == pytest.approx(0.01)
         metric_tags = {m.name.tag for m in experiment.metric_infos}
-        assert {"test/mrr", "test/mse", "test/rmse", "test/mrr_interaction", "test/hr@10",
-                "test/ndcg@10"} == metric_tags  # fmt: skip
+        assert {
+            "test/mrr",
+            "test/mse",
+            "test/rmse",
+            "test/mrr_interaction",
+            "test/hr@10",
+            "test/ndcg@10",
+        } == metric_tags
         assert "hp_metric" not in events.Tags()["scalars"]
         final = json.loads((run / "metrics.json").read_text())["final"]
         for tag in ("test/mrr", "test/mse"):
@@ -173,12 +186,24 @@ def test_safe_name_keeps_folder_names_flat_and_short():
 
 def test_two_sweeps_started_together_get_two_folders(ratings_folder, tmp_path):
     command = [
-        sys.executable, "-m", "mtrec.train", "-m", "seed=1,2", f"data.path={ratings_folder}",
-        "trainer.max_epochs=1", "~callbacks", "~logger", "hydra.callbacks={}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mtrec.train",
+        "-m",
+        "seed=1,2",
+        f"data.path={ratings_folder}",
+        "trainer.max_epochs=1",
+        "~callbacks",
+        "~logger",
+        "hydra.callbacks={}",
+    ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    procs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
     for proc in procs:
         assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
     sweeps = list((tmp_path / "outputs" / "sweeps" / "train").iterdir())

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from mtrec.callbacks import MetricsHistory
 from mtrec.data.datamodule import MovieLensDataModule
 from mtrec.models import MultiTaskNet
-from mtrec.module import MultiTaskModule
+from mtrec.module import RecommenderModule
 from mtrec.train import main, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def test_training_lowers_the_loss(ratings_folder, tmp_path, sharing):
     net = MultiTaskNet(
         dm.num_users, dm.num_items, embedding_dim=8, layer_sizes=(24, 16), embedding_sharing=sharing
     )
-    module = MultiTaskModule(net, factorization_weight=0.5)
+    module = RecommenderModule(net, factorization_weight=0.5)
     history = MetricsHistory(tmp_path / "metrics.json")
     trainer = L.Trainer(
         max_epochs=30,
@@ -53,9 +53,11 @@ def test_training_lowers_the_loss(ratings_folder, tmp_path, sharing):
 
 def test_regression_weight_defaults_to_one_minus_factorization_weight():
     net = MultiTaskNet(3, 3, embedding_dim=2, layer_sizes=(6, 4))
-    assert MultiTaskModule(net, factorization_weight=0.99).regression_weight == pytest.approx(0.01)
+    assert RecommenderModule(net, factorization_weight=0.99).regression_weight == pytest.approx(
+        0.01
+    )
     assert (
-        MultiTaskModule(net, factorization_weight=0.5, regression_weight=2.0).regression_weight
+        RecommenderModule(net, factorization_weight=0.5, regression_weight=2.0).regression_weight
         == 2.0
     )
 
@@ -64,9 +66,12 @@ def test_one_run_writes_config_log_metrics_checkpoint_and_events(
     ratings_folder, tmp_path, monkeypatch
 ):
     argv = [
-        "mtrec-train", f"data.path={ratings_folder}", "trainer.max_epochs=2",
-        "model.embedding_sharing=false", "callbacks.progress_bar.refresh_rate=0",
-    ]  # fmt: skip
+        "mtrec-train",
+        f"data.path={ratings_folder}",
+        "trainer.max_epochs=2",
+        "model.embedding_sharing=false",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.chdir(tmp_path)
     main()

@@ -45,9 +45,12 @@ def evaluate_checkpoint(checkpoint: Path, overrides: list[str] = ()) -> dict[str
     cfg = run_config(folder, list(overrides))
     datamodule, module = build(cfg)
     trainer = L.Trainer(
-        accelerator=cfg.trainer.get("accelerator", "auto"), devices=1, logger=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+        accelerator=cfg.trainer.get("accelerator", "auto"),
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     metrics = {}
     if datamodule.has_validation:
         trainer.validate(module, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)

@@ -35,11 +35,17 @@ def hinge(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     return torch.clamp(1.0 - (positive.unsqueeze(-1) - negative), min=0.0).mean()
 
 
+def adaptive_hinge(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Hinge against the highest-scored of the K negatives: ``mean(max(0, 1 - (p+ - max p-)))``."""
+    return torch.clamp(1.0 - (positive - negative.max(dim=-1).values), min=0.0).mean()
+
+
 FACTORIZATION_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "bounded_bpr": bounded_bpr,
     "bpr": bpr,
     "bce": bce,
     "hinge": hinge,
+    "adaptive_hinge": adaptive_hinge,
 }
 
 
@@ -56,3 +62,14 @@ def factorization_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torc
 def regression_loss(predicted: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the predicted ratings."""
     return F.mse_loss(predicted, observed)
+
+
+def penalty(parameters, l1: float = 0.0, l2: float = 0.0) -> torch.Tensor | float:
+    """``l1 * sum|w| + l2 * sum w^2`` over ``parameters`` (0 when both weights are 0)."""
+    total = 0.0
+    for weight in parameters:
+        if l1:
+            total = total + l1 * weight.abs().sum()
+        if l2:
+            total = total + l2 * weight.pow(2).sum()
+    return total

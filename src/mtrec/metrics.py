@@ -61,10 +61,15 @@ def rating_metrics(predicted: torch.Tensor, observed: torch.Tensor) -> dict[str,
 
 @torch.no_grad()
 def evaluate(net: torch.nn.Module, held: HeldOut, k: int = 10) -> dict[str, torch.Tensor]:
-    """All metrics of ``net`` on ``held``: ranking from the interaction head, MSE from ratings."""
-    scores = net.score_all_items(held.eval_users)
-    scores[held.seen_rows, held.seen_items] = float("-inf")
-    ranks = average_ranks(scores, held.row_of, held.items)
-    metrics = ranking_metrics(ranks, held.row_of, len(held.eval_users), k)
-    metrics.update(rating_metrics(net.ratings(held.users, held.items), held.ratings))
+    """The metrics of the heads ``net`` has: ranking from interactions, MSE from ratings."""
+    metrics = {}
+    if "interaction" in net.heads:
+        scores = net.score_all_items(held.eval_users)
+        scores[held.seen_rows, held.seen_items] = float("-inf")
+        ranks = average_ranks(scores, held.row_of, held.items)
+        metrics.update(ranking_metrics(ranks, held.row_of, len(held.eval_users), k))
+    if "rating" in net.heads:
+        context = {"history": held.history} if held.history is not None else {}
+        predicted = net.ratings(held.users, held.items, **context)
+        metrics.update(rating_metrics(predicted, held.ratings))
     return metrics

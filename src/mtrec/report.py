@@ -45,8 +45,14 @@ def read_job(folder: Path) -> Job:
     record = _read_json(folder / "job.json")
     metrics = _read_json(folder / "metrics.json")
     status = record.get("status") or ("incomplete" if not metrics else "unknown")
-    return Job(folder, values, status, record.get("error", ""),
-               record.get("wall_seconds", math.nan), metrics)  # fmt: skip
+    return Job(
+        folder,
+        values,
+        status,
+        record.get("error", ""),
+        record.get("wall_seconds", math.nan),
+        metrics,
+    )
 
 
 def _read_json(path: Path) -> dict:
@@ -86,8 +92,11 @@ def summary_table(jobs: list[Job], keys: list[str]) -> pd.DataFrame:
     rows = []
     for job in jobs:
         row = {"run": job.name, **{k: job.overrides.get(k, "") for k in keys}}
-        row.update(status=job.status, wall_seconds=job.wall_seconds,
-                   epochs=len({h["epoch"] for h in job.metrics.get("history", [])}))  # fmt: skip
+        row.update(
+            status=job.status,
+            wall_seconds=job.wall_seconds,
+            epochs=len({h["epoch"] for h in job.metrics.get("history", [])}),
+        )
         for name in names:
             best = job.metrics.get("best", {}).get(name, {})
             row[name] = job.metrics.get("final", {}).get(name, math.nan)
@@ -152,8 +161,12 @@ def write_figures(jobs: list[Job], keys: list[str], sweep_dir: Path) -> list[Pat
         written.append(_save(fig, sweep_dir / f"curve_{name.replace('/', '_')}.png"))
         plt.close(fig)
 
-    names = [m for m in sorted({m for j in finished for m in j.metrics.get("final", {})},
-                               key=_metric_sort_key)]  # fmt: skip
+    names = [
+        m
+        for m in sorted(
+            {m for j in finished for m in j.metrics.get("final", {})}, key=_metric_sort_key
+        )
+    ]
     if names:
         columns = min(3, len(names))
         rows = math.ceil(len(names) / columns)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 
 import hydra
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mtrec.naming import register_resolvers
@@ -18,13 +19,26 @@ register_resolvers()
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """The data module (set up) and the LightningModule that ``cfg`` describes."""
+    """The data module (set up) and the LightningModule that ``cfg`` describes.
+
+    The net gets the data-dependent arguments its constructor asks for: ``num_users``,
+    ``num_items`` and, for genre models, ``item_genres``.
+    """
     torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    net = instantiate(cfg.model.net, num_users=datamodule.num_users, num_items=datamodule.num_items)
-    return datamodule, instantiate(cfg.model.module, net=net)
+    net_class = get_class(cfg.model.net._target_)
+    wanted = inspect.signature(net_class).parameters
+    data_args = {"num_users": datamodule.num_users, "num_items": datamodule.num_items}
+    if "item_genres" in wanted:
+        data_args["item_genres"] = datamodule.item_genres
+    net = instantiate(cfg.model.net, **data_args)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    module = instantiate(
+        cfg.model.module, net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler
+    )
+    return datamodule, module
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:

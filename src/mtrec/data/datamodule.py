@@ -8,7 +8,14 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from mtrec.data.interactions import HeldOut, Interactions, held_out, index_ratings, random_split
+from mtrec.data.interactions import (
+    HeldOut,
+    Interactions,
+    held_out,
+    index_ratings,
+    last_items,
+    random_split,
+)
 from mtrec.data.movielens import load_movielens
 
 
@@ -17,15 +24,29 @@ class ShuffledBatches:
 
     All data stay in memory as tensors: a batch is a handful of index operations, never a
     per-sample ``Dataset``. Each positive gets ``num_negatives`` items drawn uniformly from the
-    whole catalogue (seen items included, as in the reference). Epoch ``e`` uses a generator
-    seeded with ``(seed, e)``, so the batches of a run are reproducible.
+    whole catalogue: seen items included, as in the reference, unless ``exclude_seen``, which
+    redraws every negative that the user rated in training. Epoch ``e`` uses a generator seeded
+    with ``(seed, e)``, so the batches of a run are reproducible. ``history`` (one row of past
+    items per training row) rides along for sequence models.
     """
 
-    def __init__(self, data: Interactions, batch_size: int, num_negatives: int, seed: int):
+    def __init__(
+        self,
+        data: Interactions,
+        batch_size: int,
+        num_negatives: int,
+        seed: int,
+        exclude_seen: bool = False,
+        history: torch.Tensor | None = None,
+    ):
         self.data = data
         self.batch_size = batch_size
         self.num_negatives = num_negatives
         self.seed = seed
+        self.history = history
+        self.seen_keys = (
+            torch.sort(data.users * data.num_items + data.items).values if exclude_seen else None
+        )
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -37,14 +58,36 @@ class ShuffledBatches:
         n, d = len(self.data), self.data
         order = torch.randperm(n, generator=generator)
         negatives = torch.randint(d.num_items, (n, self.num_negatives), generator=generator)
+        if self.seen_keys is not None:
+            self._redraw_seen(negatives, d.users[order], generator)
         for start in range(0, n, self.batch_size):
             rows = order[start : start + self.batch_size]
-            yield {
+            batch = {
                 "users": d.users[rows],
                 "items": d.items[rows],
                 "ratings": d.ratings[rows],
                 "negatives": negatives[start : start + self.batch_size],
             }
+            if self.history is not None:
+                batch["history"] = self.history[rows]
+            yield batch
+
+    def _redraw_seen(self, negatives: torch.Tensor, users: torch.Tensor, generator) -> None:
+        """Redraw, in place, every negative the user rated in training, until none is left."""
+        users = users.unsqueeze(1).expand_as(negatives)
+        for _ in range(1000):
+            keys = users * self.data.num_items + negatives
+            found = torch.searchsorted(self.seen_keys, keys).clamp(max=len(self.seen_keys) - 1)
+            seen = self.seen_keys[found] == keys
+            if not seen.any():
+                return
+            negatives[seen] = torch.randint(
+                self.data.num_items, (int(seen.sum()),), generator=generator
+            )
+        raise RuntimeError(
+            "data.exclude_seen_negatives=true: some users rated (nearly) every item, so no unseen "
+            "negative could be drawn. Fix: set data.exclude_seen_negatives=false."
+        )
 
 
 class SingleBatch:
@@ -78,6 +121,8 @@ class MovieLensDataModule(L.LightningDataModule):
         val_fraction: float = 0.0,
         batch_size: int = 256,
         num_negatives: int = 1,
+        exclude_seen_negatives: bool = False,
+        history_length: int = 0,
         seed: int = 0,
     ):
         super().__init__()
@@ -93,6 +138,21 @@ class MovieLensDataModule(L.LightningDataModule):
         self.item_metadata = data.items
         self.num_users, self.num_items = interactions.num_users, interactions.num_items
         self.split = random_split(interactions, hp.test_fraction, hp.val_fraction, hp.split_seed)
+        self.train_history = (
+            last_items(self.split.train, hp.history_length) if hp.history_length else None
+        )
+
+    @property
+    def item_genres(self) -> torch.Tensor:
+        """(num_items, max genres) genre ids ``1..G`` per item, padded with 0 (for genre models)."""
+        names = sorted({g for genres in self.item_metadata.genres for g in genres})
+        genre_id = {name: i + 1 for i, name in enumerate(names)}
+        by_item = dict(zip(self.item_metadata.item, self.item_metadata.genres, strict=True))
+        rows = [[genre_id[g] for g in by_item.get(i, ())] for i in self.vocabulary.item_ids]
+        table = torch.zeros(len(rows), max(1, max(map(len, rows))), dtype=torch.int64)
+        for i, ids in enumerate(rows):
+            table[i, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        return table
 
     @property
     def has_validation(self) -> bool:
@@ -100,13 +160,22 @@ class MovieLensDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> ShuffledBatches:
         hp = self.hparams
-        return ShuffledBatches(self.split.train, hp.batch_size, hp.num_negatives, hp.seed)
+        return ShuffledBatches(
+            self.split.train,
+            hp.batch_size,
+            hp.num_negatives,
+            hp.seed,
+            exclude_seen=hp.exclude_seen_negatives,
+            history=self.train_history,
+        )
 
     def val_dataloader(self) -> SingleBatch:
+        k = self.hparams.history_length
         if self.has_validation:
-            return SingleBatch(held_out("val", self.split.val, self.split.train))
-        return SingleBatch(held_out("test", self.split.test, self.split.train))
+            return SingleBatch(held_out("val", self.split.val, self.split.train, history_length=k))
+        return SingleBatch(held_out("test", self.split.test, self.split.train, history_length=k))
 
     def test_dataloader(self) -> SingleBatch:
         known = [self.split.train] + ([self.split.val] if self.has_validation else [])
-        return SingleBatch(held_out("test", self.split.test, *known))
+        k = self.hparams.history_length
+        return SingleBatch(held_out("test", self.split.test, *known, history_length=k))

@@ -101,10 +101,17 @@ class HeldOut:
     row_of: torch.Tensor
     seen_rows: torch.Tensor
     seen_items: torch.Tensor
+    history: torch.Tensor | None = None  # (rows, k) last k training items, for sequence models
 
 
-def held_out(name: str, target: Interactions, *known: Interactions) -> HeldOut:
-    """Build the :class:`HeldOut` for ``target`` with ``known`` rows filtered from rankings."""
+def held_out(
+    name: str, target: Interactions, *known: Interactions, history_length: int = 0
+) -> HeldOut:
+    """Build the :class:`HeldOut` for ``target`` with ``known`` rows filtered from rankings.
+
+    With ``history_length``, each row also gets the last items of its user among the first
+    ``known`` set (the training rows) up to its timestamp: held-out items never enter a history.
+    """
     eval_users, row_of = torch.unique(target.users, return_inverse=True)
     position = torch.full((target.num_users,), -1, dtype=torch.int64)
     position[eval_users] = torch.arange(len(eval_users))
@@ -120,4 +127,28 @@ def held_out(name: str, target: Interactions, *known: Interactions) -> HeldOut:
         row_of=row_of,
         seen_rows=position[known_users[keep]],
         seen_items=known_items[keep],
+        history=last_items(known[0], history_length, target) if history_length else None,
     )
+
+
+def last_items(train: Interactions, length: int, rows: Interactions | None = None) -> torch.Tensor:
+    """The user's last ``length`` training items before each row, oldest first.
+
+    Items are shifted by one and histories padded on the left with 0. For the training rows
+    themselves (``rows=None``), "before" follows (timestamp, file order); for other rows, it
+    means training rows with a timestamp up to theirs. Only training items are ever used.
+    """
+    target = train if rows is None else rows
+    span = int(max(train.timestamps.max(), target.timestamps.max())) + 1
+    key = train.users * span + train.timestamps
+    order = torch.argsort(key, stable=True)
+    sorted_key, sorted_items = key[order], train.items[order] + 1
+    if rows is None:
+        end = torch.empty_like(order)
+        end[order] = torch.arange(len(order))
+    else:
+        end = torch.searchsorted(sorted_key, rows.users * span + rows.timestamps, right=True)
+    user_start = torch.searchsorted(sorted_key, target.users * span)
+    index = end.unsqueeze(1) - length + torch.arange(length)
+    valid = index >= user_start.unsqueeze(1)
+    return torch.where(valid, sorted_items[index.clamp(min=0)], 0)

@@ -1,5 +1,24 @@
-"""Recommender networks: plain ``nn.Module``s, kept apart from the training loop."""
+"""Recommender networks: plain ``nn.Module``s, kept apart from the training loop.
 
+Every network declares its ``heads``: ``"interaction"`` (it has ``interaction_logits`` and
+``score_all_items``) and/or ``"rating"`` (it has ``ratings``). All have ``item_vectors()``.
+"""
+
+from mtrec.models.dense import DenseNet, GenreDenseNet
+from mtrec.models.factorization import (
+    BiasedDotProduct,
+    GenreMatrixFactorization,
+    MatrixFactorization,
+)
 from mtrec.models.multitask import MultiTaskNet
+from mtrec.models.sequence import SequenceLSTM
 
-__all__ = ["MultiTaskNet"]
+__all__ = [
+    "BiasedDotProduct",
+    "DenseNet",
+    "GenreDenseNet",
+    "GenreMatrixFactorization",
+    "MatrixFactorization",
+    "MultiTaskNet",
+    "SequenceLSTM",
+]

@@ -5,19 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-class ScaledEmbedding(nn.Embedding):
-    """Embedding initialised from N(0, 1/d): small dot products at the start of training."""
-
-    def reset_parameters(self) -> None:
-        nn.init.normal_(self.weight, 0.0, 1.0 / self.embedding_dim)
-
-
-class ZeroEmbedding(nn.Embedding):
-    """Embedding initialised to zero, used for item biases."""
-
-    def reset_parameters(self) -> None:
-        nn.init.zeros_(self.weight)
+from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
 
 
 class MultiTaskNet(nn.Module):
@@ -28,7 +16,8 @@ class MultiTaskNet(nn.Module):
 
     With ``embedding_sharing`` both heads read one (U, Q) pair; otherwise each head has its
     own pair. The item bias always belongs to the interaction head. There is no user bias:
-    it cannot change a user's ranking.
+    it cannot change a user's ranking. With ``embedding_dim="auto"`` the size follows the rule
+    of thumb for the larger vocabulary and the first layer size follows it (3 * size).
     """
 
     heads = ("interaction", "rating")
@@ -37,11 +26,15 @@ class MultiTaskNet(nn.Module):
         self,
         num_users: int,
         num_items: int,
-        embedding_dim: int = 32,
+        embedding_dim: int | str = 32,
         layer_sizes: tuple[int, ...] = (96, 64),
         embedding_sharing: bool = True,
     ):
         super().__init__()
+        if embedding_dim == "auto":
+            embedding_dim = embedding_size("auto", max(num_users, num_items))
+            layer_sizes = (3 * embedding_dim, *layer_sizes[1:])
+        embedding_dim = embedding_size(embedding_dim, max(num_users, num_items))
         if layer_sizes[0] != 3 * embedding_dim:
             raise ValueError(
                 f"model.layer_sizes[0]={layer_sizes[0]} must equal 3 * model.embedding_dim "
@@ -85,3 +78,6 @@ class MultiTaskNet(nn.Module):
         """Interaction logits of every item for each user: shape (len(user_ids), num_items)."""
         users = self.user_embeddings(user_ids)
         return users @ self.item_embeddings.weight.T + self.item_biases.weight.T
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_embeddings.weight

@@ -1,0 +1,61 @@
+"""Rating models that feed concatenated embeddings through a small feed-forward net."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtrec.models.embeddings import GenreBag, ScaledEmbedding, embedding_size
+
+
+class DenseNet(nn.Module):
+    """``[u, q] -> Linear -> ReLU -> Linear(., 1)``: the rating from concatenated embeddings."""
+
+    heads = ("rating",)
+
+    def __init__(
+        self, num_users: int, num_items: int, embedding_dim: int | str = 32, hidden_size: int = 64
+    ):
+        super().__init__()
+        self.user_embeddings = ScaledEmbedding(num_users, embedding_size(embedding_dim, num_users))
+        self.item_embeddings = ScaledEmbedding(num_items, embedding_size(embedding_dim, num_items))
+        width = self.user_embeddings.embedding_dim + self.item_embeddings.embedding_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(width + self.extra_width(), hidden_size), nn.ReLU(), nn.Linear(hidden_size, 1)
+        )
+
+    def extra_width(self) -> int:
+        return 0
+
+    def features(self, users: torch.Tensor, items: torch.Tensor) -> list[torch.Tensor]:
+        return [self.user_embeddings(users), self.item_embeddings(items)]
+
+    def ratings(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        users, items = torch.broadcast_tensors(users, items)
+        return self.mlp(torch.cat(self.features(users, items), dim=-1)).squeeze(-1)
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_embeddings.weight
+
+
+class GenreDenseNet(DenseNet):
+    """The dense net with the mean embedding of the item's genres concatenated to its input."""
+
+    def __init__(
+        self,
+        num_users,
+        num_items,
+        item_genres: torch.Tensor,
+        embedding_dim=32,
+        hidden_size=64,
+        genre_dim: int = 8,
+    ):
+        self._genre_dim = genre_dim
+        super().__init__(num_users, num_items, embedding_dim, hidden_size)
+        self.genres = GenreBag(item_genres, genre_dim)
+
+    def extra_width(self) -> int:
+        return self._genre_dim
+
+    def features(self, users: torch.Tensor, items: torch.Tensor) -> list[torch.Tensor]:
+        return [*super().features(users, items), self.genres(items)]
