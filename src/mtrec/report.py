@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from mtrec.callbacks import LOWER_IS_BETTER
 from mtrec.files import atomic_write_bytes, atomic_write_text
 from mtrec.naming import is_hidden, parse_overrides, swept_keys
 
@@ -152,10 +153,15 @@ def write_figures(jobs: list[Job], keys: list[str], sweep_dir: Path) -> list[Pat
         if name is None:
             continue
         fig, ax = plt.subplots(figsize=(8, 5))
+        values = []
         for job in finished:
             points = [(h["epoch"], h[name]) for h in job.metrics["history"] if name in h]
             ax.plot(*zip(*points, strict=True), label=run_label(job, keys), linewidth=1.5)
+            values += [v for _, v in points]
         ax.set(xlabel="epoch", ylabel=name, title=f"{name} per epoch")
+        if metric in LOWER_IS_BETTER:  # keep a few huge first-epoch errors from flattening the rest
+            top = min(max(values), 2 * float(pd.Series(values).median()))
+            ax.set_ylim(min(values) - 0.02 * top, top * 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         written.append(_save(fig, sweep_dir / f"curve_{name.replace('/', '_')}.png"))
