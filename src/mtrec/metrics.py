@@ -19,13 +19,14 @@ from mtrec.data.interactions import HeldOut
 
 
 def average_ranks(
-    scores: torch.Tensor, rows: torch.Tensor, items: torch.Tensor, chunk_size: int = 2048
+    scores: torch.Tensor, rows: torch.Tensor, items: torch.Tensor, chunk_size: int = 512
 ) -> torch.Tensor:
     """1-based rank of ``scores[rows, items]`` within its row, ties at their average rank.
 
     With ``higher``, ``lower`` and ``tied`` (the target included) items in a row of ``n``,
     the average rank ``higher + (tied + 1) / 2`` equals ``(higher - lower + n + 1) / 2``:
-    one pass of ``sign(score - target)`` per row gives it.
+    one pass of ``sign(score - target)`` per row gives it. Rows go in chunks small enough to
+    stay in the CPU cache (512 rows were fastest on ML-100K) and to bound memory.
     """
     num_items = scores.shape[1]
     ranks = []
