@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mtrec.data.interactions import Interactions, held_out
-from mtrec.metrics import average_ranks, evaluate, ranking_metrics
+from mtrec.metrics import average_ranks, evaluate, held_out_ranks, ranking_metrics
 
 
 def brute_force(scores, test_pairs, seen_pairs, k=10):
@@ -73,6 +73,24 @@ def test_metrics_match_brute_force_with_ties(seed):
     mse = ((rating_table[test.users, test.items] - test.ratings) ** 2).mean().item()
     assert metrics["mse"].item() == pytest.approx(mse, rel=1e-5)
     assert metrics["rmse"].item() == pytest.approx(math.sqrt(mse), rel=1e-5)
+
+
+def test_evaluation_in_user_chunks_gives_the_same_ranks():
+    torch.manual_seed(0)
+    scores = torch.randint(0, 4, (20, 15)).float()
+    pairs = torch.randperm(300)[:200]
+    users, items = pairs // 15, pairs % 15
+
+    def part(rows):
+        return Interactions(
+            users[rows], items[rows], torch.ones(len(rows)), torch.zeros(len(rows)), 20, 15
+        )
+
+    held = held_out("test", part(torch.arange(150, 200)), part(torch.arange(150)))
+    net = FixedScores(scores, torch.zeros(20, 15))
+    whole = held_out_ranks(net, held)
+    for max_scores in (15, 45, 100):  # 1, 3 and 6 users per chunk
+        assert torch.equal(held_out_ranks(net, held, max_scores=max_scores), whole)
 
 
 def test_average_rank_of_ties_and_chunks():

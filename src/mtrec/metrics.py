@@ -60,14 +60,31 @@ def rating_metrics(predicted: torch.Tensor, observed: torch.Tensor) -> dict[str,
     return {"mse": mse, "rmse": mse.sqrt()}
 
 
+def held_out_ranks(net: torch.nn.Module, held: HeldOut, max_scores: int = 1 << 25) -> torch.Tensor:
+    """The rank of every held-out row among all items, known items pushed to the bottom.
+
+    Users are scored in chunks of at most ``max_scores`` scores (128 MB of float32), so memory
+    stays bounded for any catalogue; ML-100K fits in one chunk.
+    """
+    num_users, num_items = len(held.eval_users), held.num_items
+    users_per_chunk = max(1, max_scores // num_items)
+    ranks = torch.empty(len(held.items), device=held.items.device)
+    for start in range(0, num_users, users_per_chunk):
+        bounds = torch.tensor([start, start + users_per_chunk], device=held.items.device)
+        seen = slice(*torch.searchsorted(held.seen_rows, bounds).tolist())
+        rows = slice(*torch.searchsorted(held.row_of, bounds).tolist())
+        scores = net.score_all_items(held.eval_users[start : start + users_per_chunk])
+        scores[held.seen_rows[seen] - start, held.seen_items[seen]] = float("-inf")
+        ranks[rows] = average_ranks(scores, held.row_of[rows] - start, held.items[rows])
+    return ranks
+
+
 @torch.no_grad()
 def evaluate(net: torch.nn.Module, held: HeldOut, k: int = 10) -> dict[str, torch.Tensor]:
     """The metrics of the heads ``net`` has: ranking from interactions, MSE from ratings."""
     metrics = {}
     if "interaction" in net.heads:
-        scores = net.score_all_items(held.eval_users)
-        scores[held.seen_rows, held.seen_items] = float("-inf")
-        ranks = average_ranks(scores, held.row_of, held.items)
+        ranks = held_out_ranks(net, held)
         metrics.update(ranking_metrics(ranks, held.row_of, len(held.eval_users), k))
     if "rating" in net.heads:
         context = {"history": held.history} if held.history is not None else {}

@@ -16,7 +16,7 @@ from mtrec.data.interactions import (
     last_items,
     random_split,
 )
-from mtrec.data.movielens import load_movielens
+from mtrec.data.movielens import MovieLens, load_movielens
 
 
 class ShuffledBatches:
@@ -133,7 +133,7 @@ class MovieLensDataModule(L.LightningDataModule):
         if self.split is not None:
             return
         hp = self.hparams
-        data = load_movielens(hp.variant, Path(hp.cache_dir), hp.path)
+        data = self.load()
         interactions, self.vocabulary = index_ratings(data.ratings)
         self.item_metadata = data.items
         self.num_users, self.num_items = interactions.num_users, interactions.num_items
@@ -153,6 +153,10 @@ class MovieLensDataModule(L.LightningDataModule):
         for i, ids in enumerate(rows):
             table[i, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
         return table
+
+    def load(self) -> MovieLens:
+        hp = self.hparams
+        return load_movielens(hp.variant, Path(hp.cache_dir), hp.path)
 
     @property
     def has_validation(self) -> bool:

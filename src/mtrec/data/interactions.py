@@ -88,12 +88,15 @@ def random_split(
 class HeldOut:
     """A held-out set ready for evaluation in one pass.
 
-    ``users``/``items``/``ratings`` are the held-out rows; ``row_of`` maps each of them to a
-    row of ``eval_users`` (the users that have held-out rows); ``seen_rows``/``seen_items``
-    list the known (training) interactions of those users, pushed to the bottom of rankings.
+    ``users``/``items``/``ratings`` are the held-out rows, grouped by user; ``row_of`` maps
+    each of them to a row of ``eval_users`` (the users that have held-out rows, ascending);
+    ``seen_rows``/``seen_items`` list the known (training) interactions of those users, sorted
+    by row, pushed to the bottom of rankings. Both sortings let evaluation take the users in
+    chunks with two binary searches per chunk.
     """
 
     name: str  # metric prefix: "val" or "test"
+    num_items: int
     users: torch.Tensor
     items: torch.Tensor
     ratings: torch.Tensor
@@ -112,21 +115,24 @@ def held_out(
     With ``history_length``, each row also gets the last items of its user among the first
     ``known`` set (the training rows) up to its timestamp: held-out items never enter a history.
     """
+    target = target.subset(torch.argsort(target.users, stable=True))
     eval_users, row_of = torch.unique(target.users, return_inverse=True)
     position = torch.full((target.num_users,), -1, dtype=torch.int64)
     position[eval_users] = torch.arange(len(eval_users))
     known_users = torch.cat([k.users for k in known])
     known_items = torch.cat([k.items for k in known])
     keep = position[known_users] >= 0
+    seen_rows, by_row = torch.sort(position[known_users[keep]], stable=True)
     return HeldOut(
         name=name,
+        num_items=target.num_items,
         users=target.users,
         items=target.items,
         ratings=target.ratings,
         eval_users=eval_users,
         row_of=row_of,
-        seen_rows=position[known_users[keep]],
-        seen_items=known_items[keep],
+        seen_rows=seen_rows,
+        seen_items=known_items[keep][by_row],
         history=last_items(known[0], history_length, target) if history_length else None,
     )
 

@@ -1,0 +1,113 @@
+"""Synthetic interactions shaped like a MovieLens variant, for scale tests without downloads.
+
+Users, items and ratings match the named variant's counts; item popularity is long-tailed
+(Zipf-like), per-user activity is long-tailed (log-normal, at least 20 ratings as in
+MovieLens), ratings are integers 1-5 from user and item tendencies plus noise. The same seed
+gives the same data.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mtrec.data.datamodule import MovieLensDataModule
+from mtrec.data.movielens import DataError, MovieLens
+
+log = logging.getLogger(__name__)
+
+# (users, items, ratings) of the GroupLens releases
+SHAPES: dict[str, tuple[int, int, int]] = {
+    "ml-100k": (943, 1_682, 100_000),
+    "ml-1m": (6_040, 3_706, 1_000_209),
+    "ml-10m": (69_878, 10_677, 10_000_054),
+    "ml-20m": (138_493, 26_744, 20_000_263),
+    "ml-25m": (162_541, 59_047, 25_000_095),
+    "ml-32m": (200_948, 84_432, 32_000_204),
+    "ml-latest-small": (610, 9_724, 100_836),
+}
+
+
+def user_activity(
+    rng: np.random.Generator, num_users: int, num_items: int, total: int
+) -> np.ndarray:
+    """Ratings per user: log-normal, 20 to half the catalogue each, summing to ``total``."""
+    floor, cap = min(20, num_items // 2), num_items // 2
+    if total > cap * num_users:
+        raise DataError(f"{total} ratings do not fit {num_users} users x {num_items} items.")
+    weights = rng.lognormal(0.0, 1.0, num_users)
+    counts = floor + np.floor(weights / weights.sum() * (total - floor * num_users)).astype(
+        np.int64
+    )
+    counts = np.minimum(counts, cap)
+    while (short := total - int(counts.sum())) > 0:  # hand out what rounding and the cap left over
+        room = np.flatnonzero(counts < cap)
+        counts[rng.choice(room, size=min(short, len(room)), replace=False)] += 1
+    return counts
+
+
+def distinct_items(users: torch.Tensor, popularity: torch.Tensor, generator) -> torch.Tensor:
+    """One item per row, drawn by popularity, with no (user, item) pair twice.
+
+    Draw with replacement, then redraw the repeated pairs until none is left: a few rounds,
+    since each user rates at most half the catalogue.
+    """
+    num_items = len(popularity)
+    items = torch.multinomial(popularity, len(users), replacement=True, generator=generator)
+    for _ in range(1000):
+        keys = users * num_items + items
+        order = torch.argsort(keys, stable=True)
+        repeated = torch.zeros(len(keys), dtype=torch.bool)
+        repeated[order[1:]] = keys[order[1:]] == keys[order[:-1]]
+        if not repeated.any():
+            return items
+        items[repeated] = torch.multinomial(
+            popularity, int(repeated.sum()), replacement=True, generator=generator
+        )
+    raise RuntimeError("could not draw distinct items; the popularity is too concentrated")
+
+
+def generate(shape: str = "ml-1m", seed: int = 0) -> MovieLens:
+    """A ratings table (and placeholder item titles) shaped like the MovieLens ``shape``."""
+    if shape not in SHAPES:
+        raise DataError(f"data.shape={shape!r} is unknown. Known shapes: {', '.join(SHAPES)}.")
+    num_users, num_items, total = SHAPES[shape]
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    counts = user_activity(rng, num_users, num_items, total)
+    users = torch.repeat_interleave(torch.arange(num_users), torch.from_numpy(counts))
+    popularity = 1.0 / torch.arange(1, num_items + 1, dtype=torch.float64) ** 0.9  # Zipf-like
+    popularity = popularity[torch.randperm(num_items, generator=generator)]
+    items = distinct_items(users, popularity, generator).numpy()
+    users = users.numpy()
+    taste = rng.normal(0.0, 0.5, num_users)[users] + rng.normal(0.0, 0.6, num_items)[items]
+    ratings = np.clip(np.rint(3.6 + taste + rng.normal(0.0, 0.9, total)), 1, 5)
+    frame = pd.DataFrame(
+        {
+            "user": users + 1,
+            "item": items + 1,
+            "rating": ratings.astype(np.float32),
+            "timestamp": 880_000_000 + np.arange(total, dtype=np.int64),
+        }
+    )
+    ids = np.arange(1, num_items + 1)
+    metadata = pd.DataFrame(
+        {"item": ids, "title": [f"synthetic item {i}" for i in ids], "genres": [()] * num_items}
+    )
+    return MovieLens(frame, metadata, source=f"synthetic {shape}, seed {seed}")
+
+
+class SyntheticDataModule(MovieLensDataModule):
+    """The MovieLens data module over :func:`generate` data instead of downloaded files."""
+
+    def __init__(self, shape: str = "ml-1m", generator_seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.shape, self.generator_seed = shape, generator_seed
+
+    def load(self) -> MovieLens:
+        data = generate(self.shape, self.generator_seed)
+        log.info("Generated %d ratings (%s)", len(data.ratings), data.source)
+        return data
