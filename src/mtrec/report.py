@@ -45,7 +45,7 @@ def read_job(folder: Path) -> Job:
     values = {k.lstrip("+~"): v for k, v, _ in parse_overrides(overrides)}
     record = _read_json(folder / "job.json")
     metrics = _read_json(folder / "metrics.json")
-    status = record.get("status") or ("incomplete" if not metrics else "unknown")
+    status = record.get("status") or "unfinished"  # still running, or killed
     return Job(
         folder,
         values,
