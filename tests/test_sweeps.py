@@ -210,3 +210,40 @@ def test_two_sweeps_started_together_get_two_folders(ratings_folder, tmp_path):
     assert len(sweeps) == 2
     for folder in sweeps:
         assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["seed=1", "seed=2"]
+
+
+def test_joblib_launcher_runs_two_jobs_in_parallel(ratings_folder, tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "mtrec.train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "seed=1,2",
+        f"data.path={ratings_folder}",
+        "trainer.max_epochs=2",
+        "callbacks.progress_bar.refresh_rate=0",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Joblib.Parallel(n_jobs=2" in done.stdout + done.stderr
+    table = pd.read_csv(tmp_path / "sweep" / "summary.csv")
+    assert sorted(table.run) == ["seed=1", "seed=2"] and (table.status == "completed").all()
+    assert table["test/mrr"].notna().all()
+
+
+def test_optuna_search_config_returns_a_validation_objective():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("mtrec.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    assert cfg.optimized_metric == "val/mrr" and cfg.data.val_fraction > 0
+    assert set(cfg.hydra.sweeper.params) == {
+        "model.embedding_dim",
+        "optimizer.lr",
+        "model.factorization_weight",
+        "model.l2",
+    }

@@ -102,12 +102,18 @@ def one_minus(value: float) -> float:
     return round(1.0 - float(value), 12)
 
 
+def times_three(value: int) -> int:
+    """The MLP input size of MultiTaskNet for an embedding size (``[u, q, u * q]``)."""
+    return 3 * int(value)
+
+
 def register_resolvers() -> None:
     resolvers = {
         "mtrec.run_name": (run_name, False),
         "mtrec.swept_values": (swept_values, False),
         "mtrec.token": (unique_token, True),  # cached: one token per sweep, shared by its jobs
         "mtrec.one_minus": (one_minus, False),
+        "mtrec.times_three": (times_three, False),
     }
     for name, (function, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -67,9 +67,11 @@ def held_out_metrics(trainer: L.Trainer) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mtrec.conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Returns ``optimized_metric`` (e.g. ``val/mrr``) when set: the objective of a search."""
     log.info("Config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    train(cfg)
+    metrics = train(cfg)
+    return metrics.get(cfg.optimized_metric) if cfg.get("optimized_metric") else None
 
 
 if __name__ == "__main__":
