@@ -68,6 +68,15 @@ def test_batches_cover_every_row_once_per_epoch_with_negatives_in_range():
     assert not torch.equal(epoch[0]["users"], again[0]["users"])  # reshuffled every epoch
 
 
+def test_ranks_take_disjoint_equal_shares_of_each_epoch():
+    data, _ = index_ratings(synthetic_ratings())  # 900 rows
+    shares = [list(ShuffledBatches(data, 64, 1, seed=3, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == len(ShuffledBatches(data, 64, 1, 3, world_size=2))
+    keys = [torch.cat([b["users"] * 1000 + b["items"] for b in share]) for share in shares]
+    assert len(keys[0]) == len(keys[1]) == 450
+    assert not set(keys[0].tolist()) & set(keys[1].tolist())
+
+
 def test_batches_are_reproducible_for_a_seed():
     data, _ = index_ratings(synthetic_ratings())
     first = next(iter(ShuffledBatches(data, 32, 1, seed=7)))

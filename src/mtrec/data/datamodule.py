@@ -28,6 +28,10 @@ class ShuffledBatches:
     redraws every negative that the user rated in training. Epoch ``e`` uses a generator seeded
     with ``(seed, e)``, so the batches of a run are reproducible. ``history`` (one row of past
     items per training row) rides along for sequence models.
+
+    Under data parallelism every rank draws the same permutation and takes its own share,
+    ``rank::world_size`` (trimmed to equal length), so ranks see disjoint rows and the same
+    number of batches.
     """
 
     def __init__(
@@ -38,8 +42,11 @@ class ShuffledBatches:
         seed: int,
         exclude_seen: bool = False,
         history: torch.Tensor | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.data = data
+        self.rank, self.world_size = rank, world_size
         self.batch_size = batch_size
         self.num_negatives = num_negatives
         self.seed = seed
@@ -50,14 +57,17 @@ class ShuffledBatches:
         self.epoch = 0
 
     def __len__(self) -> int:
-        return math.ceil(len(self.data) / self.batch_size)
+        return math.ceil(len(self.data) // self.world_size / self.batch_size)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         self.epoch += 1
-        n, d = len(self.data), self.data
-        order = torch.randperm(n, generator=generator)
-        negatives = torch.randint(d.num_items, (n, self.num_negatives), generator=generator)
+        d = self.data
+        order = torch.randperm(len(d), generator=generator)
+        n = len(d) // self.world_size
+        order = order[self.rank :: self.world_size][:n]
+        negatives = torch.randint(d.num_items, (len(d), self.num_negatives), generator=generator)
+        negatives = negatives[self.rank :: self.world_size][:n]
         if self.seen_keys is not None:
             self._redraw_seen(negatives, d.users[order], generator)
         for start in range(0, n, self.batch_size):
@@ -164,6 +174,7 @@ class MovieLensDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> ShuffledBatches:
         hp = self.hparams
+        trainer = self.trainer  # None when used outside a Trainer
         return ShuffledBatches(
             self.split.train,
             hp.batch_size,
@@ -171,6 +182,8 @@ class MovieLensDataModule(L.LightningDataModule):
             hp.seed,
             exclude_seen=hp.exclude_seen_negatives,
             history=self.train_history,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
         )
 
     def val_dataloader(self) -> SingleBatch:
