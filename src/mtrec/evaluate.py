@@ -40,7 +40,10 @@ def run_config(folder: Path, overrides: list[str]) -> DictConfig:
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
 
 
-def evaluate_checkpoint(checkpoint: Path, overrides: list[str] = ()) -> dict[str, float]:
+def evaluate_checkpoint(
+    checkpoint: Path, overrides: list[str] = ()
+) -> tuple[dict[str, float], Path]:
+    """The held-out metrics of ``checkpoint``, and the file they were written to."""
     folder = run_folder(checkpoint)
     cfg = run_config(folder, list(overrides))
     datamodule, module = build(cfg)
@@ -60,7 +63,7 @@ def evaluate_checkpoint(checkpoint: Path, overrides: list[str] = ()) -> dict[str
     out = folder / f"eval_{checkpoint.stem}.json"
     record = {"checkpoint": str(checkpoint), "metrics": metrics}
     atomic_write_text(out, json.dumps(record, indent=2))
-    return metrics
+    return metrics, out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,11 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = Path(given.pop("ckpt_path"))
     if not checkpoint.is_file():
         raise SystemExit(f"mtrec-eval: ckpt_path={checkpoint} is not a file.")
-    metrics = evaluate_checkpoint(checkpoint, [f"{k}={v}" for k, v in given.items()])
+    metrics, out = evaluate_checkpoint(checkpoint, [f"{k}={v}" for k, v in given.items()])
     width = max(map(len, metrics))
     for name, value in sorted(metrics.items()):
         print(f"{name:<{width}}  {value:.6f}")
-    print(f"Wrote {run_folder(checkpoint) / f'eval_{checkpoint.stem}.json'}")
+    print(f"Wrote {out}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -47,13 +48,14 @@ class Trained:
     def raw_item_ids(self):
         return self.datamodule.vocabulary.item_ids
 
+    @cached_property
     def titles(self) -> list[str]:
         metadata = self.datamodule.item_metadata.set_index("item").title
         return [str(metadata.get(i, f"item {i}")) for i in self.raw_item_ids]
 
     def find_item(self, query: str) -> int:
         """The index of a movie given by MovieLens id or by a piece of its title."""
-        titles = self.titles()
+        titles = self.titles
         if query.isdigit():
             matches = [int(i) for i in (self.raw_item_ids == int(query)).nonzero()[0]]
         else:
@@ -79,7 +81,7 @@ class Trained:
 
 
 def item_rows(trained: Trained, indices, values, value_name: str) -> list[dict]:
-    titles, genres = trained.titles(), trained.datamodule.item_metadata.set_index("item").genres
+    titles, genres = trained.titles, trained.datamodule.item_metadata.set_index("item").genres
     return [
         {
             "id": int(trained.raw_item_ids[i]),
@@ -136,14 +138,13 @@ def recommend(trained: Trained, query: str, k: int) -> dict:
             "history (any model but sequence_lstm)."
         )
     split = trained.datamodule.split
-    for part in (split.train, split.val, split.test):
-        if part is not None:
-            scores[part.items[part.users == user]] = float("-inf")  # rated: not recommended
+    parts = [p for p in (split.train, split.val, split.test) if p is not None]
+    rated = torch.cat([p.items[p.users == user] for p in parts])
+    scores[rated] = float("-inf")  # rated: not recommended
     top = scores.topk(k)
-    rated = sum(int((p.users == user).sum()) for p in (split.train, split.val, split.test) if p)
     return {
         "user": int(trained.datamodule.vocabulary.user_ids[user]),
-        "rated": rated,
+        "rated": len(rated),
         "recommendations": item_rows(
             trained, top.indices.tolist(), top.values.tolist(), value_name
         ),

@@ -8,6 +8,7 @@ figures from what the jobs left on disk (``.hydra/overrides.yaml``, ``metrics.js
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -88,8 +89,13 @@ def _metric_sort_key(name: str) -> tuple[int, int, str]:
     return ({"test": 0, "val": 1}.get(prefix, 2), order, name)
 
 
+def metric_names(jobs: list[Job]) -> list[str]:
+    """Every metric any job reported, in table order (test before val, then METRIC_ORDER)."""
+    return sorted({m for job in jobs for m in job.metrics.get("final", {})}, key=_metric_sort_key)
+
+
 def summary_table(jobs: list[Job], keys: list[str]) -> pd.DataFrame:
-    names = sorted({m for job in jobs for m in job.metrics.get("final", {})}, key=_metric_sort_key)
+    names = metric_names(jobs)
     rows = []
     for job in jobs:
         row = {"run": job.name, **{k: job.overrides.get(k, "") for k in keys}}
@@ -167,12 +173,7 @@ def write_figures(jobs: list[Job], keys: list[str], sweep_dir: Path) -> list[Pat
         written.append(_save(fig, sweep_dir / f"curve_{name.replace('/', '_')}.png"))
         plt.close(fig)
 
-    names = [
-        m
-        for m in sorted(
-            {m for j in finished for m in j.metrics.get("final", {})}, key=_metric_sort_key
-        )
-    ]
+    names = metric_names(finished)
     if names:
         columns = min(3, len(names))
         rows = math.ceil(len(names) / columns)
@@ -207,8 +208,6 @@ def _curve_metric(jobs: list[Job], metric: str) -> str | None:
 
 
 def _save(fig, path: Path) -> Path:
-    import io
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     atomic_write_bytes(path, buffer.getvalue())

@@ -187,12 +187,14 @@ class MovieLensDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> SingleBatch:
-        k = self.hparams.history_length
         if self.has_validation:
-            return SingleBatch(held_out("val", self.split.val, self.split.train, history_length=k))
-        return SingleBatch(held_out("test", self.split.test, self.split.train, history_length=k))
+            return self._held_out("val", self.split.val, self.split.train)
+        return self._held_out("test", self.split.test, self.split.train)
 
     def test_dataloader(self) -> SingleBatch:
         known = [self.split.train] + ([self.split.val] if self.has_validation else [])
+        return self._held_out("test", self.split.test, *known)
+
+    def _held_out(self, name: str, target: Interactions, *known: Interactions) -> SingleBatch:
         k = self.hparams.history_length
-        return SingleBatch(held_out("test", self.split.test, *known, history_length=k))
+        return SingleBatch(held_out(name, target, *known, history_length=k))
