@@ -1,4 +1,4 @@
-"""Seconds per epoch of ML-100K training: a plain PyTorch loop next to the template.
+"""Seconds per epoch, evaluation time and peak memory: a plain PyTorch loop next to the template.
 
 Both train the default recipe (MultiTaskNet, shared embeddings, weights 0.99 / 0.01, batch 256,
 one negative, Adam 1e-3) and evaluate the held-out 5 % after every epoch, on one thread.
@@ -6,14 +6,24 @@ one negative, Adam 1e-3) and evaluate the held-out 5 % after every epoch, on one
 - plain loop: the reference style: numpy shuffles and negatives, tensors made per batch,
   ``loss.item()`` every step, plain Adam.
 - template: the real Lightning Trainer built from the Hydra config (``mtrec-train``'s code),
-  checkpoints, metrics.json and TensorBoard included.
+  checkpoints, metrics.json and TensorBoard included, with the default speed settings.
 
-    python benchmarks/epoch_time.py [--epochs 5] [override ...]
+ML-100K is the real data set; the other shapes are ``data=synthetic``. Every row runs in its
+own process, so its peak resident memory is its own. With ``--steps N`` each epoch stops after
+N batches and seconds per epoch are projected from the measured time per batch (marked ``*``):
+a full ML-25M epoch takes the better part of an hour.
+
+    python benchmarks/epoch_time.py [--shapes ml-100k ml-1m] [--epochs 4] [--steps N] [override ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -23,14 +33,26 @@ import torch
 from hydra import compose, initialize_config_module
 
 from mtrec import losses
-from mtrec.data.datamodule import MovieLensDataModule
 from mtrec.metrics import evaluate
 from mtrec.models import MultiTaskNet
 from mtrec.train import train
 
 
-def plain_loop(epochs: int, data_dir: str) -> list[float]:
-    dm = MovieLensDataModule(cache_dir=data_dir)
+def data_module(shape: str, data_dir: str):
+    from mtrec.data.datamodule import MovieLensDataModule
+    from mtrec.data.synthetic import SyntheticDataModule
+
+    if shape == "ml-100k":
+        return MovieLensDataModule(cache_dir=data_dir)
+    return SyntheticDataModule(shape=shape, cache_dir=data_dir)
+
+
+def data_overrides(shape: str) -> list[str]:
+    return [] if shape == "ml-100k" else ["data=synthetic", f"data.shape={shape}"]
+
+
+def plain_loop(shape: str, epochs: int, steps: int | None, data_dir: str) -> dict:
+    dm = data_module(shape, data_dir)
     dm.setup()
     train_split, held = dm.split.train, next(iter(dm.val_dataloader()))
     users, items, ratings = (
@@ -39,12 +61,13 @@ def plain_loop(epochs: int, data_dir: str) -> list[float]:
     net = MultiTaskNet(dm.num_users, dm.num_items)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     rng = np.random.RandomState(0)
-    seconds = []
+    batches_per_epoch = math.ceil(len(users) / 256)
+    train_seconds, eval_seconds = [], []
     for _ in range(epochs):
         start = time.perf_counter()
         order = np.arange(len(users))
         rng.shuffle(order)
-        for begin in range(0, len(order), 256):
+        for begin in range(0, min(len(order), 256 * (steps or batches_per_epoch)), 256):
             rows = order[begin : begin + 256]
             u = torch.from_numpy(users[rows])
             i = torch.from_numpy(items[rows])
@@ -58,43 +81,37 @@ def plain_loop(epochs: int, data_dir: str) -> list[float]:
             loss.backward()
             optimizer.step()
             loss.item()
+        middle = time.perf_counter()
         evaluate(net, held)
-        seconds.append(time.perf_counter() - start)
-    return seconds
+        train_seconds.append(middle - start)
+        eval_seconds.append(time.perf_counter() - middle)
+    return epoch_figures(train_seconds, eval_seconds, steps, batches_per_epoch)
 
 
-def evaluation_ms(data_dir: str, repeats: int = 20) -> float:
-    """Median milliseconds of one all-user evaluation of the held-out 5 % (all metrics)."""
-    dm = MovieLensDataModule(cache_dir=data_dir)
-    dm.setup()
-    net, held = MultiTaskNet(dm.num_users, dm.num_items), next(iter(dm.val_dataloader()))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        evaluate(net, held)
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
-
-
-class EpochTimer(L.Callback):
-    """Wall time from one training epoch's start to the next's: training plus evaluation."""
+class PhaseTimer(L.Callback):
+    """Wall time of each epoch's training phase and of its evaluation (validation loop)."""
 
     def __init__(self):
-        self.starts: list[float] = []
+        self.train_seconds: list[float] = []
+        self.eval_seconds: list[float] = []
+
+    def on_fit_start(self, trainer, module):
+        data = trainer.datamodule
+        self.batches_per_epoch = math.ceil(len(data.split.train) / data.hparams.batch_size)
 
     def on_train_epoch_start(self, trainer, module):
-        self.starts.append(time.perf_counter())
+        self.start = time.perf_counter()
 
-    def on_train_end(self, trainer, module):
-        self.starts.append(time.perf_counter())
+    def on_validation_start(self, trainer, module):
+        self.middle = time.perf_counter()
+        self.train_seconds.append(self.middle - self.start)
 
-    @property
-    def seconds(self) -> list[float]:
-        return list(np.diff(self.starts))
+    def on_train_epoch_end(self, trainer, module):  # after validation, checkpoints and logs
+        self.eval_seconds.append(time.perf_counter() - self.middle)
 
 
-def template(epochs: int, data_dir: str, overrides: list[str]) -> list[float]:
-    timer = EpochTimer()
+def template(shape: str, epochs: int, steps: int | None, data_dir: str, overrides) -> dict:
+    timer = PhaseTimer()
     with (
         tempfile.TemporaryDirectory() as out,
         initialize_config_module("mtrec.conf", version_base="1.3"),
@@ -106,34 +123,77 @@ def template(epochs: int, data_dir: str, overrides: list[str]) -> list[float]:
                 f"paths.root_dir={out}",
                 f"paths.output_dir={out}",
                 f"paths.data_dir={data_dir}",
+                "callbacks.progress_bar.refresh_rate=0",
+                *data_overrides(shape),
                 *overrides,
             ],
         )
+        if steps:  # whole chunks only
+            chunks = max(1, steps // cfg.data.batches_per_chunk)
+            cfg.trainer.limit_train_batches = chunks
+            steps = chunks * cfg.data.batches_per_chunk
         train(cfg, extra_callbacks=[timer])
-    return timer.seconds
+    return epoch_figures(timer.train_seconds, timer.eval_seconds, steps, timer.batches_per_epoch)
+
+
+def epoch_figures(train_seconds, eval_seconds, steps, batches_per_epoch) -> dict:
+    """Medians over epochs 2.. (the first pays one-off costs: allocation, compiling)."""
+    train_s = float(np.median(train_seconds[1:] or train_seconds))
+    eval_s = float(np.median(eval_seconds[1:] or eval_seconds))
+    projected = bool(steps) and steps < batches_per_epoch
+    if projected:
+        train_s *= batches_per_epoch / steps
+    return {
+        "seconds_per_epoch": train_s + eval_s,
+        "eval_ms": 1000 * eval_s,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "projected": projected,
+    }
+
+
+def measure_in_subprocess(loop: str, shape: str, args) -> dict:
+    command = [sys.executable, __file__, "--row", loop, "--shapes", shape]
+    command += ["--epochs", str(args.epochs), "--data-dir", args.data_dir]
+    command += ["--steps", str(args.steps)] if args.steps else []
+    result = subprocess.run(command + args.overrides, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{loop} on {shape} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--shapes", nargs="+", default=["ml-100k", "ml-1m"])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--steps", type=int, help="batches per epoch (projects the rest)")
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the template run")
+    parser.add_argument("--row", choices=["plain", "template"], help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the template runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    plain = plain_loop(args.epochs, args.data_dir)
-    ours = template(args.epochs, args.data_dir, args.overrides)
-    # the first epoch pays one-off costs (allocation, lazy initialisation): report the rest
-    plain_s, ours_s = float(np.median(plain[1:])), float(np.median(ours[1:]))
-    print(
-        f"\nML-100K, batch 256, {args.epochs} epochs (median of epochs 2..{args.epochs}), 1 thread"
-    )
-    print(f"{'loop':<42}{'s / epoch':>10}")
-    print(f"{'plain PyTorch loop (reference style)':<42}{plain_s:>10.3f}")
-    print(f"{'template (Lightning Trainer, Hydra config)':<42}{ours_s:>10.3f}")
-    print(f"{'ratio template / plain':<42}{ours_s / plain_s:>10.2f}")
-    print(f"{'all-user evaluation (ms, median of 20)':<42}{evaluation_ms(args.data_dir):>10.1f}")
+    if args.row:  # one measurement, in this process: print it as JSON
+        shape = args.shapes[0]
+        if args.row == "plain":
+            row = plain_loop(shape, args.epochs, args.steps, args.data_dir)
+        else:
+            row = template(shape, args.epochs, args.steps, args.data_dir, args.overrides)
+        print(json.dumps(row))
+        return
+    print(f"batch 256, 1 thread, median of epochs 2..{args.epochs}; * projected from --steps")
+    header = f"{'shape':<10}{'loop':<10}{'s / epoch':>11}{'ratio':>7}{'eval ms':>9}{'peak GB':>9}"
+    print(header, flush=True)
+    for shape in args.shapes:
+        rows = {loop: measure_in_subprocess(loop, shape, args) for loop in ("plain", "template")}
+        for loop, row in rows.items():
+            seconds = f"{row['seconds_per_epoch']:.3f}{'*' if row['projected'] else ' '}"
+            ratio = row["seconds_per_epoch"] / rows["plain"]["seconds_per_epoch"]
+            print(
+                f"{shape:<10}{loop:<10}{seconds:>11}{ratio:>7.2f}"
+                f"{row['eval_ms']:>9.1f}{row['peak_rss_gb']:>9.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Runs in tests execute eagerly (compiling costs seconds per run, also in subprocesses);
+# tests/test_fast_training.py turns the compiler back on to check the compiled path.
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import numpy as np
 import pandas as pd

@@ -51,7 +51,7 @@ def test_each_model_trains_and_reports_only_its_heads(ratings_folder, tmp_path, 
         *sizes,
     )
     datamodule, module = build(cfg)
-    batch = next(iter(datamodule.train_dataloader()))
+    batch = next(iter(datamodule.train_dataloader()))[0]  # the first batch of the first chunk
     terms = module.losses(batch)
     assert torch.isfinite(terms["loss"])
     heads = set(module.net.heads)
@@ -142,7 +142,7 @@ def test_sequence_batches_carry_histories_of_training_items(ratings_folder, tmp_
     cfg = config(ratings_folder, tmp_path, "model=sequence_lstm")
     datamodule, _ = build(cfg)
     assert datamodule.hparams.history_length == 10
-    batch = next(iter(datamodule.train_dataloader()))
+    batch = next(iter(datamodule.train_dataloader()))[0]  # the first batch of the first chunk
     assert batch["history"].shape == (len(batch["users"]), 10)
     held = next(iter(datamodule.val_dataloader()))
     assert held.history.shape == (len(held.users), 10)

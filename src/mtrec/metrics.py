@@ -19,23 +19,26 @@ from mtrec.data.interactions import HeldOut
 
 
 def average_ranks(
-    scores: torch.Tensor, rows: torch.Tensor, items: torch.Tensor, chunk_size: int = 512
+    scores: torch.Tensor, rows: torch.Tensor, items: torch.Tensor, chunk_size: int = 256
 ) -> torch.Tensor:
     """1-based rank of ``scores[rows, items]`` within its row, ties at their average rank.
 
     With ``higher``, ``lower`` and ``tied`` (the target included) items in a row of ``n``,
     the average rank ``higher + (tied + 1) / 2`` equals ``(higher - lower + n + 1) / 2``:
     one pass of ``sign(score - target)`` per row gives it. Rows go in chunks small enough to
-    stay in the CPU cache (512 rows were fastest on ML-100K) and to bound memory.
+    stay in the CPU cache (256 rows were fastest on ML-100K) and to bound memory.
     """
     num_items = scores.shape[1]
-    ranks = []
+    targets = scores[rows, items].unsqueeze(1)
+    higher_minus_lower = torch.empty(len(rows), dtype=scores.dtype, device=scores.device)
+    # one reused buffer: fresh pages for every chunk would cost more than the arithmetic
+    buffer = scores.new_empty(min(chunk_size, len(rows)), num_items)
     for start in range(0, len(rows), chunk_size):
-        row_scores = scores[rows[start : start + chunk_size]]
-        target = row_scores.gather(1, items[start : start + chunk_size].unsqueeze(1))
-        higher_minus_lower = (row_scores - target).sign_().sum(1)
-        ranks.append((higher_minus_lower + num_items + 1) / 2)
-    return torch.cat(ranks)
+        chunk = rows[start : start + chunk_size]
+        row_scores = torch.index_select(scores, 0, chunk, out=buffer[: len(chunk)])
+        row_scores.sub_(targets[start : start + chunk_size]).sign_()
+        torch.sum(row_scores, 1, out=higher_minus_lower[start : start + chunk_size])
+    return (higher_minus_lower + num_items + 1) / 2
 
 
 def ranking_metrics(

@@ -8,10 +8,12 @@ from functools import partial
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
-from torchmetrics import MeanMetric
 
 from mtrec import losses
+from mtrec.compile import compile_or_eager
 from mtrec.data.interactions import HeldOut
 from mtrec.metrics import evaluate
 
@@ -25,7 +27,20 @@ class RecommenderModule(L.LightningModule):
     regression, with rating 0 (pointwise training on implicit feedback). ``optimizer`` builds
     the optimizer from the parameters (default: Adam, learning rate 1e-3); ``scheduler``, if
     given, builds a learning-rate scheduler stepped once per epoch.
+
+    Each ``training_step`` receives a chunk of mini-batches
+    (:class:`~mtrec.data.datamodule.Chunks`) and takes one optimizer step per mini-batch: the
+    arithmetic of one step per batch, without the Trainer's per-call overhead. On one device
+    in full precision a step is plain ``loss.backward()`` and ``optimizer.step()``, which is
+    what Lightning's wrappers would run, minus their per-step callback hooks. ``step_hooks``
+    sends every step through Lightning (``manual_backward``, ``LightningOptimizer.step``) so
+    that ``on_before_backward``, ``on_after_backward`` and ``on_before_optimizer_step`` run;
+    multi-device strategies and mixed precision always go that way. ``compile`` runs the
+    losses (model and loss, forward and backward) through ``torch.compile``, falling back to
+    eager execution where compiling fails.
     """
+
+    automatic_optimization = False
 
     def __init__(
         self,
@@ -39,6 +54,8 @@ class RecommenderModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         top_k: int = 10,
+        compile: bool = False,
+        step_hooks: bool = False,
     ):
         super().__init__()
         # Only plain values go into checkpoints, so they load with torch.load(weights_only=True).
@@ -52,17 +69,49 @@ class RecommenderModule(L.LightningModule):
         )
         self.make_optimizer = optimizer or partial(torch.optim.Adam, lr=1e-3)
         self.make_scheduler = scheduler
-        terms = ["loss"]
-        terms += ["factorization_loss"] if "interaction" in self.heads else []
-        terms += ["regression_loss"] if "rating" in self.heads else []
-        # Epoch means accumulate on the device: no host synchronisation per step.
-        self.train_means = nn.ModuleDict({name: MeanMetric() for name in terms})
+        self.step_losses = compile_or_eager(self.losses) if compile else self.losses
+        # Sums of the loss terms over the epoch, on the device: no host synchronisation per step.
+        self.loss_sums: dict[str, torch.Tensor] = {}
+        self.steps_in_epoch = 0
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        terms = self.losses(batch)
-        for name, value in terms.items():
-            self.train_means[name].update(value.detach())
-        return terms["loss"]
+    def on_fit_start(self) -> None:
+        # The plain step (loss.backward(), optimizer.step()) is what Lightning's wrappers run
+        # on one device in full precision, minus the per-step callback hooks and their cost.
+        self.plain_steps = (
+            not self.hparams.step_hooks
+            and isinstance(self.trainer.strategy, SingleDeviceStrategy)
+            and type(self.trainer.precision_plugin) is Precision
+        )
+
+    def training_step(self, chunk: list[dict[str, torch.Tensor]], chunk_idx: int) -> None:
+        optimizer = self.optimizers()
+        step_terms = []
+        for batch in chunk:
+            optimizer.optimizer.zero_grad()
+            terms = self.step_losses(batch)
+            if self.plain_steps:
+                terms["loss"].backward()
+                optimizer.optimizer.step()
+            else:
+                self.manual_backward(terms["loss"])
+                optimizer.step()
+            step_terms.append({name: value.detach() for name, value in terms.items()})
+        for name in step_terms[0]:  # summed once per chunk: a few operations, not a few per step
+            chunk_sum = torch.stack([terms[name] for terms in step_terms]).sum()
+            self.loss_sums[name] = self.loss_sums.get(name, 0.0) + chunk_sum
+        self.steps_in_epoch += len(chunk)
+        self._count_optimizer_steps(len(chunk))
+
+    def _count_optimizer_steps(self, steps: int) -> None:
+        """Make Lightning count optimizer steps, not chunks: ``global_step`` (checkpoints,
+        ``max_steps``) and the step axis of logged metrics stay those of one step per batch."""
+        loop = self.trainer.fit_loop.epoch_loop
+        if self.plain_steps:  # the bare optimizer did not tell Lightning
+            progress = loop.manual_optimization.optim_step_progress
+            for _ in range(steps):
+                progress.increment_ready()
+                progress.increment_completed()
+        loop._batches_that_stepped += steps - 1  # Lightning adds one per training_step
 
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         users, items = batch["users"], batch["items"]
@@ -88,9 +137,12 @@ class RecommenderModule(L.LightningModule):
         return terms
 
     def on_train_epoch_end(self) -> None:
-        for name, mean in self.train_means.items():
-            self.log(f"train/{name}", mean.compute())
-            mean.reset()
+        for name, total in self.loss_sums.items():
+            self.log(f"train/{name}", total / self.steps_in_epoch, sync_dist=True)
+        self.loss_sums, self.steps_in_epoch = {}, 0
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
 
     def validation_step(self, held: HeldOut, batch_idx: int) -> None:
         self._evaluate(held)

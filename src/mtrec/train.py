@@ -25,6 +25,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     ``num_items`` and, for genre models, ``item_genres``.
     """
     torch.set_num_threads(cfg.threads)
+    torch.compiler.reset()  # each run compiles afresh: runs of one process never share graphs
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")

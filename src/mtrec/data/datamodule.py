@@ -100,6 +100,34 @@ class ShuffledBatches:
         )
 
 
+class Chunks:
+    """Consecutive mini-batches grouped into lists: one list per Lightning ``training_step``.
+
+    Each mini-batch still gets its own optimizer step; a chunk only spares the Trainer's
+    per-call work (hooks, progress bar, loop bookkeeping), which costs more than the
+    arithmetic of a small batch. Trainer settings that count batches
+    (``limit_train_batches``, ``log_every_n_steps``) count chunks.
+    """
+
+    def __init__(self, batches, size: int):
+        if size < 1:
+            raise ValueError(f"data.batches_per_chunk={size}: use a positive integer.")
+        self.batches, self.size = batches, size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.batches) / self.size)
+
+    def __iter__(self):
+        chunk = []
+        for batch in self.batches:
+            chunk.append(batch)
+            if len(chunk) == self.size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
 class SingleBatch:
     """An iterable of one batch: a whole held-out set, evaluated in one vectorised pass."""
 
@@ -130,6 +158,7 @@ class MovieLensDataModule(L.LightningDataModule):
         test_fraction: float = 0.05,
         val_fraction: float = 0.0,
         batch_size: int = 256,
+        batches_per_chunk: int = 64,
         num_negatives: int = 1,
         exclude_seen_negatives: bool = False,
         history_length: int = 0,
@@ -172,10 +201,10 @@ class MovieLensDataModule(L.LightningDataModule):
     def has_validation(self) -> bool:
         return self.split.val is not None
 
-    def train_dataloader(self) -> ShuffledBatches:
+    def train_dataloader(self) -> Chunks:
         hp = self.hparams
         trainer = self.trainer  # None when used outside a Trainer
-        return ShuffledBatches(
+        batches = ShuffledBatches(
             self.split.train,
             hp.batch_size,
             hp.num_negatives,
@@ -185,6 +214,7 @@ class MovieLensDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
         )
+        return Chunks(batches, hp.batches_per_chunk)
 
     def val_dataloader(self) -> SingleBatch:
         if self.has_validation:

@@ -77,7 +77,8 @@ class MultiTaskNet(nn.Module):
     def score_all_items(self, user_ids: torch.Tensor) -> torch.Tensor:
         """Interaction logits of every item for each user: shape (len(user_ids), num_items)."""
         users = self.user_embeddings(user_ids)
-        return users @ self.item_embeddings.weight.T + self.item_biases.weight.T
+        # one fused multiply-add: no second users x items buffer for the bias
+        return torch.addmm(self.item_biases.weight.T, users, self.item_embeddings.weight.T)
 
     def item_vectors(self) -> torch.Tensor:
         return self.item_embeddings.weight

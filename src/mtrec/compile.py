@@ -1,0 +1,37 @@
+"""``torch.compile`` where it works, eager execution where it does not."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def compile_or_eager(function: Callable) -> Callable:
+    """``function`` compiled on first call; if compiling fails (no C compiler, an unsupported
+    operation or platform), a warning names the reason and every call runs eagerly instead.
+
+    An error of ``function`` itself is raised again by the eager call, so nothing is hidden.
+    """
+    compiled = torch.compile(function)
+    current = compiled
+
+    def call(*args, **kwargs):
+        nonlocal current
+        if current is compiled:
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly
+                log.warning(
+                    "torch.compile failed (%s: %s); running eagerly. Set model.compile=false "
+                    "to skip compiling.",
+                    type(error).__name__,
+                    str(error).splitlines()[0] if str(error) else "",
+                )
+                current = function
+        return current(*args, **kwargs)
+
+    return call
