@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 # Runs in tests execute eagerly (compiling costs seconds per run, also in subprocesses);
@@ -43,3 +44,32 @@ def write_u_data(folder: Path, ratings: pd.DataFrame) -> Path:
 @pytest.fixture
 def ratings_folder(tmp_path: Path) -> Path:
     return write_u_data(tmp_path / "ml-synthetic", synthetic_ratings())
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys, caplog, tmp_path):
+    """Run ``mtrec-train <overrides>`` in this process, from ``tmp_path``, as a user would.
+
+    Returns the exit status (0 when it returned) and the error records it logged plus what it
+    printed (Hydra's own errors are printed). tests/test_bad_input.py runs the real command
+    once in a subprocess to check what the console shows.
+    """
+    import logging
+
+    from mtrec.train import main
+
+    def run(*overrides: str) -> tuple[int, str]:
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+        monkeypatch.setattr(sys, "argv", ["mtrec-train", *overrides])
+        monkeypatch.chdir(tmp_path)
+        caplog.clear()
+        status = 0
+        with caplog.at_level(logging.WARNING):
+            try:
+                main()
+            except SystemExit as exit:
+                status = exit.code if isinstance(exit.code, int) else 1
+        out, err = capsys.readouterr()
+        return status, "\n".join(r.getMessage() for r in caplog.records) + out + err
+
+    return run

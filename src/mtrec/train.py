@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Sequence
 
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mtrec.errors import UserError
 from mtrec.naming import register_resolvers
 
 log = logging.getLogger(__name__)
@@ -69,9 +73,20 @@ def held_out_metrics(trainer: L.Trainer) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="pkg://mtrec.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Returns ``optimized_metric`` (e.g. ``val/mrr``) when set: the objective of a search."""
+    """Returns ``optimized_metric`` (e.g. ``val/mrr``) when set: the objective of a search.
+
+    A :class:`~mtrec.errors.UserError` (a bad config value or data file) ends a single run
+    with its message alone and exit status 2; in a sweep it fails that job, which the sweep
+    summary records, and the other jobs go on.
+    """
     log.info("Config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except UserError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        log.error("%s", error)
+        raise SystemExit(2) from None
     return metrics.get(cfg.optimized_metric) if cfg.get("optimized_metric") else None
 
 

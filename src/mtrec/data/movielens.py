@@ -31,6 +31,8 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock
 
+from mtrec.errors import UserError
+
 log = logging.getLogger(__name__)
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/{archive}"
@@ -112,7 +114,7 @@ MIRRORS: dict[str, Mirror] = {
 }
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The data could not be found, fetched or read; the message says what to do."""
 
 

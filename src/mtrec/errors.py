@@ -1,0 +1,12 @@
+"""Errors caused by what the user gave (config values, data files): reported as one message."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the input. ``mtrec-train`` prints its message alone and exits with status 2;
+    ``HYDRA_FULL_ERROR=1`` shows the stack trace as well."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work: the message names the key, the value and the fix."""
