@@ -19,11 +19,18 @@ class MetricsHistory(L.Callback):
 
     The file holds ``final`` (last value of every metric), ``best`` (best value and the
     epoch it was reached, epochs counted from 1) and ``history`` (one entry per evaluation).
+    The history travels in checkpoints, so a resumed run writes the whole record.
     """
 
     def __init__(self, path: str | Path = "metrics.json"):
         self.path = Path(path)
         self.history: list[dict[str, float]] = []
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}  # saved in checkpoints: a resumed run continues it
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict["history"])
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking:

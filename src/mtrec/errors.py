@@ -10,3 +10,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config value that cannot work: the message names the key, the value and the fix."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: the message names the step and the likely cause."""

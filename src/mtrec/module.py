@@ -15,6 +15,7 @@ from torch import nn
 from mtrec import losses
 from mtrec.compile import compile_or_eager
 from mtrec.data.interactions import HeldOut
+from mtrec.errors import TrainingDiverged
 from mtrec.metrics import evaluate
 
 
@@ -97,10 +98,33 @@ class RecommenderModule(L.LightningModule):
                 optimizer.step()
             step_terms.append({name: value.detach() for name, value in terms.items()})
         for name in step_terms[0]:  # summed once per chunk: a few operations, not a few per step
-            chunk_sum = torch.stack([terms[name] for terms in step_terms]).sum()
-            self.loss_sums[name] = self.loss_sums.get(name, 0.0) + chunk_sum
+            per_step = torch.stack([terms[name] for terms in step_terms])
+            if name == "loss" and not torch.isfinite(per_step.sum()):  # one check per chunk
+                self._diverged(per_step)
+            self.loss_sums[name] = self.loss_sums.get(name, 0.0) + per_step.sum()
         self.steps_in_epoch += len(chunk)
         self._count_optimizer_steps(len(chunk))
+
+    def _diverged(self, step_losses: torch.Tensor) -> None:
+        """Stop with the first non-finite step. The checkpoint of the last finished epoch and
+        metrics.json stay as they were: nothing diverged is saved over them."""
+        first = int((~torch.isfinite(step_losses)).nonzero()[0])
+        optimizer = self.optimizers().optimizer
+        lr = optimizer.param_groups[0]["lr"]
+        checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or None
+        raise TrainingDiverged(
+            f"The training loss became {float(step_losses[first])} at epoch "
+            f"{self.current_epoch} (counted from 0, as the progress bar), optimizer step "
+            f"{self.trainer.global_step + first + 1}, batch {self.steps_in_epoch + first + 1} "
+            f"of the epoch. Likely cause: a learning rate too high for this model "
+            f"(optimizer.lr={lr:g}), or very large l1/l2 penalties. Fix: lower it, e.g. "
+            f"optimizer.lr={lr / 10:g}. "
+            + (
+                f"The last finished epoch's checkpoint is kept: {checkpoint}."
+                if checkpoint
+                else "No epoch had finished, so there is no checkpoint."
+            )
+        )
 
     def _count_optimizer_steps(self, steps: int) -> None:
         """Make Lightning count optimizer steps, not chunks: ``global_step`` (checkpoints,

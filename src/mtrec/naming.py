@@ -86,6 +86,23 @@ def run_name(default: str = "default") -> str:
     return safe_name(",".join(f"{k}={overrides[k]}" for k in keys if k in overrides)) or default
 
 
+def run_dir(new: str, *, _root_: DictConfig) -> str:
+    """The folder of a single run: ``new`` (a fresh timestamped folder), or when resuming the
+    folder of the run being continued, so its checkpoints, metrics and TensorBoard run go on.
+
+    ``ckpt_path=last`` continues the newest run with the same name and overrides that left a
+    ``checkpoints/last.ckpt``; ``ckpt_path=<run>/checkpoints/<file>.ckpt`` continues ``<run>``.
+    """
+    checkpoint = OmegaConf.select(_root_, "ckpt_path")
+    if not checkpoint:
+        return new
+    if checkpoint == "last":  # folder names are timestamps: the last is the newest
+        earlier = sorted(p.parents[1] for p in Path(new).parent.glob("*/checkpoints/last.ckpt"))
+        return str(earlier[-1]) if earlier else new  # none: training says so
+    path = Path(checkpoint)
+    return str(path.parents[1]) if path.parent.name == "checkpoints" else new
+
+
 def swept_values(*, _root_: DictConfig) -> dict:
     """The current job's naming keys with their composed values (empty outside Hydra)."""
     if not HydraConfig.initialized():
@@ -110,6 +127,7 @@ def times_three(value: int) -> int:
 def register_resolvers() -> None:
     resolvers = {
         "mtrec.run_name": (run_name, False),
+        "mtrec.run_dir": (run_dir, False),
         "mtrec.swept_values": (swept_values, False),
         "mtrec.token": (unique_token, True),  # cached: one token per sweep, shared by its jobs
         "mtrec.one_minus": (one_minus, False),

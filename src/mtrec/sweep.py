@@ -19,21 +19,40 @@ from mtrec.report import write_report
 log = logging.getLogger(__name__)
 
 
+def completed_metrics(output_dir: str | Path) -> dict[str, float] | None:
+    """The final metrics of a job folder whose ``job.json`` says it completed, else ``None``.
+
+    Re-running an interrupted sweep into its folder skips these jobs.
+    """
+    job, metrics = Path(output_dir) / "job.json", Path(output_dir) / "metrics.json"
+    if not (job.exists() and metrics.exists()):
+        return None
+    if json.loads(job.read_text()).get("status") != "completed":
+        return None
+    return json.loads(metrics.read_text())["final"]
+
+
 class SweepRecorder(Callback):
     """Writes ``job.json`` (status, error, wall time) in each job folder, then the summary.
 
     The summary is rewritten after every job, so a sweep whose job fails, or that is stopped,
     still has an up-to-date ``summary.csv``; Hydra skips ``on_multirun_end`` when a job failed.
+    A job that had completed before (a re-run sweep) keeps its record.
     """
 
     def __init__(self) -> None:
         self.started: float | None = None
+        self.completed_before = False
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.time()
+        self.completed_before = completed_metrics(HydraConfig.get().runtime.output_dir) is not None
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         hydra_cfg = HydraConfig.get()
+        if self.completed_before and job_return.status == JobStatus.COMPLETED:
+            self._summarise(Path(hydra_cfg.sweep.dir))
+            return
         error = ""
         if job_return.status == JobStatus.FAILED:
             try:

@@ -36,8 +36,8 @@ class HParamsSession(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = _tensorboard(trainer)
-        if logger is None or not trainer.is_global_zero:
-            return
+        if logger is None or not trainer.is_global_zero or trainer.ckpt_path:
+            return  # a resumed run continues the session its first start wrote
         prefixes = ["test"] + (
             ["val"] if getattr(trainer.datamodule, "has_validation", False) else []
         )

@@ -6,6 +6,7 @@ import inspect
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import hydra
 import lightning as L
@@ -15,8 +16,9 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mtrec.errors import UserError
+from mtrec.errors import ConfigError, UserError
 from mtrec.naming import register_resolvers
+from mtrec.sweep import completed_metrics
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -48,19 +50,43 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
     """Train one run described by ``cfg``; return its final held-out metrics."""
+    checkpoint = resume_from(cfg)
     datamodule, module = build(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks += extra_callbacks
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     metrics = held_out_metrics(trainer)
     if datamodule.has_validation:
         trainer.test(module, datamodule=datamodule)
         metrics.update(held_out_metrics(trainer))
     log.info("Final metrics: %s", {name: round(value, 4) for name, value in metrics.items()})
     return metrics
+
+
+def resume_from(cfg: DictConfig) -> str | None:
+    """The checkpoint to continue from: ``ckpt_path`` (``last``: the run folder's own), or
+    without it the run folder's last checkpoint if there is one (a re-run sweep's job that
+    was stopped part-way)."""
+    checkpoint = cfg.get("ckpt_path")
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if checkpoint == "last" or (checkpoint is None and last.exists()):
+        checkpoint = str(last)
+        log.info("Continuing from %s", last)
+    if cfg.get("ckpt_path") == "last" and not last.exists():
+        raise ConfigError(
+            f"ckpt_path=last: no earlier run in {last.parents[2]} left checkpoints/last.ckpt. "
+            "Fix: give the same name and overrides as the run to continue, or "
+            "ckpt_path=<path to a .ckpt file>, or leave ckpt_path out to start afresh."
+        )
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path}: {checkpoint} is not a file. Fix: give the path of a "
+            "checkpoint (<run folder>/checkpoints/last.ckpt), or leave ckpt_path out."
+        )
+    return checkpoint
 
 
 def held_out_metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -80,6 +106,10 @@ def main(cfg: DictConfig) -> float | None:
     summary records, and the other jobs go on.
     """
     log.info("Config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    done = completed_metrics(cfg.paths.output_dir)
+    if done is not None:
+        log.info("%s completed before (job.json): skipped", cfg.paths.output_dir)
+        return done.get(cfg.optimized_metric) if cfg.get("optimized_metric") else None
     try:
         metrics = train(cfg)
     except UserError as error:

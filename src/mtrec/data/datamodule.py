@@ -56,6 +56,10 @@ class ShuffledBatches:
         )
         self.epoch = 0
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer before every epoch: a resumed run draws what it would have."""
+        self.epoch = epoch
+
     def __len__(self) -> int:
         return math.ceil(len(self.data) // self.world_size / self.batch_size)
 
@@ -113,6 +117,8 @@ class Chunks:
         if size < 1:
             raise ValueError(f"data.batches_per_chunk={size}: use a positive integer.")
         self.batches, self.size = batches, size
+        # Lightning calls sampler.set_epoch(epoch) before each epoch, as for a DistributedSampler
+        self.sampler = batches
 
     def __len__(self) -> int:
         return math.ceil(len(self.batches) / self.size)
