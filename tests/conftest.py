@@ -14,6 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+# Imported here, not first inside a test: Lightning binds its console handler to the
+# sys.stderr of its first import, which would be a test's capture, closed after that test.
+import mtrec.train  # noqa: F401, E402
+
 
 def synthetic_ratings(num_users: int = 60, num_items: int = 40, per_user: int = 15, seed: int = 0):
     """Ratings with structure a model can learn: two user groups prefer two item groups."""
@@ -51,7 +55,7 @@ def run_cli(monkeypatch, capsys, caplog, tmp_path):
     """Run ``mtrec-train <overrides>`` in this process, from ``tmp_path``, as a user would.
 
     Returns the exit status (0 when it returned) and the error records it logged plus what it
-    printed (Hydra's own errors are printed). tests/test_bad_input.py runs the real command
+    printed (Hydra's own errors are printed). tests/test_bad_data.py runs the real command
     once in a subprocess to check what the console shows.
     """
     import logging

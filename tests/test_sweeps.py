@@ -67,7 +67,7 @@ def test_summary_has_every_job_and_marks_the_failed_ones(sweep):
     failed = table[table.status == "failed"]
     assert sorted(failed["model.embedding_dim"]) == [5, 5]
     assert failed.error.str.contains(
-        r"layer_sizes\[0\]=24 must equal 3 \* model.embedding_dim"
+        "model.layer_sizes=[24,16] does not fit model.embedding_dim=5", regex=False
     ).all()
     for _, row in table[table.status == "completed"].iterrows():
         record = json.loads((sweep / row["run"] / "metrics.json").read_text())

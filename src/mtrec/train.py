@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtrec.errors import ConfigError, UserError
 from mtrec.naming import register_resolvers
 from mtrec.sweep import completed_metrics
+from mtrec.validation import validate
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -50,6 +51,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
     """Train one run described by ``cfg``; return its final held-out metrics."""
+    validate(cfg)
+    log.info("Config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     checkpoint = resume_from(cfg)
     datamodule, module = build(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
@@ -105,7 +108,6 @@ def main(cfg: DictConfig) -> float | None:
     with its message alone and exit status 2; in a sweep it fails that job, which the sweep
     summary records, and the other jobs go on.
     """
-    log.info("Config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     done = completed_metrics(cfg.paths.output_dir)
     if done is not None:
         log.info("%s completed before (job.json): skipped", cfg.paths.output_dir)

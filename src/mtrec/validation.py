@@ -1,0 +1,214 @@
+"""Checks of the composed config before any work starts: one clear message per mistake.
+
+:func:`validate` runs the :data:`RULES` in order, then the checks that relate several keys,
+and raises a :class:`~mtrec.errors.ConfigError` on the first problem. The message names the
+key as it is typed on the command line, its value and what is allowed. A key the config
+lacks (``model.layer_sizes`` of a model without an MLP, ``data.shape`` of real data) is
+skipped. To add a rule, add one line to :data:`RULES`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mtrec.data.movielens import VARIANTS
+from mtrec.data.synthetic import SHAPES
+from mtrec.errors import ConfigError
+from mtrec.losses import FACTORIZATION_LOSSES
+from mtrec.models import MultiTaskNet
+
+ABSENT = object()  # the key is not in the config (or cannot be resolved: left to its user)
+
+
+def number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def positive_int(v: Any) -> bool:
+    return integer(v) and v >= 1
+
+
+def size_or_auto(v: Any) -> bool:
+    return v == "auto" or positive_int(v)
+
+
+def positive_ints(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(map(positive_int, v))
+
+
+def non_negative(v: Any) -> bool:
+    return number(v) and v >= 0
+
+
+def fraction(zero_ok: bool = False) -> Callable[[Any], bool]:
+    return lambda v: number(v) and (v >= 0 if zero_ok else v > 0) and v < 1
+
+
+def one_of(choices) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and v in choices
+
+
+def listing(choices) -> str:
+    return "one of " + ", ".join(choices)
+
+
+def real_data(cfg: DictConfig) -> bool:
+    """Not ``data=synthetic``, which generates its ratings and ignores ``data.variant``."""
+    return lookup(cfg, "data.shape") is ABSENT
+
+
+REGRESSION_WEIGHT = (
+    "a number >= 0; unless set it is 1 - model.factorization_weight, so keep "
+    "model.factorization_weight <= 1 or set model.regression_weight as well"
+)
+
+
+class Rule(NamedTuple):
+    key: str  # as typed on the command line
+    ok: Callable[[Any], bool]  # True for an allowed value
+    allowed: str  # shown after "use"
+    when: Callable[[DictConfig], bool] | None = None  # checked only for configs where this holds
+
+
+RULES: list[Rule] = [
+    Rule("data.variant", one_of(VARIANTS), listing(VARIANTS), when=real_data),
+    Rule("data.shape", one_of(SHAPES), listing(SHAPES)),
+    Rule("data.test_fraction", fraction(), "a number between 0 and 1, both excluded, e.g. 0.05"),
+    Rule("data.val_fraction", fraction(zero_ok=True), "a number in [0, 1), 0 for no carve-out"),
+    Rule("data.batch_size", positive_int, "a positive integer, e.g. 256"),
+    Rule("data.batches_per_chunk", positive_int, "a positive integer, e.g. 64"),
+    Rule("data.num_negatives", positive_int, "an integer >= 1, e.g. 1"),
+    Rule("model.embedding_dim", size_or_auto, "a positive integer or auto"),
+    Rule("model.layer_sizes", positive_ints, "a list of positive integers, e.g. [96,64]"),
+    Rule("model.hidden_size", positive_int, "a positive integer, e.g. 64"),
+    Rule("model.genre_dim", positive_int, "a positive integer, e.g. 8"),
+    Rule("model.history_length", positive_int, "a positive integer, e.g. 10"),
+    Rule("model.factorization_loss", one_of(FACTORIZATION_LOSSES), listing(FACTORIZATION_LOSSES)),
+    Rule("model.factorization_weight", non_negative, "a number >= 0, e.g. 0.99"),
+    Rule("model.regression_weight", lambda v: v is None or non_negative(v), REGRESSION_WEIGHT),
+    Rule("model.negative_rating_ratio", lambda v: integer(v) and v >= 0, "an integer >= 0"),
+    Rule("model.l1", non_negative, "a number >= 0 (0: no penalty)"),
+    Rule("model.l2", non_negative, "a number >= 0 (0: no penalty)"),
+    Rule("optimizer.lr", lambda v: number(v) and v > 0, "a number > 0, e.g. 1e-3"),
+    Rule("trainer.max_epochs", positive_int, "an integer >= 1"),
+]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first value of ``cfg`` that cannot work."""
+    for rule in RULES:
+        value = lookup(cfg, rule.key)
+        if value is ABSENT or (rule.when is not None and not rule.when(cfg)):
+            continue
+        if not rule.ok(value):
+            raise ConfigError(f"{rule.key}={shown(value)} is not valid: use {rule.allowed}.")
+    for check in CHECKS:
+        check(cfg)
+
+
+def fractions_leave_training_rows(cfg: DictConfig) -> None:
+    test, val = lookup(cfg, "data.test_fraction"), lookup(cfg, "data.val_fraction")
+    if number(test) and number(val) and test + val >= 1:
+        raise ConfigError(
+            f"data.test_fraction={shown(test)} and data.val_fraction={shown(val)} add up to "
+            f"{test + val:g}, which leaves no ratings for training: keep their sum below 1, "
+            "e.g. data.test_fraction=0.05 data.val_fraction=0.05."
+        )
+
+
+def multitask_layer_fits(cfg: DictConfig) -> None:
+    """MultiTaskNet's MLP reads [u, q, u * q]; with ``embedding_dim=auto`` it sizes it itself."""
+    dim, sizes = lookup(cfg, "model.embedding_dim"), lookup(cfg, "model.layer_sizes")
+    if not issubclass(net_class(cfg), MultiTaskNet) or not integer(dim) or sizes is ABSENT:
+        return
+    if sizes[0] != 3 * dim:
+        fixed = shown([3 * dim, *sizes[1:]])
+        raise ConfigError(
+            f"model.layer_sizes={shown(sizes)} does not fit model.embedding_dim={dim}: its first "
+            f"entry must be 3 * model.embedding_dim = {3 * dim} (the MLP input is [u, q, u * q]). "
+            f"Use model.layer_sizes={fixed}, or model.embedding_dim=auto, which sizes it itself."
+        )
+
+
+def some_loss_weighs(cfg: DictConfig) -> None:
+    """At least one head of the net has a positive loss weight: otherwise nothing trains."""
+    heads = getattr(net_class(cfg), "heads", ())
+    weights, derived = {}, ""
+    if "interaction" in heads:
+        weights["model.factorization_weight"] = lookup(cfg, "model.factorization_weight")
+    if "rating" in heads:
+        weight = lookup(cfg, "model.regression_weight")
+        if weight is None or OmegaConf.is_interpolation(cfg.model, "regression_weight"):
+            derived = " (1 - model.factorization_weight)"
+            if weight is None:  # the module's default: 1 - factorization_weight
+                factorization = lookup(cfg, "model.factorization_weight")
+                weight = 1.0 - factorization if number(factorization) else ABSENT
+        weights["model.regression_weight"] = weight
+    if not weights or any(not number(w) or w != 0 for w in weights.values()):
+        return
+    fix = {
+        ("interaction",): "model.factorization_weight=1",
+        ("rating",): "model.factorization_weight=0 (model.regression_weight is then 1 - 0)",
+    }.get(tuple(heads), "model.factorization_weight=0.99 (model.regression_weight is then 0.01)")
+    given = " and ".join(f"{key}={shown(w)}" for key, w in weights.items())
+    raise ConfigError(
+        f"{given}{derived}: every loss of model={lookup(cfg, 'model.name')} has weight 0, so "
+        f"nothing would be trained. Give its {' or '.join(heads)} head a positive weight, "
+        f"e.g. {fix}."
+    )
+
+
+def enough_negatives(cfg: DictConfig) -> None:
+    """The rating loss takes its negatives from the ``data.num_negatives`` sampled per pair."""
+    ratio, drawn = lookup(cfg, "model.negative_rating_ratio"), lookup(cfg, "data.num_negatives")
+    if integer(ratio) and integer(drawn) and ratio > drawn:
+        raise ConfigError(
+            f"model.negative_rating_ratio={ratio} is more than data.num_negatives={drawn}, the "
+            f"negatives sampled per rating, so only {drawn} would be used: use "
+            f"model.negative_rating_ratio={drawn} or less, or data.num_negatives={ratio}."
+        )
+
+
+# The checks that relate several keys, run after RULES, in this order.
+CHECKS = (fractions_leave_training_rows, multitask_layer_fits, some_loss_weighs, enough_negatives)
+
+
+def lookup(cfg: DictConfig, key: str) -> Any:
+    """The resolved value at ``key`` (lists and dicts as plain ones), or :data:`ABSENT`."""
+    try:
+        value = OmegaConf.select(cfg, key, default=ABSENT)
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+    except OmegaConfBaseException:  # e.g. an interpolation that fails: reported where it is used
+        return ABSENT
+    return value
+
+
+def net_class(cfg: DictConfig) -> type:
+    """The class ``model.net`` builds, or ``object`` where there is none to find."""
+    target = lookup(cfg, "model.net._target_")
+    try:
+        return get_class(target) if isinstance(target, str) else object
+    except Exception:  # a wrong target: instantiating it reports that in Hydra's own words
+        return object
+
+
+def shown(value: Any) -> str:
+    """``value`` as it would be typed on the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(shown(v) for v in value) + "]"
+    return str(value)

