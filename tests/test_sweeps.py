@@ -126,6 +126,7 @@ def test_each_run_has_one_hparams_session_with_final_metrics(sweep):
             "test/mrr_interaction",
             "test/hr@10",
             "test/ndcg@10",
+            "test/combined",
         } == metric_tags
         assert "hp_metric" not in events.Tags()["scalars"]
         final = json.loads((run / "metrics.json").read_text())["final"]

@@ -18,6 +18,7 @@ from mtrec.losses import FACTORIZATION_LOSSES
 from mtrec.validation import validate
 
 MODELS = ["multitask", "mf", "dense", "biased_dot", "genre_mf", "genre_dense", "sequence_lstm"]
+MODELS += ["popularity", "ease", "biased_mf"]
 TIMES_THREE = "model.layer_sizes=['${mtrec.times_three:${model.embedding_dim}}',64]"  # as optuna
 
 

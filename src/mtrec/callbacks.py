@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 
 from mtrec.files import atomic_write_text
 
@@ -17,7 +18,8 @@ LOWER_IS_BETTER = ("mse", "rmse")
 class MetricsHistory(L.Callback):
     """Records held-out metrics after each evaluation and writes ``metrics.json``.
 
-    The file holds ``final`` (last value of every metric), ``best`` (best value and the
+    The file holds ``final`` (last value of every metric; with a selected checkpoint, see
+    ``callbacks=selection``, its validation and test metrics), ``best`` (best value and the
     epoch it was reached, epochs counted from 1) and ``history`` (one entry per evaluation).
     The history travels in checkpoints, so a resumed run writes the whole record.
     """
@@ -25,27 +27,40 @@ class MetricsHistory(L.Callback):
     def __init__(self, path: str | Path = "metrics.json"):
         self.path = Path(path)
         self.history: list[dict[str, float]] = []
+        self.selected: dict[str, float] = {}
 
     def state_dict(self) -> dict:
         return {"history": self.history}  # saved in checkpoints: a resumed run continues it
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.history = list(state_dict["history"])
+        # Resuming starts from an empty record; testing an earlier (best) checkpoint after
+        # training must not cut the record back to that checkpoint's epoch.
+        if len(state_dict["history"]) > len(self.history):
+            self.history = list(state_dict["history"])
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self._record(trainer, epoch=trainer.current_epoch + 1)
+        elif trainer.state.fn == TrainerFn.VALIDATING:  # the selected checkpoint, re-evaluated
+            self.selected = self._values(trainer)
+            self._write(trainer)
 
     def on_test_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._record(trainer, epoch=trainer.current_epoch)
 
     def _record(self, trainer: L.Trainer, epoch: int) -> None:
-        values = {
+        self.history.append({"epoch": epoch, **self._values(trainer)})
+        self._write(trainer)
+
+    @staticmethod
+    def _values(trainer: L.Trainer) -> dict[str, float]:
+        return {
             name: float(value)
             for name, value in trainer.callback_metrics.items()
             if name.startswith(("val/", "test/"))
         }
-        self.history.append({"epoch": epoch, **values})
+
+    def _write(self, trainer: L.Trainer) -> None:
         if trainer.is_global_zero:
             atomic_write_text(self.path, json.dumps(self.summary(), indent=2))
 
@@ -63,4 +78,5 @@ class MetricsHistory(L.Callback):
                     value < current["value"] if lower else value > current["value"]
                 ):
                     best[name] = {"value": value, "epoch": entry["epoch"]}
+        final.update(self.selected)
         return {"final": final, "best": best, "history": self.history}

@@ -82,6 +82,18 @@ def held_out_ranks(net: torch.nn.Module, held: HeldOut, max_scores: int = 1 << 2
     return ranks
 
 
+# The targets of the selection criterion: the per-interaction MRR and the RMSE that one
+# checkpoint of a multi-task model should reach together (README, "Beyond the reference").
+SELECTION_TARGETS = {"mrr_interaction": 0.130, "rmse": 0.880}
+
+
+def combined_score(metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``min(mrr_interaction / 0.130, 0.880 / rmse)``: the head furthest from its target
+    decides, so one checkpoint is chosen for both heads; above 1 both targets are met."""
+    mrr, rmse = SELECTION_TARGETS["mrr_interaction"], SELECTION_TARGETS["rmse"]
+    return torch.minimum(metrics["mrr_interaction"] / mrr, rmse / metrics["rmse"])
+
+
 @torch.no_grad()
 def evaluate(net: torch.nn.Module, held: HeldOut, k: int = 10) -> dict[str, torch.Tensor]:
     """The metrics of the heads ``net`` has: ranking from interactions, MSE from ratings."""
@@ -93,4 +105,6 @@ def evaluate(net: torch.nn.Module, held: HeldOut, k: int = 10) -> dict[str, torc
         context = {"history": held.history} if held.history is not None else {}
         predicted = net.ratings(held.users, held.items, **context)
         metrics.update(rating_metrics(predicted, held.ratings))
+    if "mrr_interaction" in metrics and "rmse" in metrics:
+        metrics["combined"] = combined_score(metrics)
     return metrics

@@ -15,7 +15,7 @@ from torch import nn
 from mtrec import losses
 from mtrec.compile import compile_or_eager
 from mtrec.data.interactions import HeldOut
-from mtrec.errors import TrainingDiverged
+from mtrec.errors import ConfigError, TrainingDiverged
 from mtrec.metrics import evaluate
 
 
@@ -25,9 +25,11 @@ class RecommenderModule(L.LightningModule):
     Loss: ``factorization_weight * F + regression_weight * R + penalties``, where a head the
     net lacks contributes nothing (``regression_weight=None`` means ``1 - factorization_weight``).
     ``negative_rating_ratio > 0`` adds that many sampled negatives per observed rating to the
-    regression, with rating 0 (pointwise training on implicit feedback). ``optimizer`` builds
-    the optimizer from the parameters (default: Adam, learning rate 1e-3); ``scheduler``, if
-    given, builds a learning-rate scheduler stepped once per epoch.
+    regression, with rating 0 (pointwise training on implicit feedback). ``l1`` and ``l2``
+    penalise all parameters at every step; ``embedding_l2`` penalises the mean squared norm of
+    the embedding rows each batch uses (nets with ``embedding_norms``), the SVD regulariser.
+    ``optimizer`` builds the optimizer from the parameters (default: Adam, learning rate 1e-3);
+    ``scheduler``, if given, builds a learning-rate scheduler stepped once per epoch.
 
     Each ``training_step`` receives a chunk of mini-batches
     (:class:`~mtrec.data.datamodule.Chunks`) and takes one optimizer step per mini-batch: the
@@ -52,6 +54,7 @@ class RecommenderModule(L.LightningModule):
         negative_rating_ratio: int = 0,
         l1: float = 0.0,
         l2: float = 0.0,
+        embedding_l2: float = 0.0,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         top_k: int = 10,
@@ -61,6 +64,11 @@ class RecommenderModule(L.LightningModule):
         super().__init__()
         # Only plain values go into checkpoints, so they load with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        if embedding_l2 and not hasattr(net, "embedding_norms"):
+            raise ConfigError(
+                f"model.embedding_l2={embedding_l2}: {type(net).__name__} does not say which "
+                "embedding rows a batch uses. Use model.l2 (all parameters) instead."
+            )
         self.net = net
         self.heads = tuple(net.heads)
         self.factorization_loss = losses.factorization_loss(factorization_loss)
@@ -84,7 +92,14 @@ class RecommenderModule(L.LightningModule):
             and type(self.trainer.precision_plugin) is Precision
         )
 
+    @property
+    def trainable(self) -> bool:
+        """False for nets fitted in closed form when built (popularity, EASE)."""
+        return any(p.requires_grad for p in self.parameters())
+
     def training_step(self, chunk: list[dict[str, torch.Tensor]], chunk_idx: int) -> None:
+        if not self.trainable:
+            return
         optimizer = self.optimizers()
         step_terms = []
         for batch in chunk:
@@ -155,12 +170,17 @@ class RecommenderModule(L.LightningModule):
                 observed = torch.cat([observed, observed.new_zeros(negative.numel())])
             terms["regression_loss"] = losses.regression_loss(predicted, observed)
             total = total + self.regression_weight * terms["regression_loss"]
+        if self.hparams.embedding_l2:  # only the rows this batch uses, as in SVD
+            norms = self.net.embedding_norms(users, items)
+            total = total + self.hparams.embedding_l2 * norms.mean()
         if self.hparams.l1 or self.hparams.l2:
             total = total + losses.penalty(self.parameters(), self.hparams.l1, self.hparams.l2)
         terms["loss"] = total
         return terms
 
     def on_train_epoch_end(self) -> None:
+        if not self.trainable:  # later epochs would only repeat the same evaluation
+            self.trainer.should_stop = True
         for name, total in self.loss_sums.items():
             self.log(f"train/{name}", total / self.steps_in_epoch, sync_dist=True)
         self.loss_sums, self.steps_in_epoch = {}, 0
@@ -182,6 +202,8 @@ class RecommenderModule(L.LightningModule):
         )
 
     def configure_optimizers(self):
+        if not self.trainable:
+            return None
         optimizer = self.make_optimizer(self.parameters())
         if self.make_scheduler is None:
             return optimizer

@@ -29,7 +29,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The data module (set up) and the LightningModule that ``cfg`` describes.
 
     The net gets the data-dependent arguments its constructor asks for: ``num_users``,
-    ``num_items`` and, for genre models, ``item_genres``.
+    ``num_items`` and, where it names them, ``item_genres`` (genre models) and ``train`` (the
+    training interactions, for models fitted in closed form or needing the mean rating).
     """
     torch.set_num_threads(cfg.threads)
     torch.compiler.reset()  # each run compiles afresh: runs of one process never share graphs
@@ -41,7 +42,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     data_args = {"num_users": datamodule.num_users, "num_items": datamodule.num_items}
     if "item_genres" in wanted:
         data_args["item_genres"] = datamodule.item_genres
-    net = instantiate(cfg.model.net, **data_args)
+    if "train" in wanted:
+        data_args["train"] = datamodule.split.train
+    net = instantiate(cfg.model.net, _partial_=True)(**data_args)  # data args as they are
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = instantiate(
         cfg.model.module, net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler
@@ -62,11 +65,30 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     metrics = held_out_metrics(trainer)
-    if datamodule.has_validation:
-        trainer.test(module, datamodule=datamodule)
+    if datamodule.has_validation:  # the test rows are read once, after all choices are made
+        selected = selected_checkpoint(trainer)
+        if selected:  # report (and return to a search) the selected epoch's validation metrics
+            trainer.validate(module, datamodule=datamodule, ckpt_path=selected)
+            metrics = held_out_metrics(trainer)
+        trainer.test(module, datamodule=datamodule, ckpt_path=selected)
         metrics.update(held_out_metrics(trainer))
     log.info("Final metrics: %s", {name: round(value, 4) for name, value in metrics.items()})
     return metrics
+
+
+def selected_checkpoint(trainer: L.Trainer) -> str | None:
+    """The best checkpoint of a checkpoint callback that monitors a validation metric
+    (``callbacks=selection``), or None: the final weights."""
+    for callback in trainer.checkpoint_callbacks:
+        if callback.monitor and callback.best_model_path:
+            log.info(
+                "Testing the checkpoint with the best %s (%.4f): %s",
+                callback.monitor,
+                float(callback.best_model_score),
+                callback.best_model_path,
+            )
+            return callback.best_model_path
+    return None
 
 
 def resume_from(cfg: DictConfig) -> str | None:

@@ -97,8 +97,16 @@ RULES: list[Rule] = [
     Rule("model.factorization_weight", non_negative, "a number >= 0, e.g. 0.99"),
     Rule("model.regression_weight", lambda v: v is None or non_negative(v), REGRESSION_WEIGHT),
     Rule("model.negative_rating_ratio", lambda v: integer(v) and v >= 0, "an integer >= 0"),
+    Rule(
+        "model.embedding_sharing",
+        lambda v: isinstance(v, bool) or v == "items",
+        "true, false or items",
+    ),
+    Rule("model.dropout", fraction(zero_ok=True), "a number in [0, 1), 0 for none"),
+    Rule("model.reg", non_negative, "a number >= 0, e.g. 250"),
     Rule("model.l1", non_negative, "a number >= 0 (0: no penalty)"),
     Rule("model.l2", non_negative, "a number >= 0 (0: no penalty)"),
+    Rule("model.embedding_l2", non_negative, "a number >= 0 (0: no penalty)"),
     Rule("optimizer.lr", lambda v: number(v) and v > 0, "a number > 0, e.g. 1e-3"),
     Rule("trainer.max_epochs", positive_int, "an integer >= 1"),
 ]

@@ -4,6 +4,7 @@ Every network declares its ``heads``: ``"interaction"`` (it has ``interaction_lo
 ``score_all_items``) and/or ``"rating"`` (it has ``ratings``). All have ``item_vectors()``.
 """
 
+from mtrec.models.baselines import EASE, BiasedMatrixFactorization, Popularity
 from mtrec.models.dense import DenseNet, GenreDenseNet
 from mtrec.models.factorization import (
     BiasedDotProduct,
@@ -14,6 +15,9 @@ from mtrec.models.multitask import MultiTaskNet
 from mtrec.models.sequence import SequenceLSTM
 
 __all__ = [
+    "EASE",
+    "BiasedMatrixFactorization",
+    "Popularity",
     "BiasedDotProduct",
     "DenseNet",
     "GenreDenseNet",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mtrec.data.interactions import Interactions
 from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
 
 
@@ -14,10 +15,15 @@ class MultiTaskNet(nn.Module):
     - interaction head (matrix factorization): ``p_ij = u_i . q_j + b_j``
     - rating head (MLP): ``[u_i, q_j, u_i * q_j] -> Linear -> ReLU -> ... -> Linear(., 1)``
 
-    With ``embedding_sharing`` both heads read one (U, Q) pair; otherwise each head has its
-    own pair. The item bias always belongs to the interaction head. There is no user bias:
+    With ``embedding_sharing=true`` both heads read one (U, Q) pair; with ``false`` each head
+    has its own pair; with ``items`` they share the item table and each has its own user
+    table. The item bias always belongs to the interaction head. There is no user bias in it:
     it cannot change a user's ranking. With ``embedding_dim="auto"`` the size follows the rule
     of thumb for the larger vocabulary and the first layer size follows it (3 * size).
+
+    ``rating_biases`` adds ``mu + b_u + b_i`` (``mu`` the training mean rating, the biases
+    the rating head's own) to the MLP's output, so the MLP models only the interaction of
+    user and item. ``dropout`` drops MLP activations during training.
     """
 
     heads = ("interaction", "rating")
@@ -28,9 +34,14 @@ class MultiTaskNet(nn.Module):
         num_items: int,
         embedding_dim: int | str = 32,
         layer_sizes: tuple[int, ...] = (96, 64),
-        embedding_sharing: bool = True,
+        embedding_sharing: bool | str = True,
+        rating_biases: bool = False,
+        dropout: float = 0.0,
+        train: Interactions | None = None,
     ):
         super().__init__()
+        if embedding_sharing not in (True, False, "items"):
+            raise ValueError(f"embedding_sharing={embedding_sharing!r}: use true, false or items")
         if embedding_dim == "auto":
             embedding_dim = embedding_size("auto", max(num_users, num_items))
             layer_sizes = (3 * embedding_dim, *layer_sizes[1:])
@@ -45,15 +56,24 @@ class MultiTaskNet(nn.Module):
         self.user_embeddings = ScaledEmbedding(num_users, embedding_dim)
         self.item_embeddings = ScaledEmbedding(num_items, embedding_dim)
         self.item_biases = ZeroEmbedding(num_items, 1)
-        if embedding_sharing:
-            self.rating_user_embeddings = self.user_embeddings
-            self.rating_item_embeddings = self.item_embeddings
-        else:
-            self.rating_user_embeddings = ScaledEmbedding(num_users, embedding_dim)
-            self.rating_item_embeddings = ScaledEmbedding(num_items, embedding_dim)
+        self.rating_user_embeddings = (
+            self.user_embeddings
+            if embedding_sharing is True
+            else ScaledEmbedding(num_users, embedding_dim)
+        )
+        self.rating_item_embeddings = (
+            self.item_embeddings if embedding_sharing else ScaledEmbedding(num_items, embedding_dim)
+        )
+        self.rating_biases = rating_biases
+        if rating_biases:
+            mean = train.ratings.mean() if train is not None else torch.tensor(0.0)
+            self.register_buffer("mean_rating", mean)
+            self.rating_user_biases = ZeroEmbedding(num_users, 1)
+            self.rating_item_biases = ZeroEmbedding(num_items, 1)
         layers: list[nn.Module] = []
         for width_in, width_out in zip(layer_sizes[:-1], layer_sizes[1:], strict=False):
             layers += [nn.Linear(width_in, width_out), nn.ReLU()]
+            layers += [nn.Dropout(dropout)] if dropout else []
         layers.append(nn.Linear(layer_sizes[-1], 1))
         self.mlp = nn.Sequential(*layers)
 
@@ -66,7 +86,23 @@ class MultiTaskNet(nn.Module):
     def ratings(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         users = self.rating_user_embeddings(user_ids)
         items = self.rating_item_embeddings(item_ids)
-        return self.mlp(torch.cat([users, items, users * items], dim=-1)).squeeze(-1)
+        rating = self.mlp(torch.cat([users, items, users * items], dim=-1)).squeeze(-1)
+        if self.rating_biases:
+            biases = self.rating_user_biases(user_ids) + self.rating_item_biases(item_ids)
+            rating = rating + self.mean_rating + biases.squeeze(-1)
+        return rating
+
+    def embedding_norms(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+        """Squared norms of the embedding and bias rows each (user, item) pair uses."""
+        tables = [(self.user_embeddings, user_ids), (self.item_embeddings, item_ids)]
+        tables += [(self.item_biases, item_ids)]
+        if self.rating_user_embeddings is not self.user_embeddings:
+            tables.append((self.rating_user_embeddings, user_ids))
+        if self.rating_item_embeddings is not self.item_embeddings:
+            tables.append((self.rating_item_embeddings, item_ids))
+        if self.rating_biases:
+            tables += [(self.rating_user_biases, user_ids), (self.rating_item_biases, item_ids)]
+        return sum(table(ids).pow(2).sum(-1) for table, ids in tables)
 
     def forward(
         self, user_ids: torch.Tensor, item_ids: torch.Tensor
