@@ -31,6 +31,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra import compose, initialize_config_module
+from omegaconf import open_dict
 
 from mtrec import losses
 from mtrec.metrics import evaluate
@@ -130,7 +131,8 @@ def template(shape: str, epochs: int, steps: int | None, data_dir: str, override
         )
         if steps:  # whole chunks only
             chunks = max(1, steps // cfg.data.batches_per_chunk)
-            cfg.trainer.limit_train_batches = chunks
+            with open_dict(cfg):
+                cfg.trainer.limit_train_batches = chunks
             steps = chunks * cfg.data.batches_per_chunk
         train(cfg, extra_callbacks=[timer])
     return epoch_figures(timer.train_seconds, timer.eval_seconds, steps, timer.batches_per_epoch)
@@ -185,10 +187,12 @@ def main() -> None:
     header = f"{'shape':<10}{'loop':<10}{'s / epoch':>11}{'ratio':>7}{'eval ms':>9}{'peak GB':>9}"
     print(header, flush=True)
     for shape in args.shapes:
-        rows = {loop: measure_in_subprocess(loop, shape, args) for loop in ("plain", "template")}
-        for loop, row in rows.items():
+        plain = None
+        for loop in ("plain", "template"):  # each row printed as soon as it is measured
+            row = measure_in_subprocess(loop, shape, args)
+            plain = plain or row
             seconds = f"{row['seconds_per_epoch']:.3f}{'*' if row['projected'] else ' '}"
-            ratio = row["seconds_per_epoch"] / rows["plain"]["seconds_per_epoch"]
+            ratio = row["seconds_per_epoch"] / plain["seconds_per_epoch"]
             print(
                 f"{shape:<10}{loop:<10}{seconds:>11}{ratio:>7.2f}"
                 f"{row['eval_ms']:>9.1f}{row['peak_rss_gb']:>9.2f}",
