@@ -53,6 +53,16 @@ CASES = {
         GOOD + "u7\t12\t4\t881250952\n",
         "u.data, line 4: user id 'u7' is not an integer",
     ),
+    "header only": (
+        "ratings.csv",
+        "userId,movieId,rating,timestamp\n",
+        "ratings.csv holds a header but no ratings",
+    ),
+    "missing field under a header": (
+        "ratings.csv",
+        "userId,movieId,rating,timestamp\n1,10,881250949\n",
+        "ratings.csv, line 2: 3 fields where 4 are expected",
+    ),
     "non-integer item id": (
         "ratings.csv",
         "userId,movieId,rating,timestamp\n1,10,4.0,881250949\n1,10.5,4.0,881250950\n",

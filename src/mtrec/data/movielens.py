@@ -411,12 +411,16 @@ def parse_ratings(
                 f"{where}, line 1: the header {sep.join(header)!r} has no {' or '.join(missing)} "
                 f"column. Expected {LAYOUT_HELP[layout]}."
             )
-        positions, first_line = [named[column] for column in COLUMNS], 2
+        if not raw.partition(b"\n")[2].strip():
+            raise DataError(
+                f"{where} holds a header but no ratings. Expected {LAYOUT_HELP[layout]}."
+            )
+        positions, first_line, width = [named[column] for column in COLUMNS], 2, len(header)
     else:
-        positions, first_line = list(range(len(COLUMNS))), 1
+        positions, first_line, width = list(range(len(COLUMNS))), 1, len(COLUMNS)
     frame = _read_columns(raw, sep, positions, first_line)
     if frame is None:
-        _raise_first_problem(raw, sep, positions, first_line, layout, where)
+        _raise_first_problem(raw, sep, positions, first_line, width, layout, where)
     _check_scale(frame, spec, first_line, where)
     return _drop_duplicates(frame, first_line, where)
 
@@ -448,10 +452,10 @@ def _read_columns(raw: bytes, sep: str, positions: list[int], first_line: int):
         return None
 
 
-def _raise_first_problem(raw, sep, positions, first_line, layout, where) -> None:
-    """The slow path, taken only when the fast one failed: find and name the first bad line."""
+def _raise_first_problem(raw, sep, positions, first_line, width, layout, where) -> None:
+    """The slow path, taken only when the fast one failed: find and name the first bad line
+    (``width`` fields expected on each)."""
     lines = raw.decode("latin-1").splitlines()[first_line - 1 :]
-    width = len(lines[0].split(sep)) if first_line == 2 else len(COLUMNS)
     problem = None
     for number, line in enumerate(lines, first_line):
         fields = line.split(sep)
