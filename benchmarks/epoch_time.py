@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--steps", type=int, help="batches per epoch (projects the rest)")
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--row", choices=["plain", "template"], help=argparse.SUPPRESS)
+    parser.add_argument("--row", choices=["plain", "template"], help="measure one loop only (JSON)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the template runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
