@@ -136,3 +136,19 @@ def test_a_failing_compiler_falls_back_to_eager_with_a_warning(monkeypatch, capl
     assert calls == [3, 4]
     assert "torch.compile failed (RuntimeError: no C compiler found)" in caplog.text
     assert "model.compile=false" in caplog.text
+
+
+def test_freed_memory_is_kept_where_glibc_allows_and_skipped_elsewhere(monkeypatch):
+    import ctypes
+    import platform
+
+    from mtrec import memory
+
+    if platform.libc_ver()[0] == "glibc":
+        assert memory.keep_freed_memory()  # both mallopt calls accepted their values
+
+    def no_libc(*args, **kwargs):
+        raise OSError("no libc here")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert memory.keep_freed_memory() is False

@@ -17,6 +17,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mtrec.errors import ConfigError, UserError
+from mtrec.memory import keep_freed_memory
 from mtrec.naming import register_resolvers
 from mtrec.sweep import completed_metrics
 from mtrec.validation import validate
@@ -33,6 +34,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     training interactions, for models fitted in closed form or needing the mean rating).
     """
     torch.set_num_threads(cfg.threads)
+    if cfg.get("keep_freed_memory"):
+        keep_freed_memory()
     torch.compiler.reset()  # each run compiles afresh: runs of one process never share graphs
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
