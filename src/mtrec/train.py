@@ -63,7 +63,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     datamodule, module = build(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks += extra_callbacks
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    loggers = [instantiate(c, **resumed_logging(c, checkpoint)) for c in logger_configs(cfg)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
@@ -77,6 +77,19 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         metrics.update(held_out_metrics(trainer))
     log.info("Final metrics: %s", {name: round(value, 4) for name, value in metrics.items()})
     return metrics
+
+
+def logger_configs(cfg: DictConfig) -> list[DictConfig]:
+    return list((cfg.get("logger") or {}).values())
+
+
+def resumed_logging(logger: DictConfig, checkpoint: str | None) -> dict:
+    """For TensorBoard, on resuming: hide the events a killed run wrote after its checkpoint
+    (``purge_step``), so the epochs it redoes are not shown twice."""
+    if checkpoint is None or not logger.get("_target_", "").endswith("TensorBoardLogger"):
+        return {}
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return {"purge_step": saved["global_step"] + 1}  # the checkpoint's own epoch stays
 
 
 def selected_checkpoint(trainer: L.Trainer) -> str | None:
