@@ -63,7 +63,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     datamodule, module = build(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks += extra_callbacks
-    loggers = [instantiate(c, **resumed_logging(c, checkpoint)) for c in logger_configs(cfg)]
+    loggers = [
+        instantiate(c, **resumed_logging(c, checkpoint)) for c in (cfg.get("logger") or {}).values()
+    ]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
@@ -77,10 +79,6 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
         metrics.update(held_out_metrics(trainer))
     log.info("Final metrics: %s", {name: round(value, 4) for name, value in metrics.items()})
     return metrics
-
-
-def logger_configs(cfg: DictConfig) -> list[DictConfig]:
-    return list((cfg.get("logger") or {}).values())
 
 
 def resumed_logging(logger: DictConfig, checkpoint: str | None) -> dict:
