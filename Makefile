@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train sweep test lint format bench tensorboard clean
+.PHONY: install train sweep test test-fast lint format bench tensorboard clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON3) -m venv $(VENV)
@@ -28,8 +28,11 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-test: lint
+test: lint  ## everything, as CI runs it
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)  ## the inner loop: every test but those marked slow
+	$(BIN)/python -m pytest -m "not slow" -x -q
 
 bench: $(STAMP)  ## seconds per epoch: a plain PyTorch loop next to the template
 	$(BIN)/python benchmarks/epoch_time.py $(ARGS)

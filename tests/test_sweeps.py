@@ -13,8 +13,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mtrec import evaluate, report
-from mtrec.naming import safe_name
+from mtrec import evaluate
+from mtrec.runs import report
+from mtrec.runs.naming import safe_name
 from mtrec.train import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -16,7 +16,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from mtrec.files import atomic_write_text
-from mtrec.naming import register_resolvers
+from mtrec.runs.naming import register_resolvers
 from mtrec.train import build, held_out_metrics
 
 

@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtrec.errors import ConfigError, UserError
 from mtrec.memory import keep_freed_memory
-from mtrec.naming import register_resolvers
-from mtrec.sweep import completed_metrics
+from mtrec.runs.naming import register_resolvers
+from mtrec.runs.sweep import completed_metrics
 from mtrec.validation import validate
 
 log = logging.getLogger(__name__)

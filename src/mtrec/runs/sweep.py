@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mtrec.files import atomic_write_text
-from mtrec.report import write_report
+from mtrec.runs.report import write_report
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from mtrec.callbacks import LOWER_IS_BETTER
 from mtrec.files import atomic_write_bytes, atomic_write_text
-from mtrec.naming import is_hidden, parse_overrides, swept_keys
+from mtrec.runs.naming import is_hidden, parse_overrides, swept_keys
 
 # Metrics in the order tables and figures show them.
 METRIC_ORDER = ("mrr", "mse", "rmse", "mrr_interaction", "hr@10", "ndcg@10")
