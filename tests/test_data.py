@@ -92,6 +92,28 @@ def test_datamodule_names_the_held_out_sets(ratings_folder, val_fraction, names)
     val, test = next(iter(dm.val_dataloader())), next(iter(dm.test_dataloader()))
     assert (val.name, test.name) == names
     # every known interaction of an evaluated user is filtered, and nothing else
-    known = len(dm.split.train) + (len(dm.split.val) if val_fraction else 0)
-    assert len(test.seen_items) <= known
+    known = [dm.split.train] + ([dm.split.val] if val_fraction else [])
+    evaluated = set(test.eval_users.tolist())
+    expected = [
+        (u, i)
+        for part in known
+        for u, i in zip(part.users.tolist(), part.items.tolist(), strict=True)
+        if u in evaluated
+    ]
+    filtered = list(
+        zip(test.eval_users[test.seen_rows].tolist(), test.seen_items.tolist(), strict=True)
+    )
+    assert set(filtered) == set(expected) and len(filtered) == len(expected)
     assert len(dm.item_metadata) == 40 and dm.item_metadata.title.iloc[0] == "Movie 1 (1990)"
+
+
+def test_datamodule_reads_own_half_star_ratings_csv_with_no_variant(tmp_path):
+    """One's own ratings.csv, half stars as in the MovieLens releases, needs no other setting."""
+    ratings = synthetic_ratings().assign(rating=lambda frame: frame.rating - 0.5)  # 0.5 to 4.5
+    columns = {"user": "userId", "item": "movieId"}
+    ratings.rename(columns=columns).to_csv(tmp_path / "ratings.csv", index=False)
+    dm = MovieLensDataModule(variant=None, path=str(tmp_path / "ratings.csv"))
+    dm.setup()
+    assert (dm.num_users, dm.num_items) == (60, 40)
+    rated = torch.cat([dm.split.train.ratings, dm.split.test.ratings])
+    assert sorted(rated.tolist()) == sorted(ratings.rating.tolist()) and rated.min() == 0.5

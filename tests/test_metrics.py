@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mtrec.data.interactions import Interactions, held_out
-from mtrec.metrics import average_ranks, evaluate, held_out_ranks, ranking_metrics
+from mtrec.metrics import average_ranks, evaluate, held_out_ranks, ranking_metrics, user_chunks
+from mtrec.tasks import metric_names
 
 
 def brute_force(scores, test_pairs, seen_pairs, k=10):
@@ -33,9 +34,9 @@ class FixedScores(torch.nn.Module):
 
     heads = ("interaction", "rating")
 
-    def __init__(self, scores, ratings):
+    def __init__(self, scores, ratings, heads=heads):
         super().__init__()
-        self.scores, self.rating_table = scores, ratings
+        self.scores, self.rating_table, self.heads = scores, ratings, heads
 
     def score_all_items(self, users):
         return self.scores[users].clone()
@@ -75,19 +76,25 @@ def test_metrics_match_brute_force_with_ties(seed):
     assert metrics["rmse"].item() == pytest.approx(math.sqrt(mse), rel=1e-5)
 
 
-def test_evaluation_in_user_chunks_gives_the_same_ranks():
-    torch.manual_seed(0)
-    scores = torch.randint(0, 4, (20, 15)).float()
-    pairs = torch.randperm(300)[:200]
-    users, items = pairs // 15, pairs % 15
+def random_held_out(num_users=20, num_items=15, seed=0, heads=FixedScores.heads):
+    """A net with tied scores and random ratings, and a held-out set with its known rows."""
+    torch.manual_seed(seed)
+    scores = torch.randint(0, 4, (num_users, num_items)).float()
+    pairs = torch.randperm(num_users * num_items)[:200]
+    users, items = pairs // num_items, pairs % num_items
+    ratings = torch.randint(1, 6, (200,)).float()
 
     def part(rows):
         return Interactions(
-            users[rows], items[rows], torch.ones(len(rows)), torch.zeros(len(rows)), 20, 15
+            users[rows], items[rows], ratings[rows], torch.zeros(len(rows)), num_users, num_items
         )
 
     held = held_out("test", part(torch.arange(150, 200)), part(torch.arange(150)))
-    net = FixedScores(scores, torch.zeros(20, 15))
+    return FixedScores(scores, torch.rand(num_users, num_items) * 5, heads), held
+
+
+def test_evaluation_in_user_chunks_gives_the_same_ranks():
+    net, held = random_held_out()
     whole = held_out_ranks(net, held)
     for max_scores in (15, 45, 100):  # 1, 3 and 6 users per chunk
         assert torch.equal(held_out_ranks(net, held, max_scores=max_scores), whole)
@@ -106,3 +113,81 @@ def test_mrr_averages_over_users_first():
     metrics = ranking_metrics(ranks, torch.tensor([0, 0, 1]), num_users=2)
     assert metrics["mrr"].item() == pytest.approx(((1 + 0.25) / 2 + 0.5) / 2)
     assert metrics["mrr_interaction"].item() == pytest.approx((1 + 0.25 + 0.5) / 3)
+
+
+def test_metrics_accumulated_over_user_chunks_equal_one_chunk():
+    net, held = random_held_out()
+    whole = evaluate(net, held)
+    assert len(list(user_chunks(held))) == 1
+    for max_scores in (15, 45, 100):  # 1, 3 and 6 users per chunk
+        assert len(list(user_chunks(held, max_scores))) > 1
+        chunked = evaluate(net, held, max_scores=max_scores)
+        assert chunked.keys() == whole.keys()
+        for name, value in whole.items():
+            assert chunked[name].item() == pytest.approx(value.item(), rel=1e-6), name
+
+
+def test_chunks_cover_every_user_row_and_known_item_once():
+    _, held = random_held_out()
+    for world_size in (1, 2, 3):
+        shares = [list(user_chunks(held, 45, r, world_size)) for r in range(world_size)]
+        assert all(shares)  # every rank has work
+        chunks = sorted((c for share in shares for c in share), key=lambda c: c.users.start)
+        for name, length in (
+            ("users", len(held.eval_users)),
+            ("rows", len(held.items)),
+            ("seen", len(held.seen_items)),
+        ):
+            spans = [getattr(c, name) for c in chunks]
+            assert spans[0].start == 0 and spans[-1].stop == length
+            assert all(a.stop == b.start for a, b in zip(spans, spans[1:], strict=False))
+
+
+@pytest.mark.parametrize("heads", [("interaction", "rating"), ("interaction",), ("rating",)])
+def test_metric_names_are_those_of_the_tasks(heads):
+    net, held = random_held_out(heads=heads)
+    metrics = evaluate(net, held, k=5)
+    combined = ("combined",) if len(heads) == 2 else ()
+    assert tuple(metrics) == metric_names(heads, top_k=5) + combined
+
+
+def test_a_share_of_the_chunks_needs_a_process_group():
+    net, held = random_held_out()
+    with pytest.raises(ValueError, match="torch.distributed"):
+        evaluate(net, held, rank=0, world_size=2)
+
+
+def evaluate_on_rank(rank, world_size, store, out, net, held):
+    """One DDP rank: its share of the chunks, metrics of the whole set after the sync."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world_size
+    )
+    try:
+        runs = {
+            max_scores: evaluate(net, held, max_scores=max_scores, rank=rank, world_size=world_size)
+            for max_scores in (15, 45, 1 << 25)
+        }
+        torch.save(runs, f"{out}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_sharing_the_chunks_give_the_metrics_of_one_process(tmp_path):
+    net, held = random_held_out()
+    one_process = evaluate(net, held)
+    world_size = 2
+    torch.multiprocessing.spawn(
+        evaluate_on_rank,
+        args=(world_size, tmp_path / "store", tmp_path / "metrics", net, held),
+        nprocs=world_size,
+    )
+    for rank in range(world_size):
+        runs = torch.load(tmp_path / f"metrics.{rank}")
+        for max_scores, metrics in runs.items():
+            assert metrics.keys() == one_process.keys()
+            for name, value in one_process.items():
+                assert metrics[name].item() == pytest.approx(value.item(), rel=1e-6), (
+                    max_scores,
+                    name,
+                )

@@ -1,12 +1,15 @@
 import pytest
 import torch
 
+from mtrec.data.info import DataInfo
 from mtrec.models import MultiTaskNet
 
 
 @pytest.mark.parametrize("sharing", [True, False])
 def test_forward_shapes(sharing):
-    net = MultiTaskNet(50, 70, embedding_dim=8, layer_sizes=(24, 16), embedding_sharing=sharing)
+    net = MultiTaskNet(
+        DataInfo(50, 70), embedding_dim=8, layer_sizes=(24, 16), embedding_sharing=sharing
+    )
     users, items = torch.randint(0, 50, (13,)), torch.randint(0, 70, (13,))
     logits, ratings = net(users, items)
     assert logits.shape == (13,) and ratings.shape == (13,)
@@ -18,7 +21,7 @@ def test_forward_shapes(sharing):
 
 
 def test_score_all_items_matches_pairwise_logits():
-    net = MultiTaskNet(20, 30, embedding_dim=4, layer_sizes=(12, 8))
+    net = MultiTaskNet(DataInfo(20, 30), embedding_dim=4, layer_sizes=(12, 8))
     torch.nn.init.normal_(net.item_biases.weight)
     users = torch.arange(20)
     all_scores = net.score_all_items(users)
@@ -28,7 +31,7 @@ def test_score_all_items_matches_pairwise_logits():
 
 def test_initial_statistics():
     torch.manual_seed(0)
-    net = MultiTaskNet(2000, 3000, embedding_dim=32)
+    net = MultiTaskNet(DataInfo(2000, 3000), embedding_dim=32)
     for table in (net.user_embeddings, net.item_embeddings):
         assert abs(table.weight.mean().item()) < 1e-3
         assert table.weight.std().item() == pytest.approx(1 / 32, rel=0.02)
@@ -37,8 +40,12 @@ def test_initial_statistics():
 
 
 def test_sharing_controls_the_embedding_tables():
-    shared = MultiTaskNet(10, 12, embedding_dim=4, layer_sizes=(12, 8), embedding_sharing=True)
-    separate = MultiTaskNet(10, 12, embedding_dim=4, layer_sizes=(12, 8), embedding_sharing=False)
+    shared = MultiTaskNet(
+        DataInfo(10, 12), embedding_dim=4, layer_sizes=(12, 8), embedding_sharing=True
+    )
+    separate = MultiTaskNet(
+        DataInfo(10, 12), embedding_dim=4, layer_sizes=(12, 8), embedding_sharing=False
+    )
     assert shared.rating_user_embeddings is shared.user_embeddings
     assert separate.rating_item_embeddings is not separate.item_embeddings
     extra = 10 * 4 + 12 * 4
@@ -49,7 +56,9 @@ def test_sharing_controls_the_embedding_tables():
 
 
 def test_separate_heads_do_not_share_gradients():
-    net = MultiTaskNet(10, 12, embedding_dim=4, layer_sizes=(12, 8), embedding_sharing=False)
+    net = MultiTaskNet(
+        DataInfo(10, 12), embedding_dim=4, layer_sizes=(12, 8), embedding_sharing=False
+    )
     _, ratings = net(torch.tensor([1, 2]), torch.tensor([3, 4]))
     ratings.sum().backward()
     assert net.user_embeddings.weight.grad is None
@@ -60,4 +69,4 @@ def test_layer_sizes_must_match_embedding_dim():
     with pytest.raises(
         ValueError, match=r"layer_sizes\[0\]=64 must equal 3 \* model.embedding_dim"
     ):
-        MultiTaskNet(10, 10, embedding_dim=32, layer_sizes=(64, 32))
+        MultiTaskNet(DataInfo(10, 10), embedding_dim=32, layer_sizes=(64, 32))

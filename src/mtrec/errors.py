@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def shown(value: Any) -> str:
+    """``value`` as it would be typed on the command line, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(shown(v) for v in value) + "]"
+    return str(value)
+
 
 class UserError(Exception):
     """A mistake in the input. ``mtrec-train`` prints its message alone and exits with status 2;

@@ -1,31 +1,30 @@
 """``mtrec-eval ckpt_path=<checkpoint> [key=value ...]``: re-evaluate a saved checkpoint.
 
-The config is the one that trained the checkpoint, read from its run folder
-(``.hydra/config.yaml``), so the split, the model and the metric code are the same as in
+The config is the one that trained the checkpoint, read from its run folder (the run config,
+see :mod:`mtrec.runs.folder`), so the split, the model and the metric code are the same as in
 training; ``key=value`` arguments override it (for example ``data.path=...``). The metrics
 are printed and written to ``<run folder>/eval_<checkpoint name>.json``.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from mtrec.files import atomic_write_text
+from mtrec.runs import folder as run_files
 from mtrec.runs.naming import register_resolvers
 from mtrec.train import build, held_out_metrics
 
 
 def run_folder(checkpoint: Path) -> Path:
     for folder in checkpoint.resolve().parents:
-        if (folder / ".hydra" / "config.yaml").exists():
+        if run_files.has_config(folder):
             return folder
     raise SystemExit(
-        f"mtrec-eval: no run folder with .hydra/config.yaml above {checkpoint}. "
+        f"mtrec-eval: no run folder (one with a run config) above {checkpoint}. "
         "Fix: pass a checkpoint written by mtrec-train (its run folder holds the config)."
     )
 
@@ -33,8 +32,8 @@ def run_folder(checkpoint: Path) -> Path:
 def run_config(folder: Path, overrides: list[str]) -> DictConfig:
     """The run's config with its paths pinned to where it ran (no Hydra runtime needed)."""
     register_resolvers()
-    cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
-    runtime = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra.runtime
+    cfg = run_files.read_config(folder)
+    runtime = run_files.read_hydra(folder).runtime
     cfg.paths.root_dir = runtime.cwd
     cfg.paths.output_dir = str(folder)
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
@@ -60,9 +59,7 @@ def evaluate_checkpoint(
         metrics.update(held_out_metrics(trainer))
     trainer.test(module, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)
     metrics.update(held_out_metrics(trainer))
-    out = folder / f"eval_{checkpoint.stem}.json"
-    record = {"checkpoint": str(checkpoint), "metrics": metrics}
-    atomic_write_text(out, json.dumps(record, indent=2))
+    out = run_files.write_eval(folder, checkpoint, metrics)
     return metrics, out
 
 

@@ -34,7 +34,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint writer that renames a finished file into place."""
+    """Lightning checkpoint writer that renames a finished file into place.
+
+    Lightning's own writer (``_atomic_save``) goes through an fsspec transaction whose
+    temporary file lies in the system temp folder: when that folder is on another file
+    system the final step is a copy, and a kill during it leaves a truncated checkpoint.
+    Here the temporary file lies beside the target, is synced, then renamed.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         buffer = io.BytesIO()

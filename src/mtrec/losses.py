@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from mtrec.errors import ConfigError
+
 
 def bounded_bpr(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     """The reference loss: ``mean(1 - sigmoid(p+ - p-))``, bounded in (0, 1)."""
@@ -50,12 +52,13 @@ FACTORIZATION_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Ten
 
 
 def factorization_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss called ``name``; the one check of ``model.factorization_loss``."""
     try:
         return FACTORIZATION_LOSSES[name]
-    except KeyError:
-        raise ValueError(
-            f"model.factorization_loss={name!r} is unknown. "
-            f"Choose one of: {', '.join(FACTORIZATION_LOSSES)}."
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"model.factorization_loss={name} is not valid: use one of "
+            f"{', '.join(FACTORIZATION_LOSSES)}."
         ) from None
 
 

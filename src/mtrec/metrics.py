@@ -9,13 +9,28 @@ and leave the user's other held-out items among the candidates; ties take their 
 - ``hr@k``: share of held-out rows ranked within the top k.
 - ``ndcg@k``: mean over held-out rows of 1/log2(rank + 1) inside the top k, 0 outside
   (one relevant item per row, so the ideal DCG is 1).
+
+Rating metrics: ``mse``, the mean over held-out rows of (r - r̂)², and ``rmse``, its root.
+
+The held-out users are scored in chunks (:func:`user_chunks`); each chunk's ranks and ratings
+go into torchmetrics metrics that keep running sums, so no users × items table outlives its
+chunk, and the sums of several DDP ranks can be added up (``evaluate(..., rank, world_size)``).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
+from torchmetrics import MeanSquaredError, Metric
 
 from mtrec.data.interactions import HeldOut
+from mtrec.tasks import INTERACTION, RATING
+
+# Scores per chunk of users: 128 MB of float32. ML-100K (943 × 1,682) fits in one chunk.
+MAX_SCORES = 1 << 25
 
 
 def average_ranks(
@@ -27,6 +42,15 @@ def average_ranks(
     the average rank ``higher + (tied + 1) / 2`` equals ``(higher - lower + n + 1) / 2``:
     one pass of ``sign(score - target)`` per row gives it. Rows go in chunks small enough to
     stay in the CPU cache (256 rows were fastest on ML-100K) and to bound memory.
+
+    Written by hand rather than with torchmetrics' retrieval metrics (``RetrievalMRR``,
+    ``RetrievalHitRate``, ``RetrievalNormalizedDCG``): those take flat ``(preds, target,
+    indexes)`` triples, one per candidate, keep every update in list states and group them by
+    query only in ``compute``, so a full-catalogue ranking would materialise the whole
+    users × items score matrix with index and target tensors of the same size. They also break
+    ties by ``topk``/``argsort`` order (only the nDCG averages ties), and their MRR takes the
+    first relevant item of a query where the reference averages 1/rank over each of the user's
+    held-out items. Here one reused buffer of ``chunk_size`` rows is ranked at a time.
     """
     num_items = scores.shape[1]
     targets = scores[rows, items].unsqueeze(1)
@@ -41,44 +65,128 @@ def average_ranks(
     return (higher_minus_lower + num_items + 1) / 2
 
 
+def _on(metric: Metric, device: torch.device) -> Metric:
+    """``metric`` with its states on ``device`` (they start on the CPU; moving costs time)."""
+    return metric if device == metric.device else metric.to(device)
+
+
+class RankingMetrics(Metric):
+    """The ranking metrics of the module docstring, from the ranks of held-out rows.
+
+    Updated once per chunk of users (every user's rows in the same update); the states are
+    sums, so chunks, and DDP ranks when ``sync_on_compute`` is on, add up to the whole set.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, k: int = 10, **kwargs):
+        super().__init__(**kwargs)
+        self.k = k
+        self.add_state("users", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("user_reciprocal", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("rows", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("reciprocal", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("hits", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("gain", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, ranks: torch.Tensor, row_of: torch.Tensor, num_users: int) -> None:
+        """``row_of`` gives each rank's user, ``0..num_users-1``, each with at least one row."""
+        reciprocal = 1.0 / ranks
+        per_user = torch.zeros(num_users, dtype=ranks.dtype, device=ranks.device)
+        per_user.index_add_(0, row_of, reciprocal)
+        counts = torch.bincount(row_of, minlength=num_users)
+        in_top_k = ranks <= self.k
+        self.users += num_users
+        self.user_reciprocal += (per_user / counts).sum()
+        self.rows += len(ranks)
+        self.reciprocal += reciprocal.sum()
+        self.hits += in_top_k.sum()
+        self.gain += torch.where(in_top_k, 1.0 / torch.log2(ranks + 1.0), 0.0).sum()
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        mrr, mrr_interaction, hit_rate, ndcg = INTERACTION.metric_names(self.k)
+        return {
+            mrr: self.user_reciprocal / self.users,
+            mrr_interaction: self.reciprocal / self.rows,
+            hit_rate: self.hits / self.rows,
+            ndcg: self.gain / self.rows,
+        }
+
+
 def ranking_metrics(
     ranks: torch.Tensor, row_of: torch.Tensor, num_users: int, k: int = 10
 ) -> dict[str, torch.Tensor]:
     """Metrics from the rank of every held-out row; ``row_of`` gives each row's user (0..n-1)."""
-    reciprocal = 1.0 / ranks
-    per_user = torch.zeros(num_users, dtype=ranks.dtype, device=ranks.device)
-    per_user.index_add_(0, row_of, reciprocal)
-    counts = torch.bincount(row_of, minlength=num_users).to(ranks.dtype)
-    in_top_k = ranks <= k
-    return {
-        "mrr": (per_user / counts).mean(),
-        "mrr_interaction": reciprocal.mean(),
-        f"hr@{k}": in_top_k.to(ranks.dtype).mean(),
-        f"ndcg@{k}": torch.where(in_top_k, 1.0 / torch.log2(ranks + 1.0), 0.0).mean(),
-    }
+    metric = _on(RankingMetrics(k), ranks.device)
+    metric.update(ranks, row_of, num_users)
+    return metric.compute()
 
 
 def rating_metrics(predicted: torch.Tensor, observed: torch.Tensor) -> dict[str, torch.Tensor]:
-    mse = torch.mean((predicted - observed) ** 2)
-    return {"mse": mse, "rmse": mse.sqrt()}
+    metric = _on(MeanSquaredError(), predicted.device)
+    metric.update(predicted, observed)
+    return _rating_values(metric)
 
 
-def held_out_ranks(net: torch.nn.Module, held: HeldOut, max_scores: int = 1 << 25) -> torch.Tensor:
+def _rating_values(metric: MeanSquaredError) -> dict[str, torch.Tensor]:
+    mse_name, rmse_name = RATING.metric_names()
+    mse = metric.compute()
+    return {mse_name: mse, rmse_name: mse.sqrt()}
+
+
+@dataclass(frozen=True)
+class UserChunk:
+    """A run of held-out users and the rows that belong to them (all slices)."""
+
+    users: slice  # positions in ``eval_users``
+    rows: slice  # held-out rows: ``users``/``items``/``ratings``/``row_of``/``history``
+    seen: slice  # known interactions: ``seen_rows``/``seen_items``
+
+
+def user_chunks(
+    held: HeldOut, max_scores: int = MAX_SCORES, rank: int = 0, world_size: int = 1
+) -> Iterator[UserChunk]:
+    """The held-out users in chunks of at most ``max_scores`` scores; ``rank``'s share of them.
+
+    Chunks are dealt to ranks in turn, and are small enough that every rank gets one when
+    there are at least ``world_size`` users. ``row_of`` and ``seen_rows`` are sorted, so the
+    bounds of all chunks come from two binary searches.
+    """
+    num_users = len(held.eval_users)
+    per_chunk = max(1, min(max_scores // held.num_items, math.ceil(num_users / world_size)))
+    starts = list(range(0, num_users, per_chunk))
+    bounds = torch.tensor([*starts, num_users], device=held.row_of.device)
+    rows = torch.searchsorted(held.row_of, bounds).tolist()
+    seen = torch.searchsorted(held.seen_rows, bounds).tolist()
+    for c in range(rank, len(starts), world_size):
+        yield UserChunk(
+            users=slice(starts[c], min(starts[c] + per_chunk, num_users)),
+            rows=slice(rows[c], rows[c + 1]),
+            seen=slice(seen[c], seen[c + 1]),
+        )
+
+
+def chunk_ranks(net: torch.nn.Module, held: HeldOut, chunk: UserChunk) -> torch.Tensor:
+    """The rank of the chunk's held-out rows among all items, known items pushed to the bottom."""
+    start = chunk.users.start
+    scores = net.score_all_items(held.eval_users[chunk.users])
+    scores[held.seen_rows[chunk.seen] - start, held.seen_items[chunk.seen]] = float("-inf")
+    return average_ranks(scores, held.row_of[chunk.rows] - start, held.items[chunk.rows])
+
+
+def held_out_ranks(
+    net: torch.nn.Module, held: HeldOut, max_scores: int = MAX_SCORES
+) -> torch.Tensor:
     """The rank of every held-out row among all items, known items pushed to the bottom.
 
-    Users are scored in chunks of at most ``max_scores`` scores (128 MB of float32), so memory
-    stays bounded for any catalogue; ML-100K fits in one chunk.
+    Users are scored in chunks of at most ``max_scores`` scores, so memory stays bounded for
+    any catalogue.
     """
-    num_users, num_items = len(held.eval_users), held.num_items
-    users_per_chunk = max(1, max_scores // num_items)
     ranks = torch.empty(len(held.items), device=held.items.device)
-    for start in range(0, num_users, users_per_chunk):
-        bounds = torch.tensor([start, start + users_per_chunk], device=held.items.device)
-        seen = slice(*torch.searchsorted(held.seen_rows, bounds).tolist())
-        rows = slice(*torch.searchsorted(held.row_of, bounds).tolist())
-        scores = net.score_all_items(held.eval_users[start : start + users_per_chunk])
-        scores[held.seen_rows[seen] - start, held.seen_items[seen]] = float("-inf")
-        ranks[rows] = average_ranks(scores, held.row_of[rows] - start, held.items[rows])
+    for chunk in user_chunks(held, max_scores):
+        ranks[chunk.rows] = chunk_ranks(net, held, chunk)
     return ranks
 
 
@@ -95,16 +203,53 @@ def combined_score(metrics: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, held: HeldOut, k: int = 10) -> dict[str, torch.Tensor]:
-    """The metrics of the heads ``net`` has: ranking from interactions, MSE from ratings."""
-    metrics = {}
-    if "interaction" in net.heads:
-        ranks = held_out_ranks(net, held)
-        metrics.update(ranking_metrics(ranks, held.row_of, len(held.eval_users), k))
-    if "rating" in net.heads:
-        context = {"history": held.history} if held.history is not None else {}
-        predicted = net.ratings(held.users, held.items, **context)
-        metrics.update(rating_metrics(predicted, held.ratings))
+def evaluate(
+    net: torch.nn.Module,
+    held: HeldOut,
+    k: int = 10,
+    *,
+    max_scores: int = MAX_SCORES,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, torch.Tensor]:
+    """The metrics of the heads ``net`` has: ranking from interactions, MSE from ratings.
+
+    Users are taken in chunks of at most ``max_scores`` scores (see :func:`user_chunks`).
+    With ``world_size > 1`` (a ``torch.distributed`` process group of that many processes
+    must be initialised, and every rank must call this with the same ``held`` and ``net``),
+    this process scores only its ``rank``'s share of the chunks, and the metric sums of all
+    ranks are added up before the division: every rank returns the metrics of the whole set,
+    equal to a one-process evaluation up to float32 rounding (the sums add in another order).
+    With ``world_size=1`` nothing is exchanged between processes, even inside a process
+    group, so one rank may evaluate alone.
+    """
+    if world_size > 1 and not (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() == world_size
+    ):
+        raise ValueError(
+            f"evaluate(world_size={world_size}) needs a torch.distributed group of that size."
+        )
+    device, sync = held.items.device, world_size > 1
+    ranking = rating = None
+    if INTERACTION.head in net.heads:
+        ranking = _on(RankingMetrics(k, sync_on_compute=sync), device)
+    if RATING.head in net.heads:
+        rating = _on(MeanSquaredError(sync_on_compute=sync), device)
+    for chunk in user_chunks(held, max_scores, rank, world_size):
+        if ranking is not None:
+            users = chunk.users.stop - chunk.users.start
+            row_of = held.row_of[chunk.rows] - chunk.users.start
+            ranking.update(chunk_ranks(net, held, chunk), row_of, users)
+        if rating is not None:
+            history = held.history
+            context = {"history": history[chunk.rows]} if history is not None else {}
+            predicted = net.ratings(held.users[chunk.rows], held.items[chunk.rows], **context)
+            rating.update(predicted, held.ratings[chunk.rows])
+    metrics = dict(ranking.compute()) if ranking is not None else {}
+    if rating is not None:
+        metrics.update(_rating_values(rating))
     if "mrr_interaction" in metrics and "rmse" in metrics:
         metrics["combined"] = combined_score(metrics)
     return metrics

@@ -1,5 +1,5 @@
-"""The LightningModule: the losses of the net's heads, their weighted total, held-out metrics,
-the optimizer and its schedule."""
+"""The LightningModule: the objective's task losses, their weighting into gradients, held-out
+metrics, the optimizer and its schedule."""
 
 from __future__ import annotations
 
@@ -12,35 +12,36 @@ from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
 
-from mtrec import losses
 from mtrec.compile import compile_or_eager
 from mtrec.data.interactions import HeldOut
-from mtrec.errors import ConfigError, TrainingDiverged
+from mtrec.errors import TrainingDiverged
+from mtrec.lightning_internals import check_internals, count_optimizer_steps
 from mtrec.metrics import evaluate
+from mtrec.objective import Objective
+from mtrec.weighting import FixedWeighting, Weighting
+
+LOSS = "loss"  # the weighted total, beside each task's loss
 
 
 class RecommenderModule(L.LightningModule):
-    """Trains any net of :mod:`mtrec.models` on the heads it declares.
+    """Trains any net of :mod:`mtrec.models` on the tasks its heads declare.
 
-    Loss: ``factorization_weight * F + regression_weight * R + penalties``, where a head the
-    net lacks contributes nothing (``regression_weight=None`` means ``1 - factorization_weight``).
-    ``negative_rating_ratio > 0`` adds that many sampled negatives per observed rating to the
-    regression, with rating 0 (pointwise training on implicit feedback). ``l1`` and ``l2``
-    penalise all parameters at every step; ``embedding_l2`` penalises the mean squared norm of
-    the embedding rows each batch uses (nets with ``embedding_norms``), the SVD regulariser.
+    Each step the ``objective`` gives every task's unweighted loss (and the penalties), and the
+    ``weighting`` turns them into gradients (default: fixed weights 0.99 / 0.01, the reference).
     ``optimizer`` builds the optimizer from the parameters (default: Adam, learning rate 1e-3);
     ``scheduler``, if given, builds a learning-rate scheduler stepped once per epoch.
 
     Each ``training_step`` receives a chunk of mini-batches
     (:class:`~mtrec.data.datamodule.Chunks`) and takes one optimizer step per mini-batch: the
     arithmetic of one step per batch, without the Trainer's per-call overhead. On one device
-    in full precision a step is plain ``loss.backward()`` and ``optimizer.step()``, which is
-    what Lightning's wrappers would run, minus their per-step callback hooks. ``step_hooks``
-    sends every step through Lightning (``manual_backward``, ``LightningOptimizer.step``) so
-    that ``on_before_backward``, ``on_after_backward`` and ``on_before_optimizer_step`` run;
+    in full precision a step is plain ``backward()`` and ``optimizer.step()``, which is what
+    Lightning's wrappers would run, minus their per-step callback hooks. ``step_hooks`` sends
+    every step through Lightning (``manual_backward``, ``LightningOptimizer.step``) so that
+    ``on_before_backward``, ``on_after_backward`` and ``on_before_optimizer_step`` run;
     multi-device strategies and mixed precision always go that way. ``compile`` runs the
-    losses (model and loss, forward and backward) through ``torch.compile``, falling back to
-    eager execution where compiling fails.
+    objective and a loss-level weighting (forward and backward) through ``torch.compile``,
+    falling back to eager execution where compiling fails. Per-step losses are written to the
+    loggers every ``trainer.log_every_n_steps`` optimizer steps (``train_step/...``).
     """
 
     automatic_optimization = False
@@ -48,13 +49,8 @@ class RecommenderModule(L.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        factorization_loss: str = "bounded_bpr",
-        factorization_weight: float = 0.99,
-        regression_weight: float | None = None,
-        negative_rating_ratio: int = 0,
-        l1: float = 0.0,
-        l2: float = 0.0,
-        embedding_l2: float = 0.0,
+        objective: Objective | None = None,
+        weighting: Weighting | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         top_k: int = 10,
@@ -63,19 +59,12 @@ class RecommenderModule(L.LightningModule):
     ):
         super().__init__()
         # Only plain values go into checkpoints, so they load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
-        if embedding_l2 and not hasattr(net, "embedding_norms"):
-            raise ConfigError(
-                f"model.embedding_l2={embedding_l2}: {type(net).__name__} does not say which "
-                "embedding rows a batch uses. Use model.l2 (all parameters) instead."
-            )
+        ignored = ["net", "objective", "weighting", "optimizer", "scheduler"]
+        self.save_hyperparameters(ignore=ignored, logger=False)
         self.net = net
-        self.heads = tuple(net.heads)
-        self.factorization_loss = losses.factorization_loss(factorization_loss)
-        self.factorization_weight = factorization_weight
-        self.regression_weight = (
-            1.0 - factorization_weight if regression_weight is None else regression_weight
-        )
+        self.objective = objective or Objective()
+        self.objective.check_settings(self.objective.embedding_l2, type(net))
+        self.weighting = weighting or FixedWeighting({"interaction": 0.99, "rating": 0.01})
         self.make_optimizer = optimizer or partial(torch.optim.Adam, lr=1e-3)
         self.make_scheduler = scheduler
         self.step_losses = compile_or_eager(self.losses) if compile else self.losses
@@ -84,7 +73,8 @@ class RecommenderModule(L.LightningModule):
         self.steps_in_epoch = 0
 
     def on_fit_start(self) -> None:
-        # The plain step (loss.backward(), optimizer.step()) is what Lightning's wrappers run
+        check_internals(self.trainer)
+        # The plain step (backward(), optimizer.step()) is what Lightning's wrappers run
         # on one device in full precision, minus the per-step callback hooks and their cost.
         self.plain_steps = (
             not self.hparams.step_hooks
@@ -97,30 +87,53 @@ class RecommenderModule(L.LightningModule):
         """False for nets fitted in closed form when built (popularity, EASE)."""
         return any(p.requires_grad for p in self.parameters())
 
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each task's loss, the penalty and the weighted total (``"loss"``) of a batch."""
+        losses = self.objective(self.net, batch)
+        losses[LOSS] = self.weighting.combine(losses)
+        return losses
+
     def training_step(self, chunk: list[dict[str, torch.Tensor]], chunk_idx: int) -> None:
         if not self.trainable:
             return
         optimizer = self.optimizers()
-        step_terms = []
+        steps_before = self.trainer.global_step
+        backward = torch.Tensor.backward if self.plain_steps else self.manual_backward
+        step_losses = []
         for batch in chunk:
             optimizer.optimizer.zero_grad()
-            terms = self.step_losses(batch)
+            losses = self.step_losses(batch)
+            self.weighting.backward(losses, losses[LOSS], backward)
             if self.plain_steps:
-                terms["loss"].backward()
                 optimizer.optimizer.step()
             else:
-                self.manual_backward(terms["loss"])
                 optimizer.step()
-            step_terms.append({name: value.detach() for name, value in terms.items()})
-        for name in step_terms[0]:  # summed once per chunk: a few operations, not a few per step
-            per_step = torch.stack([terms[name] for terms in step_terms])
-            if name == "loss" and not torch.isfinite(per_step.sum()):  # one check per chunk
-                self._diverged(per_step)
-            self.loss_sums[name] = self.loss_sums.get(name, 0.0) + per_step.sum()
+            step_losses.append({name: value.detach() for name, value in losses.items()})
+        per_step = {name: torch.stack([s[name] for s in step_losses]) for name in step_losses[0]}
+        if not torch.isfinite(per_step[LOSS].sum()):  # one check per chunk, not per step
+            self._diverged(per_step[LOSS], steps_before)
+        for name, values in per_step.items():  # summed once per chunk
+            self.loss_sums[name] = self.loss_sums.get(name, 0.0) + values.sum()
         self.steps_in_epoch += len(chunk)
-        self._count_optimizer_steps(len(chunk))
+        count_optimizer_steps(self.trainer, len(chunk), counted_by_lightning=not self.plain_steps)
+        self._log_steps(per_step, steps_before)
 
-    def _diverged(self, step_losses: torch.Tensor) -> None:
+    def _log_steps(self, per_step: dict[str, torch.Tensor], steps_before: int) -> None:
+        """Write the losses of every ``log_every_n_steps``-th optimizer step, at that step."""
+        every = self.trainer.log_every_n_steps
+        if not every or not self.loggers:
+            return
+        first = (-(steps_before + 1)) % every  # the chunk's first step i with (i + 1) % every == 0
+        picked = list(range(first, len(per_step[LOSS]), every))
+        if not picked:
+            return
+        values = {name: per_step[name][picked].tolist() for name in per_step}  # one sync
+        for j, index in enumerate(picked):
+            metrics = {f"train_step/{_logged(name)}": values[name][j] for name in values}
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=steps_before + index)
+
+    def _diverged(self, step_losses: torch.Tensor, steps_before: int) -> None:
         """Stop with the first non-finite step. The checkpoint of the last finished epoch and
         metrics.json stay as they were: nothing diverged is saved over them."""
         first = int((~torch.isfinite(step_losses)).nonzero()[0])
@@ -130,7 +143,7 @@ class RecommenderModule(L.LightningModule):
         raise TrainingDiverged(
             f"The training loss became {float(step_losses[first])} at epoch "
             f"{self.current_epoch} (counted from 0, as the progress bar), optimizer step "
-            f"{self.trainer.global_step + first + 1}, batch {self.steps_in_epoch + first + 1} "
+            f"{steps_before + first + 1}, batch {self.steps_in_epoch + first + 1} "
             f"of the epoch. Likely cause: a learning rate too high for this model "
             f"(optimizer.lr={lr:g}), or very large l1/l2 penalties. Fix: lower it, e.g. "
             f"optimizer.lr={lr / 10:g}. "
@@ -141,48 +154,11 @@ class RecommenderModule(L.LightningModule):
             )
         )
 
-    def _count_optimizer_steps(self, steps: int) -> None:
-        """Make Lightning count optimizer steps, not chunks: ``global_step`` (checkpoints,
-        ``max_steps``) and the step axis of logged metrics stay those of one step per batch."""
-        loop = self.trainer.fit_loop.epoch_loop
-        if self.plain_steps:  # the bare optimizer did not tell Lightning
-            progress = loop.manual_optimization.optim_step_progress
-            for _ in range(steps):
-                progress.increment_ready()
-                progress.increment_completed()
-        loop._batches_that_stepped += steps - 1  # Lightning adds one per training_step
-
-    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        users, items = batch["users"], batch["items"]
-        terms, total = {}, 0.0
-        if "interaction" in self.heads:
-            positive = self.net.interaction_logits(users, items)
-            negative = self.net.interaction_logits(users.unsqueeze(-1), batch["negatives"])
-            terms["factorization_loss"] = self.factorization_loss(positive, negative)
-            total = total + self.factorization_weight * terms["factorization_loss"]
-        if "rating" in self.heads:
-            context = {"history": batch["history"]} if "history" in batch else {}
-            predicted, observed = self.net.ratings(users, items, **context), batch["ratings"]
-            if self.hparams.negative_rating_ratio:
-                negatives = batch["negatives"][:, : self.hparams.negative_rating_ratio]
-                negative = self.net.ratings(users.unsqueeze(-1), negatives)
-                predicted = torch.cat([predicted, negative.reshape(-1)])
-                observed = torch.cat([observed, observed.new_zeros(negative.numel())])
-            terms["regression_loss"] = losses.regression_loss(predicted, observed)
-            total = total + self.regression_weight * terms["regression_loss"]
-        if self.hparams.embedding_l2:  # only the rows this batch uses, as in SVD
-            norms = self.net.embedding_norms(users, items)
-            total = total + self.hparams.embedding_l2 * norms.mean()
-        if self.hparams.l1 or self.hparams.l2:
-            total = total + losses.penalty(self.parameters(), self.hparams.l1, self.hparams.l2)
-        terms["loss"] = total
-        return terms
-
     def on_train_epoch_end(self) -> None:
         if not self.trainable:  # later epochs would only repeat the same evaluation
             self.trainer.should_stop = True
         for name, total in self.loss_sums.items():
-            self.log(f"train/{name}", total / self.steps_in_epoch, sync_dist=True)
+            self.log(f"train/{_logged(name)}", total / self.steps_in_epoch, sync_dist=True)
         self.loss_sums, self.steps_in_epoch = {}, 0
         scheduler = self.lr_schedulers()
         if scheduler is not None:
@@ -208,3 +184,8 @@ class RecommenderModule(L.LightningModule):
         if self.make_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.make_scheduler(optimizer)}
+
+
+def _logged(name: str) -> str:
+    """``train/loss`` for the total, ``train/<task>_loss`` for a task, ``train/penalty``."""
+    return name if name in (LOSS, "penalty") else f"{name}_loss"

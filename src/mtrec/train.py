@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -13,13 +12,13 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mtrec.errors import ConfigError, UserError
 from mtrec.memory import keep_freed_memory
+from mtrec.runs.folder import SKIP, check_rerun, completed_metrics
 from mtrec.runs.naming import register_resolvers
-from mtrec.runs.sweep import completed_metrics
 from mtrec.validation import validate
 
 log = logging.getLogger(__name__)
@@ -29,9 +28,8 @@ register_resolvers()
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The data module (set up) and the LightningModule that ``cfg`` describes.
 
-    The net gets the data-dependent arguments its constructor asks for: ``num_users``,
-    ``num_items`` and, where it names them, ``item_genres`` (genre models) and ``train`` (the
-    training interactions, for models fitted in closed form or needing the mean rating).
+    The net gets a :class:`~mtrec.data.info.DataInfo` (counts, item genres, training rows)
+    as its first argument.
     """
     torch.set_num_threads(cfg.threads)
     if cfg.get("keep_freed_memory"):
@@ -40,17 +38,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    net_class = get_class(cfg.model.net._target_)
-    wanted = inspect.signature(net_class).parameters
-    data_args = {"num_users": datamodule.num_users, "num_items": datamodule.num_items}
-    if "item_genres" in wanted:
-        data_args["item_genres"] = datamodule.item_genres
-    if "train" in wanted:
-        data_args["train"] = datamodule.split.train
-    net = instantiate(cfg.model.net, _partial_=True)(**data_args)  # data args as they are
+    net = instantiate(cfg.model.net, _partial_=True)(datamodule.data_info())  # data as it is
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = instantiate(
-        cfg.model.module, net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler
+        cfg.model.module,
+        net=net,
+        weighting=instantiate(cfg.weighting),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=scheduler,
     )
     return datamodule, module
 
@@ -86,7 +81,7 @@ def resumed_logging(logger: DictConfig, checkpoint: str | None) -> dict:
     (``purge_step``), so the epochs it redoes are not shown twice."""
     if checkpoint is None or not logger.get("_target_", "").endswith("TensorBoardLogger"):
         return {}
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     return {"purge_step": saved["global_step"] + 1}  # the checkpoint's own epoch stays
 
 
@@ -143,12 +138,19 @@ def main(cfg: DictConfig) -> float | None:
     A :class:`~mtrec.errors.UserError` (a bad config value or data file) ends a single run
     with its message alone and exit status 2; in a sweep it fails that job, which the sweep
     summary records, and the other jobs go on.
+
+    Into a folder that already holds a run (``hydra.run.dir``, ``ckpt_path=last``, a re-run
+    sweep), the same config skips a completed run, a longer one continues it from its last
+    checkpoint, and any other is refused before any work (:mod:`mtrec.runs.folder`).
     """
-    done = completed_metrics(cfg.paths.output_dir)
-    if done is not None:
-        log.info("%s completed before (job.json): skipped", cfg.paths.output_dir)
-        return done.get(cfg.optimized_metric) if cfg.get("optimized_metric") else None
     try:
+        rerun = check_rerun(cfg.paths.output_dir, cfg)
+        if rerun.action == SKIP:
+            log.info("%s completed before with this config: skipped", cfg.paths.output_dir)
+            metrics = completed_metrics(cfg.paths.output_dir) or {}
+            return metrics.get(cfg.optimized_metric) if cfg.get("optimized_metric") else None
+        validate(cfg)  # before the folder records this config: a mistake leaves it as it was
+        rerun.begin()
         metrics = train(cfg)
     except UserError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -1,14 +1,19 @@
 """Checks of the composed config before any work starts: one clear message per mistake.
 
-:func:`validate` runs the :data:`RULES` in order, then the checks that relate several keys,
-and raises a :class:`~mtrec.errors.ConfigError` on the first problem. The message names the
-key as it is typed on the command line, its value and what is allowed. A key the config
-lacks (``model.layer_sizes`` of a model without an MLP, ``data.shape`` of real data) is
-skipped. To add a rule, add one line to :data:`RULES`.
+Every rule lives once. A setting that some code needs checks itself there (the net's
+``check_settings``, ``Objective.check_settings``, ``losses.factorization_loss``,
+``embedding_size``), when that code runs; :func:`validate` gathers those checks and runs
+them on the config's values before any data is read. Settings no code checks on its own
+(sizes, fractions, learning rates) have their rule in :data:`RULES` here. The first problem
+raises a :class:`~mtrec.errors.ConfigError` naming the key as typed on the command line, its
+value and what is allowed. A key the config lacks (``model.layer_sizes`` of a model without
+an MLP, ``data.shape`` of real data) is skipped. To add a rule, add one line to
+:data:`RULES`, or a check to the code that needs the setting and one line to :data:`CHECKS`.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -19,9 +24,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mtrec.data.movielens import VARIANTS
 from mtrec.data.synthetic import SHAPES
-from mtrec.errors import ConfigError
-from mtrec.losses import FACTORIZATION_LOSSES
-from mtrec.models import MultiTaskNet
+from mtrec.errors import ConfigError, shown
+from mtrec.losses import factorization_loss
+from mtrec.models.embeddings import embedding_size
+from mtrec.objective import Objective
+from mtrec.tasks import tasks_of
 
 ABSENT = object()  # the key is not in the config (or cannot be resolved: left to its user)
 
@@ -36,14 +43,6 @@ def integer(v: Any) -> bool:
 
 def positive_int(v: Any) -> bool:
     return integer(v) and v >= 1
-
-
-def size_or_auto(v: Any) -> bool:
-    return v == "auto" or positive_int(v)
-
-
-def positive_ints(v: Any) -> bool:
-    return isinstance(v, list) and len(v) > 0 and all(map(positive_int, v))
 
 
 def non_negative(v: Any) -> bool:
@@ -88,20 +87,12 @@ RULES: list[Rule] = [
     Rule("data.batch_size", positive_int, "a positive integer, e.g. 256"),
     Rule("data.batches_per_chunk", positive_int, "a positive integer, e.g. 64"),
     Rule("data.num_negatives", positive_int, "an integer >= 1, e.g. 1"),
-    Rule("model.embedding_dim", size_or_auto, "a positive integer or auto"),
-    Rule("model.layer_sizes", positive_ints, "a list of positive integers, e.g. [96,64]"),
     Rule("model.hidden_size", positive_int, "a positive integer, e.g. 64"),
     Rule("model.genre_dim", positive_int, "a positive integer, e.g. 8"),
     Rule("model.history_length", positive_int, "a positive integer, e.g. 10"),
-    Rule("model.factorization_loss", one_of(FACTORIZATION_LOSSES), listing(FACTORIZATION_LOSSES)),
     Rule("model.factorization_weight", non_negative, "a number >= 0, e.g. 0.99"),
     Rule("model.regression_weight", lambda v: v is None or non_negative(v), REGRESSION_WEIGHT),
     Rule("model.negative_rating_ratio", lambda v: integer(v) and v >= 0, "an integer >= 0"),
-    Rule(
-        "model.embedding_sharing",
-        lambda v: isinstance(v, bool) or v == "items",
-        "true, false or items",
-    ),
     Rule("model.dropout", fraction(zero_ok=True), "a number in [0, 1), 0 for none"),
     Rule("model.reg", non_negative, "a number >= 0, e.g. 250"),
     Rule("model.l1", non_negative, "a number >= 0 (0: no penalty)"),
@@ -134,23 +125,29 @@ def fractions_leave_training_rows(cfg: DictConfig) -> None:
         )
 
 
-def multitask_layer_fits(cfg: DictConfig) -> None:
-    """MultiTaskNet's MLP reads [u, q, u * q]; with ``embedding_dim=auto`` it sizes it itself."""
-    dim, sizes = lookup(cfg, "model.embedding_dim"), lookup(cfg, "model.layer_sizes")
-    if not issubclass(net_class(cfg), MultiTaskNet) or not integer(dim) or sizes is ABSENT:
-        return
-    if sizes[0] != 3 * dim:
-        fixed = shown([3 * dim, *sizes[1:]])
-        raise ConfigError(
-            f"model.layer_sizes={shown(sizes)} does not fit model.embedding_dim={dim}: its first "
-            f"entry must be 3 * model.embedding_dim = {3 * dim} (the MLP input is [u, q, u * q]). "
-            f"Use model.layer_sizes={fixed}, or model.embedding_dim=auto, which sizes it itself."
-        )
+def owners_checks(cfg: DictConfig) -> None:
+    """The checks of the code that uses these settings, run on the config's values."""
+    dim = lookup(cfg, "model.embedding_dim")
+    if dim is not ABSENT:
+        embedding_size(dim, 1)
+    loss = lookup(cfg, "model.factorization_loss")
+    if loss is not ABSENT:
+        factorization_loss(loss)
+    embedding_l2 = lookup(cfg, "model.embedding_l2")
+    if number(embedding_l2):
+        Objective.check_settings(embedding_l2, net_class(cfg))
+    check = getattr(net_class(cfg), "check_settings", None)
+    if check is not None:  # the net's own rules, with the values its config gives it
+        args = {
+            name: lookup(cfg, f"model.net.{name}") for name in inspect.signature(check).parameters
+        }
+        if ABSENT not in args.values():  # e.g. an interpolation that cannot resolve yet
+            check(**args)
 
 
 def some_loss_weighs(cfg: DictConfig) -> None:
     """At least one head of the net has a positive loss weight: otherwise nothing trains."""
-    heads = getattr(net_class(cfg), "heads", ())
+    heads = [task.head for task in tasks_of(getattr(net_class(cfg), "heads", ()))]
     weights, derived = {}, ""
     if "interaction" in heads:
         weights["model.factorization_weight"] = lookup(cfg, "model.factorization_weight")
@@ -188,7 +185,7 @@ def enough_negatives(cfg: DictConfig) -> None:
 
 
 # The checks that relate several keys, run after RULES, in this order.
-CHECKS = (fractions_leave_training_rows, multitask_layer_fits, some_loss_weighs, enough_negatives)
+CHECKS = (fractions_leave_training_rows, owners_checks, some_loss_weighs, enough_negatives)
 
 
 def lookup(cfg: DictConfig, key: str) -> Any:
@@ -209,14 +206,3 @@ def net_class(cfg: DictConfig) -> type:
         return get_class(target) if isinstance(target, str) else object
     except Exception:  # a wrong target: instantiating it reports that in Hydra's own words
         return object
-
-
-def shown(value: Any) -> str:
-    """``value`` as it would be typed on the command line."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ",".join(shown(v) for v in value) + "]"
-    return str(value)

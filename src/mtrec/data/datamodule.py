@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
 
+from mtrec.data.info import DataInfo
 from mtrec.data.interactions import (
     HeldOut,
     Interactions,
@@ -15,8 +18,10 @@ from mtrec.data.interactions import (
     index_ratings,
     last_items,
     random_split,
+    to_device,
 )
 from mtrec.data.movielens import MovieLens, load_movielens
+from mtrec.lightning_internals import StepBoundaries, step_boundaries
 
 
 class ShuffledBatches:
@@ -67,11 +72,11 @@ class ShuffledBatches:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         self.epoch += 1
         d = self.data
-        order = torch.randperm(len(d), generator=generator)
+        order = torch.randperm(len(d), generator=generator).to(d.users.device)
         n = len(d) // self.world_size
         order = order[self.rank :: self.world_size][:n]
         negatives = torch.randint(d.num_items, (len(d), self.num_negatives), generator=generator)
-        negatives = negatives[self.rank :: self.world_size][:n]
+        negatives = negatives[self.rank :: self.world_size][:n].to(d.users.device)
         if self.seen_keys is not None:
             self._redraw_seen(negatives, d.users[order], generator)
         for start in range(0, n, self.batch_size):
@@ -97,7 +102,7 @@ class ShuffledBatches:
                 return
             negatives[seen] = torch.randint(
                 self.data.num_items, (int(seen.sum()),), generator=generator
-            )
+            ).to(negatives.device)
         raise RuntimeError(
             "data.exclude_seen_negatives=true: some users rated (nearly) every item, so no unseen "
             "negative could be drawn. Fix: set data.exclude_seen_negatives=false."
@@ -109,27 +114,33 @@ class Chunks:
 
     Each mini-batch still gets its own optimizer step; a chunk only spares the Trainer's
     per-call work (hooks, progress bar, loop bookkeeping), which costs more than the
-    arithmetic of a small batch. Trainer settings that count batches
-    (``limit_train_batches``, ``log_every_n_steps``) count chunks.
+    arithmetic of a small batch. Chunks hold up to ``size`` batches and end where a
+    step-counted event falls (``boundaries``: checkpoints every n steps, ``max_steps``), so
+    those happen at the exact optimizer step. ``limit_train_batches`` counts chunks.
     """
 
-    def __init__(self, batches, size: int):
-        if size < 1:
-            raise ValueError(f"data.batches_per_chunk={size}: use a positive integer.")
+    def __init__(self, batches, size: int, boundaries: Callable[[], StepBoundaries] | None = None):
         self.batches, self.size = batches, size
+        self.boundaries = boundaries
         # Lightning calls sampler.set_epoch(epoch) before each epoch, as for a DistributedSampler
         self.sampler = batches
 
+    def chunk_sizes(self) -> list[int]:
+        """The sizes of this epoch's chunks, planned from the steps done before it."""
+        boundaries = self.boundaries() if self.boundaries else StepBoundaries(0, (), None)
+        return boundaries.chunk_sizes(len(self.batches), self.size)
+
     def __len__(self) -> int:
-        return math.ceil(len(self.batches) / self.size)
+        return len(self.chunk_sizes())
 
     def __iter__(self):
-        chunk = []
+        sizes = iter(self.chunk_sizes())
+        size, chunk = next(sizes, 0), []
         for batch in self.batches:
             chunk.append(batch)
-            if len(chunk) == self.size:
+            if len(chunk) == size:
                 yield chunk
-                chunk = []
+                size, chunk = next(sizes, 0), []
         if chunk:
             yield chunk
 
@@ -173,6 +184,7 @@ class MovieLensDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.split = None
+        self._device_copies: dict = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.split is not None:
@@ -211,16 +223,17 @@ class MovieLensDataModule(L.LightningDataModule):
         hp = self.hparams
         trainer = self.trainer  # None when used outside a Trainer
         batches = ShuffledBatches(
-            self.split.train,
+            self._on_device("train", self.split.train),
             hp.batch_size,
             hp.num_negatives,
             hp.seed,
             exclude_seen=hp.exclude_seen_negatives,
-            history=self.train_history,
+            history=self._on_device("train_history", self.train_history),
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
         )
-        return Chunks(batches, hp.batches_per_chunk)
+        boundaries = partial(step_boundaries, trainer) if trainer else None
+        return Chunks(batches, hp.batches_per_chunk, boundaries)
 
     def val_dataloader(self) -> SingleBatch:
         if self.has_validation:
@@ -233,4 +246,30 @@ class MovieLensDataModule(L.LightningDataModule):
 
     def _held_out(self, name: str, target: Interactions, *known: Interactions) -> SingleBatch:
         k = self.hparams.history_length
-        return SingleBatch(held_out(name, target, *known, history_length=k))
+        key = f"{name}_held_out_{len(known)}"
+        if key not in self._device_copies:
+            built = held_out(name, target, *known, history_length=k)
+            self._device_copies[key] = to_device(built, self._device)
+        return SingleBatch(self._device_copies[key])
+
+    @property
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer else torch.device("cpu")
+
+    def _on_device(self, key: str, value):
+        """``value`` on the training device, copied there once per run, not once per batch."""
+        if value is None:
+            return None
+        cached = self._device_copies.get(key)
+        if cached is None or _device_of(cached) != self._device:
+            cached = self._device_copies[key] = to_device(value, self._device)
+        return cached
+
+    def data_info(self) -> DataInfo:
+        """What nets may need: counts, item genres, the training rows."""
+        return DataInfo(self.num_users, self.num_items, self.item_genres, self.split.train)
+
+
+def _device_of(value) -> torch.device:
+    return value.device if isinstance(value, torch.Tensor) else value.users.device

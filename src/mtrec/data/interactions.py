@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -158,3 +158,16 @@ def last_items(train: Interactions, length: int, rows: Interactions | None = Non
     index = end.unsqueeze(1) - length + torch.arange(length)
     valid = index >= user_start.unsqueeze(1)
     return torch.where(valid, sorted_items[index.clamp(min=0)], 0)
+
+
+def to_device(value, device: torch.device | str):
+    """A tensor, or a dataclass of tensors (:class:`Interactions`, :class:`HeldOut`), on
+    ``device``; the value itself when it is there already."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    moved = {
+        f.name: getattr(value, f.name).to(device)
+        for f in fields(value)
+        if isinstance(getattr(value, f.name), torch.Tensor)
+    }
+    return replace(value, **moved)

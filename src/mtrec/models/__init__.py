@@ -1,7 +1,10 @@
 """Recommender networks: plain ``nn.Module``s, kept apart from the training loop.
 
-Every network declares its ``heads``: ``"interaction"`` (it has ``interaction_logits`` and
-``score_all_items``) and/or ``"rating"`` (it has ``ratings``). All have ``item_vectors()``.
+Every network takes a :class:`~mtrec.data.info.DataInfo` as its first argument and declares
+its ``heads``: ``"interaction"`` (it has ``interaction_logits`` and ``score_all_items``) and/or
+``"rating"`` (it has ``ratings``). All have ``item_vectors()``. A net with both heads says what
+its tasks share for a batch with ``shared(user_ids, item_ids)`` (a dict of tensors, empty when
+the heads share nothing).
 """
 
 from mtrec.models.baselines import EASE, BiasedMatrixFactorization, Popularity

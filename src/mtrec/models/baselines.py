@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtrec.data.interactions import Interactions
+from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
 from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
 
@@ -20,9 +20,10 @@ class Popularity(nn.Module):
 
     heads = ("interaction",)
 
-    def __init__(self, num_users: int, num_items: int, train: Interactions):
+    def __init__(self, data: DataInfo):
         super().__init__()
-        counts = torch.bincount(train.items, minlength=num_items).to(torch.float32)
+        train = data.require("train", "Popularity")
+        counts = torch.bincount(train.items, minlength=data.num_items).to(torch.float32)
         self.register_buffer("counts", counts)
 
     def interaction_logits(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
@@ -50,13 +51,12 @@ class EASE(nn.Module):
 
     def __init__(
         self,
-        num_users: int,
-        num_items: int,
-        train: Interactions,
+        data: DataInfo,
         reg: float = 300.0,
         max_items: int = 30_000,
     ):
         super().__init__()
+        num_users, num_items, train = data.num_users, data.num_items, data.require("train", "EASE")
         if num_items > max_items:
             raise ConfigError(
                 f"model=ease needs an items x items matrix: {num_items} items would take "
@@ -92,10 +92,10 @@ class BiasedMatrixFactorization(nn.Module):
 
     heads = ("rating",)
 
-    def __init__(
-        self, num_users: int, num_items: int, train: Interactions, embedding_dim: int | str = 32
-    ):
+    def __init__(self, data: DataInfo, embedding_dim: int | str = 32):
         super().__init__()
+        num_users, num_items = data.num_users, data.num_items
+        train = data.require("train", "BiasedMatrixFactorization")
         dim = embedding_size(embedding_dim, max(num_users, num_items))
         self.user_embeddings = ScaledEmbedding(num_users, dim)
         self.item_embeddings = ScaledEmbedding(num_items, dim)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mtrec.data.info import DataInfo
 from mtrec.models.embeddings import GenreBag, ScaledEmbedding, embedding_size
 
 
@@ -13,10 +14,9 @@ class DenseNet(nn.Module):
 
     heads = ("rating",)
 
-    def __init__(
-        self, num_users: int, num_items: int, embedding_dim: int | str = 32, hidden_size: int = 64
-    ):
+    def __init__(self, data: DataInfo, embedding_dim: int | str = 32, hidden_size: int = 64):
         super().__init__()
+        num_users, num_items = data.num_users, data.num_items
         self.user_embeddings = ScaledEmbedding(num_users, embedding_size(embedding_dim, num_users))
         self.item_embeddings = ScaledEmbedding(num_items, embedding_size(embedding_dim, num_items))
         width = self.user_embeddings.embedding_dim + self.item_embeddings.embedding_dim
@@ -41,18 +41,10 @@ class DenseNet(nn.Module):
 class GenreDenseNet(DenseNet):
     """The dense net with the mean embedding of the item's genres concatenated to its input."""
 
-    def __init__(
-        self,
-        num_users,
-        num_items,
-        item_genres: torch.Tensor,
-        embedding_dim=32,
-        hidden_size=64,
-        genre_dim: int = 8,
-    ):
+    def __init__(self, data: DataInfo, embedding_dim=32, hidden_size=64, genre_dim: int = 8):
         self._genre_dim = genre_dim
-        super().__init__(num_users, num_items, embedding_dim, hidden_size)
-        self.genres = GenreBag(item_genres, genre_dim)
+        super().__init__(data, embedding_dim, hidden_size)
+        self.genres = GenreBag(data.require("item_genres", type(self).__name__), genre_dim)
 
     def extra_width(self) -> int:
         return self._genre_dim

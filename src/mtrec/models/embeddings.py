@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mtrec.errors import ConfigError
+
 
 class ScaledEmbedding(nn.Embedding):
     """Embedding initialised from N(0, 1/d): small dot products at the start of training."""
@@ -22,12 +24,15 @@ class ZeroEmbedding(nn.Embedding):
 
 
 def embedding_size(setting: int | str, num_categories: int) -> int:
-    """``setting`` itself, or for ``"auto"`` the rule of thumb ``min(600, round(1.6 n^0.56))``."""
+    """``setting`` itself, or for ``"auto"`` the rule of thumb ``min(600, round(1.6 n^0.56))``;
+    the one check of ``model.embedding_dim``."""
     if setting == "auto":
         return min(600, round(1.6 * num_categories**0.56))
-    if isinstance(setting, int) and setting > 0:
+    if isinstance(setting, int) and not isinstance(setting, bool) and setting > 0:
         return setting
-    raise ValueError(f"model.embedding_dim={setting!r}: use a positive integer or 'auto'.")
+    raise ConfigError(
+        f"model.embedding_dim={setting} is not valid: use a positive integer or auto."
+    )
 
 
 class GenreBag(nn.Module):

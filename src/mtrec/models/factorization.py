@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mtrec.data.info import DataInfo
 from mtrec.models.embeddings import GenreBag, ScaledEmbedding, ZeroEmbedding, embedding_size
 
 
@@ -13,8 +14,9 @@ class MatrixFactorization(nn.Module):
 
     heads = ("rating",)
 
-    def __init__(self, num_users: int, num_items: int, embedding_dim: int | str = 32):
+    def __init__(self, data: DataInfo, embedding_dim: int | str = 32):
         super().__init__()
+        num_users, num_items = data.num_users, data.num_items
         dim = embedding_size(embedding_dim, max(num_users, num_items))
         self.user_embeddings = ScaledEmbedding(num_users, dim)
         self.item_embeddings = ScaledEmbedding(num_items, dim)
@@ -32,9 +34,10 @@ class MatrixFactorization(nn.Module):
 class GenreMatrixFactorization(MatrixFactorization):
     """Matrix factorization whose item factor adds the mean embedding of the item's genres."""
 
-    def __init__(self, num_users, num_items, item_genres: torch.Tensor, embedding_dim=32):
-        super().__init__(num_users, num_items, embedding_dim)
-        self.genres = GenreBag(item_genres, self.item_embeddings.embedding_dim)
+    def __init__(self, data: DataInfo, embedding_dim=32):
+        super().__init__(data, embedding_dim)
+        genres = data.require("item_genres", type(self).__name__)
+        self.genres = GenreBag(genres, self.item_embeddings.embedding_dim)
 
     def item_factors(self, items: torch.Tensor) -> torch.Tensor:
         return self.item_embeddings(items) + self.genres(items)
@@ -47,10 +50,10 @@ class BiasedDotProduct(MatrixFactorization):
     extreme ratings are reachable without saturating the sigmoid.
     """
 
-    def __init__(self, num_users, num_items, embedding_dim=32, rating_range=(0.0, 5.5)):
-        super().__init__(num_users, num_items, embedding_dim)
-        self.user_biases = ZeroEmbedding(num_users, 1)
-        self.item_biases = ZeroEmbedding(num_items, 1)
+    def __init__(self, data: DataInfo, embedding_dim=32, rating_range=(0.0, 5.5)):
+        super().__init__(data, embedding_dim)
+        self.user_biases = ZeroEmbedding(data.num_users, 1)
+        self.item_biases = ZeroEmbedding(data.num_items, 1)
         self.low, self.high = (float(x) for x in rating_range)
 
     def ratings(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

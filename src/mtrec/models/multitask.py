@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtrec.data.interactions import Interactions
+from mtrec.data.info import DataInfo
+from mtrec.errors import ConfigError, shown
 from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
 
 
@@ -30,27 +31,19 @@ class MultiTaskNet(nn.Module):
 
     def __init__(
         self,
-        num_users: int,
-        num_items: int,
+        data: DataInfo,
         embedding_dim: int | str = 32,
         layer_sizes: tuple[int, ...] = (96, 64),
         embedding_sharing: bool | str = True,
         rating_biases: bool = False,
         dropout: float = 0.0,
-        train: Interactions | None = None,
     ):
         super().__init__()
-        if embedding_sharing not in (True, False, "items"):
-            raise ValueError(f"embedding_sharing={embedding_sharing!r}: use true, false or items")
+        self.check_settings(embedding_dim, layer_sizes, embedding_sharing)
+        num_users, num_items = data.num_users, data.num_items
         if embedding_dim == "auto":
             embedding_dim = embedding_size("auto", max(num_users, num_items))
             layer_sizes = (3 * embedding_dim, *layer_sizes[1:])
-        embedding_dim = embedding_size(embedding_dim, max(num_users, num_items))
-        if layer_sizes[0] != 3 * embedding_dim:
-            raise ValueError(
-                f"model.layer_sizes[0]={layer_sizes[0]} must equal 3 * model.embedding_dim "
-                f"= {3 * embedding_dim} (the MLP input is [u, q, u * q])."
-            )
         self.num_users, self.num_items = num_users, num_items
         self.embedding_sharing = embedding_sharing
         self.user_embeddings = ScaledEmbedding(num_users, embedding_dim)
@@ -66,7 +59,7 @@ class MultiTaskNet(nn.Module):
         )
         self.rating_biases = rating_biases
         if rating_biases:
-            mean = train.ratings.mean() if train is not None else torch.tensor(0.0)
+            mean = data.train.ratings.mean() if data.train is not None else torch.tensor(0.0)
             self.register_buffer("mean_rating", mean)
             self.rating_user_biases = ZeroEmbedding(num_users, 1)
             self.rating_item_biases = ZeroEmbedding(num_items, 1)
@@ -76,6 +69,37 @@ class MultiTaskNet(nn.Module):
             layers += [nn.Dropout(dropout)] if dropout else []
         layers.append(nn.Linear(layer_sizes[-1], 1))
         self.mlp = nn.Sequential(*layers)
+
+    @staticmethod
+    def check_settings(embedding_dim, layer_sizes, embedding_sharing) -> None:
+        """The rules of these settings, checked once: when the net is built, and by config
+        validation before any work (it calls this with the config's values)."""
+        if not (isinstance(embedding_sharing, bool) or embedding_sharing == "items"):
+            raise ConfigError(
+                f"model.embedding_sharing={shown(embedding_sharing)} is not valid: "
+                "use true, false or items."
+            )
+        if embedding_dim == "auto":  # the net sizes the MLP's input itself
+            return
+        dim = embedding_size(embedding_dim, 1)
+        sizes = list(layer_sizes) if isinstance(layer_sizes, list | tuple) else layer_sizes
+        if (
+            not isinstance(sizes, list)
+            or not sizes
+            or not all(type(s) is int and s > 0 for s in sizes)
+        ):
+            raise ConfigError(
+                f"model.layer_sizes={shown(sizes)} is not valid: use a list of positive "
+                "integers, e.g. [96,64]."
+            )
+        if sizes[0] != 3 * dim:
+            fixed = shown([3 * dim, *sizes[1:]])
+            raise ConfigError(
+                f"model.layer_sizes={shown(sizes)} does not fit model.embedding_dim={dim}: its "
+                f"first entry must be 3 * model.embedding_dim = {3 * dim} (the MLP input is "
+                f"[u, q, u * q]). Use model.layer_sizes={fixed}, or model.embedding_dim=auto, "
+                "which sizes it itself."
+            )
 
     def interaction_logits(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         """Logits ``u . q + b`` for broadcastable id tensors, e.g. (B, 1) users x (B, K) items."""
@@ -103,6 +127,20 @@ class MultiTaskNet(nn.Module):
         if self.rating_biases:
             tables += [(self.rating_user_biases, user_ids), (self.rating_item_biases, item_ids)]
         return sum(table(ids).pow(2).sum(-1) for table, ids in tables)
+
+    def shared(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the two tasks share for a batch: the gathered embedding rows both heads read.
+
+        Shared embeddings: the user and the item rows; ``items``: the item rows; separate:
+        nothing. Per-task gradients taken with respect to these cost what the batch costs,
+        never the size of the catalogue.
+        """
+        shared = {}
+        if self.rating_user_embeddings is self.user_embeddings:
+            shared["user"] = self.user_embeddings(user_ids)
+        if self.rating_item_embeddings is self.item_embeddings:
+            shared["item"] = self.item_embeddings(item_ids)
+        return shared
 
     def forward(
         self, user_ids: torch.Tensor, item_ids: torch.Tensor

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mtrec.data.info import DataInfo
 from mtrec.models.embeddings import ScaledEmbedding, embedding_size
 
 
@@ -19,12 +20,10 @@ class SequenceLSTM(nn.Module):
     heads = ("rating",)
     needs_history = True
 
-    def __init__(
-        self, num_users: int, num_items: int, embedding_dim: int | str = 32, hidden_size: int = 64
-    ):
+    def __init__(self, data: DataInfo, embedding_dim: int | str = 32, hidden_size: int = 64):
         super().__init__()
-        dim = embedding_size(embedding_dim, num_items)
-        self.item_embeddings = ScaledEmbedding(num_items + 1, dim, padding_idx=0)
+        dim = embedding_size(embedding_dim, data.num_items)
+        self.item_embeddings = ScaledEmbedding(data.num_items + 1, dim, padding_idx=0)
         self.lstm = nn.LSTM(dim, hidden_size, batch_first=True)
         self.output = nn.Sequential(
             nn.Linear(hidden_size + dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, 1)
@@ -35,7 +34,10 @@ class SequenceLSTM(nn.Module):
     ) -> torch.Tensor:
         _, (hidden, _) = self.lstm(self.item_embeddings(history))
         target = self.item_embeddings(items + 1)
-        return self.output(torch.cat([hidden[-1], target], dim=-1)).squeeze(-1)
+        # several items per history, e.g. (B, K) sampled negatives: one summary, broadcast
+        summary = hidden[-1].reshape(len(history), *[1] * (items.dim() - 1), -1)
+        summary = summary.expand(*target.shape[:-1], -1)
+        return self.output(torch.cat([summary, target], dim=-1)).squeeze(-1)
 
     def item_vectors(self) -> torch.Tensor:
         return self.item_embeddings.weight[1:]

@@ -1,9 +1,11 @@
 """Readable, collision-free names for runs and sweeps, as OmegaConf resolvers.
 
-A run is named by the overrides that set it apart from the other runs of its sweep, for example
-``model.embedding_sharing=False,model.factorization_weight=0.5``; housekeeping keys (paths,
-``experiment=``, ...) never appear. The same keys are the swept values logged to TensorBoard's
-HParams dashboard.
+A single run is named by its overrides, for example ``model.embedding_sharing=False``. A job of
+a sweep is named by the values the sweep varies, each under the shortest end of its key that no
+other swept key shares (``model.embedding_sharing`` -> ``sharing``), for example
+``sharing=False,weight=0.5``: TensorBoard shows the runs of a sweep side by side under these
+names, and short names tell them apart at a glance. Housekeeping keys (paths, ``experiment=``,
+...) never appear. The full keys are the swept values logged to TensorBoard's HParams dashboard.
 """
 
 from __future__ import annotations
@@ -58,16 +60,57 @@ def swept_keys(sweep_dir: str | Path) -> list[str] | None:
     return [k for k in keys if not is_hidden(k)]
 
 
-def job_keys() -> list[str]:
-    """The keys that name the current Hydra job (all shown overrides of a single run)."""
+def _naming_keys() -> tuple[list[str], list[str] | None]:
+    """The keys that name the current job, and for a job of a sweep every key that names one of
+    its jobs (``None`` for a single run)."""
     hydra_cfg = HydraConfig.get()
     task = list(hydra_cfg.overrides.task)
     given = [k for k, _, _ in parse_overrides(task) if not is_hidden(k)]
     if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
         swept = swept_keys(hydra_cfg.sweep.dir)
         if swept is not None:
-            return [k for k in given if k in swept] or swept
-    return given
+            return [k for k in given if k in swept] or swept, swept
+        return given, given  # every job of the sweep has the same command-line keys
+    return given, None
+
+
+def job_keys() -> list[str]:
+    """The keys that name the current Hydra job (all shown overrides of a single run)."""
+    return _naming_keys()[0]
+
+
+def _key_ends(key: str) -> list[str]:
+    """The ends of a key at its ``.`` and ``_`` boundaries, shortest first:
+    ``weight``, ``factorization_weight``, ``model.factorization_weight``."""
+    key = key.lstrip("+~")
+    starts = [0] + [m.end() for m in re.finditer(r"[._]", key)]
+    ends = [key[start:] for start in reversed(starts)]
+    return [end for end in ends if end.strip("._")]
+
+
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """Each key's shortest end that no other key ends with the same way, for example
+    ``model.embedding_sharing`` -> ``sharing`` and ``model.factorization_weight`` -> ``weight``;
+    ``model.factorization_weight`` and ``model.regression_weight`` keep a word more each.
+
+    The result depends on the set of keys alone, so every job of a sweep (and a rerun of the
+    sweep into its folder) names its folder the same way.
+    """
+    ends = {key: _key_ends(key) or [key] for key in keys}
+    level = dict.fromkeys(keys, 0)
+    while True:
+        names = {key: ends[key][min(level[key], len(ends[key]) - 1)] for key in keys}
+        taken = [names[key] for key in keys]
+        clashing = [
+            key for key in keys if taken.count(names[key]) > 1 and level[key] < len(ends[key]) - 1
+        ]
+        if not clashing:
+            break
+        for key in clashing:
+            level[key] += 1
+    if len(set(names.values())) < len(names):  # e.g. ``+x`` and ``x``: keep the full keys
+        return {key: key for key in keys}
+    return names
 
 
 def safe_name(text: str) -> str:
@@ -80,10 +123,18 @@ def safe_name(text: str) -> str:
 
 
 def run_name(default: str = "default") -> str:
-    """``key=value`` of the job's naming overrides, comma-separated, or ``default``."""
+    """``key=value`` of the job's naming overrides, comma-separated, or ``default``.
+
+    A single run spells its keys out in full; a job of a sweep shortens them (``short_keys``
+    over the sweep's keys), so the runs of a sweep differ early in their names.
+    """
     overrides = dict((k, v) for k, v, _ in parse_overrides(HydraConfig.get().overrides.task))
-    keys = job_keys()
-    return safe_name(",".join(f"{k}={overrides[k]}" for k in keys if k in overrides)) or default
+    keys, sweep_keys = _naming_keys()
+    label = short_keys(sweep_keys) if sweep_keys is not None else {}
+    return (
+        safe_name(",".join(f"{label.get(k, k)}={overrides[k]}" for k in keys if k in overrides))
+        or default
+    )
 
 
 def run_dir(new: str, *, _root_: DictConfig) -> str:

@@ -1,29 +1,29 @@
 """The summary of a sweep: one table row per job, and figures for a report.
 
 ``mtrec-report <sweep folder>`` (re)writes ``summary.csv``, ``summary.md`` and the PNG
-figures from what the jobs left on disk (``.hydra/overrides.yaml``, ``metrics.json`` and
-``job.json``), so it works for any finished or interrupted sweep and any launcher.
+figures from what the jobs left in their run folders (overrides, job record and metrics, read
+through :mod:`mtrec.runs.folder`), so it works for any finished or interrupted sweep and any
+launcher. Metrics come in the order of :mod:`mtrec.tasks`.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import OmegaConf
 
-from mtrec.callbacks import LOWER_IS_BETTER
+from mtrec import tasks
 from mtrec.files import atomic_write_bytes, atomic_write_text
+from mtrec.runs import folder as run_folder
 from mtrec.runs.naming import is_hidden, parse_overrides, swept_keys
 
-# Metrics in the order tables and figures show them.
-METRIC_ORDER = ("mrr", "mse", "rmse", "mrr_interaction", "hr@10", "ndcg@10")
-CURVE_METRICS = ("mrr", "mse")
+# Metrics in the order tables and figures show them: task by task, each task's main one first.
+METRIC_ORDER = tasks.metric_names()
+CURVE_METRICS = tuple(task.metric_names()[0] for task in tasks.TASKS)  # each task's main metric
 
 
 @dataclass
@@ -41,11 +41,8 @@ class Job:
 
 
 def read_job(folder: Path) -> Job:
-    overrides_file = folder / ".hydra" / "overrides.yaml"
-    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.exists() else []
-    values = {k.lstrip("+~"): v for k, v, _ in parse_overrides(overrides)}
-    record = _read_json(folder / "job.json")
-    metrics = _read_json(folder / "metrics.json")
+    values = {k.lstrip("+~"): v for k, v, _ in parse_overrides(run_folder.read_overrides(folder))}
+    record = run_folder.read_job(folder)
     status = record.get("status") or "unfinished"  # still running, or killed
     return Job(
         folder,
@@ -53,21 +50,13 @@ def read_job(folder: Path) -> Job:
         status,
         record.get("error", ""),
         record.get("wall_seconds", math.nan),
-        metrics,
+        run_folder.read_metrics(folder),
     )
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def read_sweep(sweep_dir: Path) -> tuple[list[Job], list[str]]:
-    """The jobs of a sweep (every sub-folder with a ``.hydra`` folder) and its swept keys."""
-    folders = sorted(p.parent for p in sweep_dir.glob("*/.hydra"))
-    jobs = sorted((read_job(f) for f in folders), key=_job_number)
+    """The jobs of a sweep (every run folder inside it) and its swept keys."""
+    jobs = sorted((read_job(f) for f in run_folder.run_folders(sweep_dir)), key=_job_number)
     keys = swept_keys(sweep_dir)
     if keys is None:  # no multirun.yaml: the keys whose values differ between jobs
         every = {k for job in jobs for k in job.overrides if not is_hidden(k)}
@@ -76,21 +65,24 @@ def read_sweep(sweep_dir: Path) -> tuple[list[Job], list[str]]:
 
 
 def _job_number(job: Job) -> tuple[int, str]:
-    config = job.folder / ".hydra" / "hydra.yaml"
     try:
-        return int(OmegaConf.load(config).hydra.job.num), job.name
+        return int(run_folder.read_hydra(job.folder).job.num), job.name
     except Exception:  # an unreadable job still gets a row, sorted last
         return 1 << 30, job.name
 
 
-def _metric_sort_key(name: str) -> tuple[int, int, str]:
-    prefix, _, metric = name.partition("/")
+def _metric_sort_key(name: str) -> tuple[int, int, int, str]:
+    prefix, _, metric = name.rpartition("/")
+    task = tasks.task_of_metric(metric)
+    task_order = tasks.TASKS.index(task) if task is not None else len(tasks.TASKS)
     order = METRIC_ORDER.index(metric) if metric in METRIC_ORDER else len(METRIC_ORDER)
-    return ({"test": 0, "val": 1}.get(prefix, 2), order, name)
+    return ({"test": 0, "val": 1}.get(prefix, 2), task_order, order, name)
 
 
 def metric_names(jobs: list[Job]) -> list[str]:
-    """Every metric any job reported, in table order (test before val, then METRIC_ORDER)."""
+    """Every metric any job reported, in table order: test before val, then task by task in
+    the order of :func:`mtrec.tasks.metric_names` (metrics of no task, e.g. ``combined``,
+    last)."""
     return sorted({m for job in jobs for m in job.metrics.get("final", {})}, key=_metric_sort_key)
 
 
@@ -115,21 +107,27 @@ def summary_table(jobs: list[Job], keys: list[str]) -> pd.DataFrame:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "" if math.isnan(value) else f"{value:.4g}"
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += [
-        "| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
-    ]
-    return "\n".join(lines) + "\n"
+    """``frame`` as a Markdown table: numbers to 4 significant digits, empty cells for NaN,
+    text as it is (one line, ``|`` escaped; ``1e-3`` stays ``1e-3``)."""
+    text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    shown = frame.astype(object).where(frame.notna(), None)
+    for column in text:
+        shown[column] = [
+            None if v is None else str(v).replace("|", "\\|").replace("\n", " ")
+            for v in shown[column]
+        ]
+    numparse_off = [frame.columns.get_loc(c) for c in text]
+    table = shown.to_markdown(
+        index=False, floatfmt=".4g", missingval="", disable_numparse=numparse_off
+    )
+    return table + "\n"
 
 
 def compact_table(table: pd.DataFrame) -> pd.DataFrame:
     """Final values, and each best value with its epoch in one cell: ``0.862 (23)``."""
     compact = table.copy()
+    if "error" not in compact.columns:  # no jobs yet: no columns either
+        return compact
     for column in [c for c in table.columns if c.endswith(" best")]:
         epochs = table[f"{column} epoch"]
         compact[f"{column} (epoch)"] = [
@@ -165,7 +163,7 @@ def write_figures(jobs: list[Job], keys: list[str], sweep_dir: Path) -> list[Pat
             ax.plot(*zip(*points, strict=True), label=run_label(job, keys), linewidth=1.5)
             values += [v for _, v in points]
         ax.set(xlabel="epoch", ylabel=name, title=f"{name} per epoch")
-        if metric in LOWER_IS_BETTER:  # keep a few huge first-epoch errors from flattening the rest
+        if tasks.lower_is_better(name):  # a few huge first-epoch errors would flatten the rest
             top = min(max(values), 2 * float(pd.Series(values).median()))
             ax.set_ylim(min(values) - 0.02 * top, top * 1.02)
         ax.grid(alpha=0.3)
@@ -237,8 +235,8 @@ def main(argv: list[str] | None = None) -> None:
         "sweep_dir", type=Path, help="a multirun folder, e.g. outputs/sweeps/cs330/<date>"
     )
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir() or not list(args.sweep_dir.glob("*/.hydra")):
-        parser.error(f"{args.sweep_dir} is not a sweep folder (no job folders with .hydra/ inside)")
+    if not args.sweep_dir.is_dir() or not run_folder.run_folders(args.sweep_dir):
+        parser.error(f"{args.sweep_dir} is not a sweep folder (no run folders inside)")
     table = write_report(args.sweep_dir)
     print(markdown_table(compact_table(table)))
     print(f"Wrote summary.csv, summary.md and figures to {args.sweep_dir}")

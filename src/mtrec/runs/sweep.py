@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -13,46 +12,37 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mtrec.files import atomic_write_text
+from mtrec.runs.folder import CONTINUE, REFUSE, SKIP, Rerun, plan_rerun, write_job
 from mtrec.runs.report import write_report
 
 log = logging.getLogger(__name__)
 
 
-def completed_metrics(output_dir: str | Path) -> dict[str, float] | None:
-    """The final metrics of a job folder whose ``job.json`` says it completed, else ``None``.
-
-    Re-running an interrupted sweep into its folder skips these jobs.
-    """
-    job, metrics = Path(output_dir) / "job.json", Path(output_dir) / "metrics.json"
-    if not (job.exists() and metrics.exists()):
-        return None
-    if json.loads(job.read_text()).get("status") != "completed":
-        return None
-    return json.loads(metrics.read_text())["final"]
+def _multirun(hydra_cfg: DictConfig) -> bool:
+    return hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
 
 
 class SweepRecorder(Callback):
-    """Writes ``job.json`` (status, error, wall time) in each job folder, then the summary.
+    """Writes ``job.json`` (status, error, wall time) in each job folder; in a sweep, then the
+    summary. A single run touches its own folder only.
 
     The summary is rewritten after every job, so a sweep whose job fails, or that is stopped,
     still has an up-to-date ``summary.csv``; Hydra skips ``on_multirun_end`` when a job failed.
-    A job that had completed before (a re-run sweep) keeps its record.
+    A job that does no work (completed before with the same config, or refused because its
+    folder holds a run with another config: see :mod:`mtrec.runs.folder`) keeps its record;
+    a job that continues an earlier one adds the earlier wall time.
     """
 
     def __init__(self) -> None:
         self.started: float | None = None
-        self.completed_before = False
+        self.rerun: Rerun | None = None
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.time()
-        self.completed_before = completed_metrics(HydraConfig.get().runtime.output_dir) is not None
+        self.rerun = plan_rerun(HydraConfig.get().runtime.output_dir, config)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         hydra_cfg = HydraConfig.get()
-        if self.completed_before and job_return.status == JobStatus.COMPLETED:
-            self._summarise(Path(hydra_cfg.sweep.dir))
-            return
         error = ""
         if job_return.status == JobStatus.FAILED:
             try:
@@ -60,15 +50,19 @@ class SweepRecorder(Callback):
             except Exception as failure:  # any failure becomes the row's message
                 error = f"{type(failure).__name__}: {failure}"
             log.error("Job failed: %s", error)
-        record = {
-            "status": "failed" if error else "completed",
-            "error": error,
-            "wall_seconds": round(time.time() - self.started, 2) if self.started else None,
-            "overrides": list(hydra_cfg.overrides.task),
-        }
-        output_dir = Path(hydra_cfg.runtime.output_dir)
-        atomic_write_text(output_dir / "job.json", json.dumps(record, indent=2))
-        if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
+        action = self.rerun.action if self.rerun is not None else None
+        if action not in (SKIP, REFUSE):  # the folder's record stays as it was
+            seconds = time.time() - self.started if self.started else None
+            if seconds is not None and action == CONTINUE:
+                seconds += self.rerun.earlier_seconds
+            record = {
+                "status": "failed" if error else "completed",
+                "error": error,
+                "wall_seconds": round(seconds, 2) if seconds is not None else None,
+                "overrides": list(hydra_cfg.overrides.task),
+            }
+            write_job(hydra_cfg.runtime.output_dir, record)
+        if _multirun(hydra_cfg):
             self._summarise(Path(hydra_cfg.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.plugins.hparams.metadata import EXPERIMENT_TAG
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 
@@ -21,17 +23,38 @@ def _hparam_value(value):
     return str(value)
 
 
+def mark_differing(summary, keys: Sequence[str]):
+    """Flags ``keys`` as the hyperparameters that differ between runs in an experiment summary.
+
+    TensorBoard's HParams dashboard shows five hyperparameter columns at first: the backend
+    orders the experiment's ``hparam_infos`` by (``differs`` first, then name) and the dashboard
+    ticks the first five after a stable sort on ``differs``. The summaries written by
+    ``torch.utils.tensorboard`` leave ``differs`` unset, so the columns shown would be the first
+    five names in alphabetical order; flagged, the swept keys come first.
+    """
+    for value in summary.value:
+        if value.tag != EXPERIMENT_TAG:
+            continue
+        content = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        for info in content.experiment.hparam_infos:
+            info.differs = info.name in keys
+        value.metadata.plugin_data.content = content.SerializeToString()
+    return summary
+
+
 class HParamsSession(L.Callback):
     """Writes one HParams session for the run, with the metric names it will report.
 
     TensorBoard's dashboard reads each metric's value from the run's own scalar of that name
     (its last step), so the table shows the final ``test/...`` (and ``val/...``) values, never a
     placeholder. ``hparams`` is a fixed set from the config; ``swept`` holds the values the run's
-    sweep varies, so all runs of a sweep share one set of keys.
+    sweep varies, so all runs of a sweep share one set of keys. The swept keys are flagged as
+    the ones that differ, so they are among the columns the dashboard shows at first.
     """
 
     def __init__(self, hparams: Mapping, metrics: Sequence[str], swept: Mapping | None = None):
         self.hparams = {**dict(hparams), **dict(swept or {})}
+        self.swept = list(swept or {})
         self.metrics = list(metrics)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -45,7 +68,7 @@ class HParamsSession(L.Callback):
         values = {key: _hparam_value(value) for key, value in self.hparams.items()}
         writer = logger.experiment._get_file_writer()
         for summary in hparams_summaries(values, metric_names):
-            writer.add_summary(summary)
+            writer.add_summary(mark_differing(summary, self.swept))
         writer.flush()
 
 
