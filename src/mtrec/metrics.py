@@ -98,12 +98,13 @@ class RankingMetrics(Metric):
         per_user.index_add_(0, row_of, reciprocal)
         counts = torch.bincount(row_of, minlength=num_users)
         in_top_k = ranks <= self.k
-        self.users += num_users
-        self.user_reciprocal += (per_user / counts).sum()
-        self.rows += len(ranks)
-        self.reciprocal += reciprocal.sum()
-        self.hits += in_top_k.sum()
-        self.gain += torch.where(in_top_k, 1.0 / torch.log2(ranks + 1.0), 0.0).sum()
+        # in place: ``+=`` would also go through nn.Module's __setattr__, six times per chunk
+        self.users.add_(num_users)
+        self.user_reciprocal.add_((per_user / counts).sum())
+        self.rows.add_(len(ranks))
+        self.reciprocal.add_(reciprocal.sum())
+        self.hits.add_(in_top_k.sum())
+        self.gain.add_(torch.where(in_top_k, 1.0 / torch.log2(ranks + 1.0), 0.0).sum())
 
     def compute(self) -> dict[str, torch.Tensor]:
         mrr, mrr_interaction, hit_rate, ndcg = INTERACTION.metric_names(self.k)

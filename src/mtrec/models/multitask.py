@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -82,14 +84,11 @@ class MultiTaskNet(nn.Module):
         if embedding_dim == "auto":  # the net sizes the MLP's input itself
             return
         dim = embedding_size(embedding_dim, 1)
-        sizes = list(layer_sizes) if isinstance(layer_sizes, list | tuple) else layer_sizes
-        if (
-            not isinstance(sizes, list)
-            or not sizes
-            or not all(type(s) is int and s > 0 for s in sizes)
-        ):
+        sizes = [] if isinstance(layer_sizes, str) else layer_sizes
+        sizes = list(sizes) if isinstance(sizes, Sequence) else []
+        if not sizes or not all(type(s) is int and s > 0 for s in sizes):
             raise ConfigError(
-                f"model.layer_sizes={shown(sizes)} is not valid: use a list of positive "
+                f"model.layer_sizes={shown(layer_sizes)} is not valid: use a list of positive "
                 "integers, e.g. [96,64]."
             )
         if sizes[0] != 3 * dim:

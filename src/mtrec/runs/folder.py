@@ -203,6 +203,7 @@ class Rerun:
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # key: (saved, now)
     record: dict = field(default_factory=dict)  # job.json as it was before this launch
     message: str = ""
+    config: DictConfig | None = field(default=None, repr=False)  # this launch's
 
     @property
     def earlier_seconds(self) -> float:
@@ -215,7 +216,7 @@ class Rerun:
         and a completed run that is continued is marked unfinished until it completes again."""
         if self.action == CONTINUE and self.record.get("status") == "completed":
             write_job(self.folder, {**self.record, "status": "unfinished"})
-        save_config_copy(self.folder)
+        save_config_copy(self.folder, self.config)
 
 
 def plan_rerun(folder: str | Path, cfg: DictConfig) -> Rerun:
@@ -233,17 +234,17 @@ def plan_rerun(folder: str | Path, cfg: DictConfig) -> Rerun:
     completed = completed_metrics(folder) is not None
     checkpoint = last_checkpoint(folder).is_file()
     if not (completed or checkpoint):
-        return Rerun(folder, NEW, record=record)
+        return Rerun(folder, NEW, record=record, config=cfg)
     saved = _saved_config(folder)
     if saved is None:
-        return Rerun(folder, SKIP if completed else CONTINUE, record=record)
+        return Rerun(folder, SKIP if completed else CONTINUE, record=record, config=cfg)
     changes = config_changes(saved, cfg)
     if not changes:
-        return Rerun(folder, SKIP if completed else CONTINUE, changes, record)
+        return Rerun(folder, SKIP if completed else CONTINUE, changes, record, config=cfg)
     if _only_longer(changes) and checkpoint:
-        return Rerun(folder, CONTINUE, changes, record)
+        return Rerun(folder, CONTINUE, changes, record, config=cfg)
     message = _refusal(folder, changes, completed, checkpoint)
-    return Rerun(folder, REFUSE, changes, record, message)
+    return Rerun(folder, REFUSE, changes, record, message, cfg)
 
 
 def check_rerun(folder: str | Path, cfg: DictConfig) -> Rerun:

@@ -11,6 +11,8 @@ from tensorboard.plugins.hparams.metadata import EXPERIMENT_TAG
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from mtrec.tasks import metric_names
+
 
 def _tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
@@ -43,7 +45,7 @@ def mark_differing(summary, keys: Sequence[str]):
 
 
 class HParamsSession(L.Callback):
-    """Writes one HParams session for the run, with the metric names it will report.
+    """Writes one HParams session for the run, with the metrics its tasks report.
 
     TensorBoard's dashboard reads each metric's value from the run's own scalar of that name
     (its last step), so the table shows the final ``test/...`` (and ``val/...``) values, never a
@@ -52,10 +54,9 @@ class HParamsSession(L.Callback):
     the ones that differ, so they are among the columns the dashboard shows at first.
     """
 
-    def __init__(self, hparams: Mapping, metrics: Sequence[str], swept: Mapping | None = None):
+    def __init__(self, hparams: Mapping, swept: Mapping | None = None):
         self.hparams = {**dict(hparams), **dict(swept or {})}
         self.swept = list(swept or {})
-        self.metrics = list(metrics)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = _tensorboard(trainer)
@@ -64,10 +65,11 @@ class HParamsSession(L.Callback):
         prefixes = ["test"] + (
             ["val"] if getattr(trainer.datamodule, "has_validation", False) else []
         )
-        metric_names = {f"{prefix}/{name}": 0.0 for prefix in prefixes for name in self.metrics}
+        names = metric_names(pl_module.net.heads, pl_module.hparams.get("top_k", 10))
+        metrics = {f"{prefix}/{name}": 0.0 for prefix in prefixes for name in names}
         values = {key: _hparam_value(value) for key, value in self.hparams.items()}
-        writer = logger.experiment._get_file_writer()
-        for summary in hparams_summaries(values, metric_names):
+        writer = logger.experiment.file_writer
+        for summary in hparams_summaries(values, metrics):
             writer.add_summary(mark_differing(summary, self.swept))
         writer.flush()
 
