@@ -143,6 +143,29 @@ def test_chunks_cover_every_user_row_and_known_item_once():
             assert all(a.stop == b.start for a, b in zip(spans, spans[1:], strict=False))
 
 
+class FromHistory(torch.nn.Module):
+    """A rating-only stand-in whose rating reads the row's history of items."""
+
+    heads = ("rating",)
+
+    def ratings(self, users, items, history):
+        return history.float().mean(1) + items
+
+
+def test_histories_follow_their_rows_into_the_chunks():
+    torch.manual_seed(0)
+    users, items = torch.randint(0, 20, (200,)), torch.randint(0, 15, (200,))
+    train, test = (
+        Interactions(users[r], items[r], torch.rand(len(r)) * 5, r.float(), 20, 15)
+        for r in (torch.arange(150), torch.arange(150, 200))
+    )
+    held = held_out("test", test, train, history_length=3)
+    expected = ((held.history.float().mean(1) + held.items - held.ratings) ** 2).mean()
+    for max_scores in (15, 45, 1 << 25):
+        metrics = evaluate(FromHistory(), held, max_scores=max_scores)
+        assert metrics["mse"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 @pytest.mark.parametrize("heads", [("interaction", "rating"), ("interaction",), ("rating",)])
 def test_metric_names_are_those_of_the_tasks(heads):
     net, held = random_held_out(heads=heads)

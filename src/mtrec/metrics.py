@@ -44,13 +44,15 @@ def average_ranks(
     stay in the CPU cache (256 rows were fastest on ML-100K) and to bound memory.
 
     Written by hand rather than with torchmetrics' retrieval metrics (``RetrievalMRR``,
-    ``RetrievalHitRate``, ``RetrievalNormalizedDCG``): those take flat ``(preds, target,
-    indexes)`` triples, one per candidate, keep every update in list states and group them by
-    query only in ``compute``, so a full-catalogue ranking would materialise the whole
-    users × items score matrix with index and target tensors of the same size. They also break
-    ties by ``topk``/``argsort`` order (only the nDCG averages ties), and their MRR takes the
-    first relevant item of a query where the reference averages 1/rank over each of the user's
-    held-out items. Here one reused buffer of ``chunk_size`` rows is ranked at a time.
+    ``RetrievalHitRate``, ``RetrievalNormalizedDCG`` in torchmetrics 1.9): those take flat
+    ``(preds, target, indexes)`` triples, one per candidate item, keep every update in list
+    states and group them by query only in ``compute``, so a full-catalogue ranking would
+    materialise the whole users × items score matrix with index and target tensors of the
+    same size. They also break ties in ``topk``/``argsort`` order (only the nDCG averages
+    ties) and score a query by its first relevant item (MRR, which also drops targets scored
+    at or below 0) or by any of them (hit rate), where the reference scores every held-out row,
+    the user's other held-out items staying among the candidates. Here one reused buffer of
+    ``chunk_size`` rows, sized for the cache, is ranked at a time.
     """
     num_items = scores.shape[1]
     targets = scores[rows, items].unsqueeze(1)

@@ -80,7 +80,12 @@ class Rule(NamedTuple):
 
 
 RULES: list[Rule] = [
-    Rule("data.variant", one_of(VARIANTS), listing(VARIANTS), when=real_data),
+    Rule(
+        "data.variant",
+        lambda v: v is None or one_of(VARIANTS)(v),
+        listing(VARIANTS) + " (null: ml-100k, or with data.path the layout's rating scale)",
+        when=real_data,
+    ),
     Rule("data.shape", one_of(SHAPES), listing(SHAPES)),
     Rule("data.test_fraction", fraction(), "a number between 0 and 1, both excluded, e.g. 0.05"),
     Rule("data.val_fraction", fraction(zero_ok=True), "a number in [0, 1), 0 for no carve-out"),

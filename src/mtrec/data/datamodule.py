@@ -168,7 +168,7 @@ class MovieLensDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        variant: str = "ml-100k",
+        variant: str | None = None,
         path: str | None = None,
         cache_dir: str = "data",
         split_seed: int = 123,
