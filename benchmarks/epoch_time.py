@@ -59,7 +59,7 @@ def plain_loop(shape: str, epochs: int, steps: int | None, data_dir: str) -> dic
     users, items, ratings = (
         t.numpy() for t in (train_split.users, train_split.items, train_split.ratings)
     )
-    net = MultiTaskNet(dm.num_users, dm.num_items)
+    net = MultiTaskNet(dm.data_info())
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     rng = np.random.RandomState(0)
     batches_per_epoch = math.ceil(len(users) / 256)

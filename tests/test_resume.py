@@ -64,6 +64,7 @@ def scalar_steps(run: Path, tag: str) -> list[int]:
     return [event.step for event in events.Scalars(tag)]
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(ratings_folder, tmp_path):
     data = f"data.path={ratings_folder}"
     killed = mtrec_train(tmp_path, *RUN, data, "name=killed")
@@ -92,6 +93,7 @@ def test_ckpt_path_last_without_an_earlier_run_says_so(run_cli, ratings_folder):
     assert not list(Path.cwd().glob("outputs/runs/*/*/*/checkpoints"))  # nothing was trained
 
 
+@pytest.mark.slow
 def test_a_rerun_sweep_runs_only_the_jobs_that_did_not_finish(ratings_folder, tmp_path):
     sweep = tmp_path / "sweep"
     command = [
@@ -142,6 +144,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatc
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no partial file left
 
 
+@pytest.mark.slow
 def test_the_same_config_and_seed_give_identical_metrics(ratings_folder, tmp_path):
     def run(out: Path) -> dict[str, float]:
         with initialize_config_module("mtrec.conf", version_base="1.3"):

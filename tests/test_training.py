@@ -130,6 +130,7 @@ def test_reference_experiment_is_the_two_by_two_sweep():
     )
 
 
+@pytest.mark.slow
 def test_configs_ship_inside_the_built_wheel(tmp_path):
     subprocess.run(
         [

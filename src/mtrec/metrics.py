@@ -193,18 +193,6 @@ def held_out_ranks(
     return ranks
 
 
-# The targets of the selection criterion: the per-interaction MRR and the RMSE that one
-# checkpoint of a multi-task model should reach together (README, "Beyond the reference").
-SELECTION_TARGETS = {"mrr_interaction": 0.130, "rmse": 0.880}
-
-
-def combined_score(metrics: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``min(mrr_interaction / 0.130, 0.880 / rmse)``: the head furthest from its target
-    decides, so one checkpoint is chosen for both heads; above 1 both targets are met."""
-    mrr, rmse = SELECTION_TARGETS["mrr_interaction"], SELECTION_TARGETS["rmse"]
-    return torch.minimum(metrics["mrr_interaction"] / mrr, rmse / metrics["rmse"])
-
-
 @torch.no_grad()
 def evaluate(
     net: torch.nn.Module,
@@ -253,6 +241,4 @@ def evaluate(
     metrics = dict(ranking.compute()) if ranking is not None else {}
     if rating is not None:
         metrics.update(_rating_values(rating))
-    if "mrr_interaction" in metrics and "rmse" in metrics:
-        metrics["combined"] = combined_score(metrics)
     return metrics
