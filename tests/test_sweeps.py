@@ -129,7 +129,6 @@ def test_each_run_has_one_hparams_session_with_final_metrics(sweep):
             "test/mrr_interaction",
             "test/hr@10",
             "test/ndcg@10",
-            "test/combined",
         } == metric_tags
         assert "hp_metric" not in events.Tags()["scalars"]
         final = json.loads((run / "metrics.json").read_text())["final"]
@@ -188,6 +187,7 @@ def test_safe_name_keeps_folder_names_flat_and_short():
     assert len(long) <= 120 and long != safe_name("x=" + "y" * 499)
 
 
+@pytest.mark.slow
 def test_two_sweeps_started_together_get_two_folders(ratings_folder, tmp_path):
     command = [
         sys.executable,
@@ -216,6 +216,7 @@ def test_two_sweeps_started_together_get_two_folders(ratings_folder, tmp_path):
         assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["seed=1", "seed=2"]
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_two_jobs_in_parallel(ratings_folder, tmp_path):
     command = [
         sys.executable,
@@ -253,6 +254,7 @@ def test_optuna_search_config_returns_a_validation_objective():
     }
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_evaluates_the_whole_held_out_set(ratings_folder, tmp_path):
     """Two gloo ranks train on disjoint shares of each epoch; the metrics they log are those of
     the whole held-out set (equal to a one-process evaluation of the checkpoint) and agree with

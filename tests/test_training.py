@@ -92,8 +92,7 @@ def test_one_run_writes_config_log_metrics_checkpoint_and_events(
     assert (run / "job.json").exists()
     record = json.loads((run / "metrics.json").read_text())
     assert set(record["final"]) == {
-        f"test/{m}"
-        for m in ("mrr", "mrr_interaction", "hr@10", "ndcg@10", "mse", "rmse")
+        f"test/{m}" for m in ("mrr", "mrr_interaction", "hr@10", "ndcg@10", "mse", "rmse")
     }
 
 

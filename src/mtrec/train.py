@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtrec.errors import ConfigError, UserError
 from mtrec.memory import keep_freed_memory
-from mtrec.runs.folder import SKIP, check_rerun, completed_metrics
+from mtrec.runs.folder import SKIP, check_rerun, completed_metrics, last_checkpoint
 from mtrec.runs.naming import register_resolvers
 from mtrec.validation import validate
 
@@ -105,7 +105,7 @@ def resume_from(cfg: DictConfig) -> str | None:
     without it the run folder's last checkpoint if there is one (a re-run sweep's job that
     was stopped part-way)."""
     checkpoint = cfg.get("ckpt_path")
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(cfg.paths.output_dir)
     if checkpoint == "last" or (checkpoint is None and last.exists()):
         checkpoint = str(last)
         log.info("Continuing from %s", last)

@@ -19,6 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from mtrec.runs.folder import LAST_CHECKPOINT
+
 # Keys that say where things go or which preset was used, never what a run is.
 HIDDEN_KEYS = ("experiment", "name", "ckpt_path", "debug", "threads")
 HIDDEN_PREFIXES = ("hydra.", "paths.", "data.path", "data.cache_dir", "callbacks.", "logger.")
@@ -148,7 +150,8 @@ def run_dir(new: str, *, _root_: DictConfig) -> str:
     if not checkpoint:
         return new
     if checkpoint == "last":  # folder names are timestamps: the last is the newest
-        earlier = sorted(p.parents[1] for p in Path(new).parent.glob("*/checkpoints/last.ckpt"))
+        pattern = f"*/{LAST_CHECKPOINT}"
+        earlier = sorted(p.parents[1] for p in Path(new).parent.glob(pattern))
         return str(earlier[-1]) if earlier else new  # none: training says so
     path = Path(checkpoint)
     return str(path.parents[1]) if path.parent.name == "checkpoints" else new
