@@ -45,6 +45,23 @@ def write_u_data(folder: Path, ratings: pd.DataFrame) -> Path:
     return folder
 
 
+def run_main(argv: list[str], cwd: Path | None = None) -> int:
+    """Run ``mtrec-train`` in this process with ``argv`` (from ``cwd``); its exit status."""
+    from mtrec.train import main
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(sys, "argv", ["mtrec-train", *argv])
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    try:
+        main()
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else 1
+    finally:
+        monkeypatch.undo()
+    return 0
+
+
 @pytest.fixture
 def ratings_folder(tmp_path: Path) -> Path:
     return write_u_data(tmp_path / "ml-synthetic", synthetic_ratings())

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import run_main
 from mtrec.runs import folder as run_folder
 from mtrec.runs import report
 from mtrec.runs.folder import CONTINUE, NEW, REFUSE, SKIP, ConfigChanged, check_rerun, plan_rerun
-from mtrec.train import main
 
 RUN = [  # two short eager epochs on the tests' synthetic ratings
     "trainer.max_epochs=2",
@@ -138,7 +138,6 @@ def test_a_rerun_sweep_continues_longer_jobs_and_refuses_changed_ones(ratings_fo
 
     def run_sweep(*overrides: str) -> None:
         argv = [
-            "mtrec-train",
             "-m",
             *RUN,
             "trainer.max_epochs=1",
@@ -148,13 +147,7 @@ def test_a_rerun_sweep_continues_longer_jobs_and_refuses_changed_ones(ratings_fo
             "~logger",
             *overrides,
         ]
-        monkeypatch = pytest.MonkeyPatch()
-        monkeypatch.setattr(sys, "argv", argv)
-        monkeypatch.chdir(tmp_path)
-        try:
-            main()
-        finally:
-            monkeypatch.undo()
+        run_main(argv, cwd=tmp_path)
 
     run_sweep()
     jobs = [sweep / "seed=1", sweep / "seed=2"]

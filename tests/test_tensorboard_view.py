@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,8 @@ from tensorboard.context import RequestContext
 from tensorboard.plugins.base_plugin import TBContext
 from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment
 
+from conftest import run_main
 from mtrec.runs.naming import short_keys
-from mtrec.train import main
 
 ROOT = Path(__file__).parents[1]
 VISIBLE = 45  # characters of a run name the run list shows in full
@@ -37,22 +36,13 @@ def workdir(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("work")
     data = write_u_data(work / "ml-synthetic", synthetic_ratings())
     argv = [
-        "mtrec-train",
         "experiment=cs330",
         f"data.path={data}",
         "trainer.max_epochs=1",
         "trainer.log_every_n_steps=1",
         "callbacks.progress_bar.refresh_rate=0",
     ]
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.chdir(work)
-    try:
-        main()
-    except SystemExit as exit:
-        assert exit.code in (0, None), exit.code
-    finally:
-        monkeypatch.undo()
+    assert run_main(argv, cwd=work) == 0
     return work
 
 
