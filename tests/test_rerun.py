@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from conftest import run_main
 from mtrec.runs import folder as run_folder
 from mtrec.runs import report
-from mtrec.runs.folder import CONTINUE, NEW, REFUSE, SKIP, ConfigChanged, check_rerun, plan_rerun
+from mtrec.runs.rerun import CONTINUE, NEW, REFUSE, SKIP, ConfigChanged, check_rerun, plan_rerun
 
 RUN = [  # two short eager epochs on the tests' synthetic ratings
     "trainer.max_epochs=2",

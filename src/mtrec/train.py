@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtrec.errors import ConfigError, UserError
 from mtrec.memory import keep_freed_memory
-from mtrec.runs.folder import SKIP, check_rerun, completed_metrics, last_checkpoint
+from mtrec.runs.folder import completed_metrics, last_checkpoint
 from mtrec.runs.naming import register_resolvers
+from mtrec.runs.rerun import SKIP, check_rerun
 from mtrec.validation import validate
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def main(cfg: DictConfig) -> float | None:
 
     Into a folder that already holds a run (``hydra.run.dir``, ``ckpt_path=last``, a re-run
     sweep), the same config skips a completed run, a longer one continues it from its last
-    checkpoint, and any other is refused before any work (:mod:`mtrec.runs.folder`).
+    checkpoint, and any other is refused before any work (:mod:`mtrec.runs.rerun`).
     """
     try:
         rerun = check_rerun(cfg.paths.output_dir, cfg)

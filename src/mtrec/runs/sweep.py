@@ -12,8 +12,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mtrec.runs.folder import CONTINUE, REFUSE, SKIP, Rerun, plan_rerun, write_job
+from mtrec.runs.folder import write_job
 from mtrec.runs.report import write_report
+from mtrec.runs.rerun import CONTINUE, REFUSE, SKIP, Rerun, plan_rerun
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class SweepRecorder(Callback):
     The summary is rewritten after every job, so a sweep whose job fails, or that is stopped,
     still has an up-to-date ``summary.csv``; Hydra skips ``on_multirun_end`` when a job failed.
     A job that does no work (completed before with the same config, or refused because its
-    folder holds a run with another config: see :mod:`mtrec.runs.folder`) keeps its record;
+    folder holds a run with another config: see :mod:`mtrec.runs.rerun`) keeps its record;
     a job that continues an earlier one adds the earlier wall time.
     """
 
