@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from mtrec.errors import UserError
 
@@ -42,8 +42,11 @@ def _internals(trainer: L.Trainer) -> dict[str, bool]:
         "fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_ready/_completed": (
             hasattr(progress, "increment_ready") and hasattr(progress, "increment_completed")
         ),
-        "ModelCheckpoint._every_n_train_steps": hasattr(ModelCheckpoint(), "_every_n_train_steps"),
+        "ModelCheckpoint._every_n_train_steps": all(
+            hasattr(callback, "_every_n_train_steps") for callback in trainer.checkpoint_callbacks
+        ),
         "callbacks.progress.tqdm_progress._update_n": hasattr(tqdm_progress, "_update_n"),
+        "TQDMProgressBar._should_update": hasattr(TQDMProgressBar, "_should_update"),
     }
 
 
