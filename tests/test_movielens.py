@@ -14,6 +14,7 @@ import pytest
 from conftest import synthetic_ratings, write_u_data
 from mtrec.data import movielens, sources
 from mtrec.data.movielens import DataError, load_movielens
+from mtrec.errors import ConfigError
 
 RATINGS = synthetic_ratings(num_users=20, num_items=12, per_user=5)
 
@@ -169,9 +170,7 @@ def test_data_path_reads_common_layouts(tmp_path, layout, variant, offline):
 
 
 def test_unknown_variant_and_missing_path_are_clear(tmp_path):
-    with pytest.raises(
-        DataError, match="Unknown data variant 'ml-5k'. Known variants: ml-100k, ml-1m"
-    ):
+    with pytest.raises(ConfigError, match="data.variant=ml-5k is not valid: use one of ml-100k"):
         load_movielens("ml-5k", tmp_path)
     with pytest.raises(DataError, match="does not exist"):
         load_movielens("ml-100k", tmp_path, path=tmp_path / "nope")

@@ -2,8 +2,8 @@
 
 Every rule lives once. A setting that some code needs checks itself there (the net's
 ``check_settings``, ``Objective.check_settings``, ``losses.factorization_loss``,
-``embedding_size``), when that code runs; :func:`validate` gathers those checks and runs
-them on the config's values before any data is read. Settings no code checks on its own
+``embedding_size``, ``movielens.check_variant``), when that code runs; :func:`validate`
+gathers those checks and runs them on the config's values before any data is read. Settings no code checks on its own
 (sizes, fractions, learning rates) have their rule in :data:`RULES` here. The first problem
 raises a :class:`~mtrec.errors.ConfigError` naming the key as typed on the command line, its
 value and what is allowed. A key the config lacks (``model.layer_sizes`` of a model without
@@ -22,7 +22,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mtrec.data.movielens import VARIANTS
+from mtrec.data.movielens import check_variant
 from mtrec.data.synthetic import SHAPES
 from mtrec.errors import ConfigError, shown
 from mtrec.losses import factorization_loss
@@ -80,12 +80,6 @@ class Rule(NamedTuple):
 
 
 RULES: list[Rule] = [
-    Rule(
-        "data.variant",
-        lambda v: v is None or one_of(VARIANTS)(v),
-        listing(VARIANTS) + " (null: ml-100k, or with data.path the layout's rating scale)",
-        when=real_data,
-    ),
     Rule("data.shape", one_of(SHAPES), listing(SHAPES)),
     Rule("data.test_fraction", fraction(), "a number between 0 and 1, both excluded, e.g. 0.05"),
     Rule("data.val_fraction", fraction(zero_ok=True), "a number in [0, 1), 0 for no carve-out"),
@@ -132,6 +126,9 @@ def fractions_leave_training_rows(cfg: DictConfig) -> None:
 
 def owners_checks(cfg: DictConfig) -> None:
     """The checks of the code that uses these settings, run on the config's values."""
+    variant = lookup(cfg, "data.variant")
+    if variant is not ABSENT and real_data(cfg):
+        check_variant(variant)
     dim = lookup(cfg, "model.embedding_dim")
     if dim is not ABSENT:
         embedding_size(dim, 1)

@@ -246,7 +246,7 @@ class MovieLensDataModule(L.LightningDataModule):
 
     def _held_out(self, name: str, target: Interactions, *known: Interactions) -> SingleBatch:
         k = self.hparams.history_length
-        key = f"{name}_held_out_{len(known)}"
+        key = f"{name}_held_out_{len(known)}_{self._device}"  # built once per run and device
         if key not in self._device_copies:
             built = held_out(name, target, *known, history_length=k)
             self._device_copies[key] = to_device(built, self._device)

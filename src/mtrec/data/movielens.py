@@ -35,8 +35,9 @@ from mtrec.data.formats import (
     sniff,
 )
 from mtrec.data.sources import Files, read_bytes
+from mtrec.errors import ConfigError
 
-__all__ = ["VARIANTS", "DataError", "MovieLens", "Variant", "load_movielens"]
+__all__ = ["VARIANTS", "DataError", "MovieLens", "Variant", "check_variant", "load_movielens"]
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,21 @@ class MovieLens:
     source: str
 
 
+def check_variant(variant: str | None) -> None:
+    """The one check of ``data.variant``: a known release, or None (not named)."""
+    if variant is not None and variant not in VARIANTS:
+        raise ConfigError(
+            f"data.variant={variant} is not valid: use one of {', '.join(VARIANTS)} "
+            "(null: ml-100k, or with data.path the layout's rating scale)."
+        )
+
+
 def load_movielens(
     variant: str | None = None, cache_dir: str | Path = "data", path: str | Path | None = None
 ) -> MovieLens:
     """Return the ratings and items from ``path``, else of ``variant`` from the cache or a
     download. ``variant`` None: not named (see the module notes on the rating scale)."""
-    if variant is not None and variant not in VARIANTS:
-        raise DataError(f"Unknown data variant {variant!r}. Known variants: {', '.join(VARIANTS)}.")
+    check_variant(variant)
     if path is not None:
         data = read_path(Path(path), VARIANTS[variant].scale if variant else None)
         name = variant or "data.path"
