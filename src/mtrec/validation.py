@@ -3,12 +3,13 @@
 Every rule lives once. A setting that some code needs checks itself there (the net's
 ``check_settings``, ``Objective.check_settings``, ``losses.factorization_loss``,
 ``embedding_size``, ``movielens.check_variant``), when that code runs; :func:`validate`
-gathers those checks and runs them on the config's values before any data is read. Settings no code checks on its own
-(sizes, fractions, learning rates) have their rule in :data:`RULES` here. The first problem
-raises a :class:`~mtrec.errors.ConfigError` naming the key as typed on the command line, its
-value and what is allowed. A key the config lacks (``model.layer_sizes`` of a model without
-an MLP, ``data.shape`` of real data) is skipped. To add a rule, add one line to
-:data:`RULES`, or a check to the code that needs the setting and one line to :data:`CHECKS`.
+gathers those checks and runs them on the config's values before any data is read.
+Settings no code checks on its own (sizes, fractions, learning rates) have their rule in
+:data:`RULES` here. The first problem raises a :class:`~mtrec.errors.ConfigError` naming the
+key as typed on the command line, its value and what is allowed. A key the config lacks
+(``model.layer_sizes`` of a model without an MLP, ``data.shape`` of real data) is skipped.
+To add a rule, add one line to :data:`RULES`, or a check to the code that needs the setting
+and one line to :data:`CHECKS`.
 """
 
 from __future__ import annotations
