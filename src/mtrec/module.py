@@ -14,11 +14,14 @@ from torch import nn
 
 from mtrec.compile import compile_or_eager
 from mtrec.data.interactions import HeldOut
-from mtrec.errors import TrainingDiverged
+from mtrec.diagnostics import GradientDiagnostics
+from mtrec.errors import ConfigError, TrainingDiverged
 from mtrec.lightning_internals import check_internals, count_optimizer_steps
 from mtrec.metrics import evaluate
 from mtrec.objective import Objective
+from mtrec.tasks import tasks_of
 from mtrec.weighting import FixedWeighting, Weighting
+from mtrec.weighting.base import WEIGHTS
 
 LOSS = "loss"  # the weighted total, beside each task's loss
 
@@ -42,6 +45,11 @@ class RecommenderModule(L.LightningModule):
     objective and a loss-level weighting (forward and backward) through ``torch.compile``,
     falling back to eager execution where compiling fails. Per-step losses are written to the
     loggers every ``trainer.log_every_n_steps`` optimizer steps (``train_step/...``).
+
+    Per-task gradients on what the tasks share (each task's own copy of the batch's shared
+    rows) are taken when the weighting needs them (gradient-level strategies, GradNorm) or
+    ``diagnostics=true``; the gradient diagnostics (``mtl/...``, epoch means) are logged
+    whenever they are taken (``diagnostics="auto"``), never with ``diagnostics=false``.
     """
 
     automatic_optimization = False
@@ -56,6 +64,7 @@ class RecommenderModule(L.LightningModule):
         top_k: int = 10,
         compile: bool = False,
         step_hooks: bool = False,
+        diagnostics: bool | str = "auto",
     ):
         super().__init__()
         # Only plain values go into checkpoints, so they load with torch.load(weights_only=True).
@@ -65,6 +74,21 @@ class RecommenderModule(L.LightningModule):
         self.objective = objective or Objective()
         self.objective.check_settings(self.objective.embedding_l2, type(net))
         self.weighting = weighting or FixedWeighting({"interaction": 0.99, "rating": 0.01})
+        if diagnostics not in (True, False, "auto"):
+            raise ConfigError(
+                f"model.diagnostics={diagnostics} is not valid: use auto (where per-task "
+                "gradients are taken anyway), true or false."
+            )
+        self.tasks = tuple(task.name for task in tasks_of(net.heads))
+        shares = len(self.tasks) == 2 and hasattr(net, "shared")
+        self.weighting.check(self.tasks, shares)
+        # per-task gradients on the shared rows: what the weighting needs, or asked for
+        self.task_gradients = shares and (self.weighting.task_gradients or diagnostics is True)
+        self.diagnostics = (
+            GradientDiagnostics(self.tasks)
+            if self.task_gradients and diagnostics is not False
+            else None
+        )
         self.make_optimizer = optimizer or partial(torch.optim.Adam, lr=1e-3)
         self.make_scheduler = scheduler
         self.step_losses = compile_or_eager(self.losses) if compile else self.losses
@@ -76,22 +100,51 @@ class RecommenderModule(L.LightningModule):
         check_internals(self.trainer)
         # The plain step (backward(), optimizer.step()) is what Lightning's wrappers run
         # on one device in full precision, minus the per-step callback hooks and their cost.
-        self.plain_steps = (
-            not self.hparams.step_hooks
-            and isinstance(self.trainer.strategy, SingleDeviceStrategy)
-            and type(self.trainer.precision_plugin) is Precision
-        )
+        one_device = isinstance(self.trainer.strategy, SingleDeviceStrategy)
+        full_precision = type(self.trainer.precision_plugin) is Precision
+        self.plain_steps = not self.hparams.step_hooks and one_device and full_precision
+        if self.task_gradients and not (one_device and full_precision):
+            raise ConfigError(
+                f"{type(self.weighting).__name__} (or model.diagnostics=true) takes each task's "
+                "gradient on the shared rows, which runs on one device in full precision only "
+                "for now. Fix: trainer=default (or trainer=gpu) without trainer.precision, or "
+                "weighting=fixed."
+            )
 
     @property
     def trainable(self) -> bool:
         """False for nets fitted in closed form when built (popularity, EASE)."""
         return any(p.requires_grad for p in self.parameters())
 
-    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each task's loss, the penalty and the weighted total (``"loss"``) of a batch."""
-        losses = self.objective(self.net, batch)
+    def losses(self, batch: dict[str, torch.Tensor], shared=None) -> dict[str, torch.Tensor]:
+        """Each task's loss, the penalty and the weighted total (``"loss"``) of a batch;
+        ``shared``: each task's copy of the shared rows (see :class:`Objective`)."""
+        losses = self.objective(self.net, batch, shared)
         losses[LOSS] = self.weighting.combine(losses)
         return losses
+
+    def _step(self, batch: dict[str, torch.Tensor], backward) -> dict[str, torch.Tensor]:
+        """One step's losses and gradients (the optimizer steps after)."""
+        copies = gathered = None
+        if self.task_gradients:
+            gathered = self.net.shared(batch["users"], batch["items"])
+            copies = {
+                task: {key: rows.detach().requires_grad_() for key, rows in gathered.items()}
+                for task in self.tasks
+            }
+        losses = self.step_losses(batch, copies) if copies else self.step_losses(batch)
+        received = self.weighting.backward(losses, losses[LOSS], backward, copies, gathered)
+        weights = losses.pop(WEIGHTS, None)
+        if received is not None and self.diagnostics is not None:
+            if weights is None:
+                weights = self.fixed_weights(received)
+            self.diagnostics.update(received, weights)
+        return losses
+
+    def fixed_weights(self, received: torch.Tensor) -> torch.Tensor:
+        """Weights of a strategy that does not record them: its effective ones, else 1."""
+        known = self.weighting.effective_weights()
+        return torch.tensor([float(known.get(task, 1.0)) for task in self.tasks]).to(received)
 
     def training_step(self, chunk: list[dict[str, torch.Tensor]], chunk_idx: int) -> None:
         if not self.trainable:
@@ -102,12 +155,12 @@ class RecommenderModule(L.LightningModule):
         step_losses = []
         for batch in chunk:
             optimizer.optimizer.zero_grad()
-            losses = self.step_losses(batch)
-            self.weighting.backward(losses, losses[LOSS], backward)
+            losses = self._step(batch, backward)
             if self.plain_steps:
                 optimizer.optimizer.step()
             else:
                 optimizer.step()
+            self.weighting.after_step()
             step_losses.append({name: value.detach() for name, value in losses.items()})
         per_step = {name: torch.stack([s[name] for s in step_losses]) for name in step_losses[0]}
         if not torch.isfinite(per_step[LOSS].sum()):  # one check per chunk, not per step
@@ -157,8 +210,17 @@ class RecommenderModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         if not self.trainable:  # later epochs would only repeat the same evaluation
             self.trainer.should_stop = True
-        for name, total in self.loss_sums.items():
-            self.log(f"train/{_logged(name)}", total / self.steps_in_epoch, sync_dist=True)
+        means = {name: total / self.steps_in_epoch for name, total in self.loss_sums.items()}
+        for name, mean in means.items():
+            self.log(f"train/{_logged(name)}", mean, sync_dist=True)
+        if means:
+            self.weighting.on_train_epoch_end(
+                {t: float(means[t]) for t in self.tasks if t in means}
+            )
+        if self.diagnostics is not None:
+            self.log_dict(self.diagnostics.epoch_means())
+        for name, value in getattr(self.weighting, "logged", dict)().items():
+            self.log(f"mtl/{name}", value)
         self.loss_sums, self.steps_in_epoch = {}, 0
         scheduler = self.lr_schedulers()
         if scheduler is not None:

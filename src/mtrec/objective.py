@@ -52,19 +52,37 @@ class Objective(nn.Module):
                 "which embedding rows a batch uses. Use model.l2 (all parameters) instead."
             )
 
-    def forward(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        net: nn.Module,
+        batch: dict[str, torch.Tensor],
+        shared: dict[str, dict[str, torch.Tensor]] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``shared``: for each task, its own copy of the rows the tasks share (``net.shared``),
+        read by that task's head instead of the tables, so each copy receives that task's
+        gradient alone."""
         users, items = batch["users"], batch["items"]
         tasks = tasks_of(net.heads)
         out: dict[str, torch.Tensor] = {}
         if INTERACTION in tasks:
-            positive = net.interaction_logits(users, items)
-            negative = net.interaction_logits(users.unsqueeze(-1), batch["negatives"])
+            rows = _rows(shared, INTERACTION.name)
+            positive = net.interaction_logits(users, items, **rows)
+            user_rows = (
+                {"rows": {"user": rows["rows"]["user"].unsqueeze(-2)}}
+                if (rows and "user" in rows["rows"])
+                else {}
+            )
+            negative = net.interaction_logits(users.unsqueeze(-1), batch["negatives"], **user_rows)
             out[INTERACTION.name] = self.factorization_loss(positive, negative)
         if RATING in tasks:
             context = {"history": batch["history"]} if "history" in batch else {}
+            context |= _rows(shared, RATING.name)
             predicted, observed = net.ratings(users, items, **context), batch["ratings"]
             if self.negative_rating_ratio:
                 negatives = batch["negatives"][:, : self.negative_rating_ratio]
+                context = {"history": batch["history"]} if "history" in batch else {}
+                if shared and "user" in shared.get(RATING.name, {}):
+                    context["rows"] = {"user": shared[RATING.name]["user"].unsqueeze(-2)}
                 negative = net.ratings(users.unsqueeze(-1), negatives, **context)
                 predicted = torch.cat([predicted, negative.reshape(-1)])
                 observed = torch.cat([observed, observed.new_zeros(negative.numel())])
@@ -77,3 +95,9 @@ class Objective(nn.Module):
         if isinstance(penalty, torch.Tensor):
             out[PENALTY] = penalty
         return out
+
+
+def _rows(shared: dict | None, task: str) -> dict:
+    """The ``rows=`` argument of a head: that task's copy of the shared rows, if any."""
+    rows = (shared or {}).get(task)
+    return {"rows": rows} if rows else {}

@@ -19,7 +19,8 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from hydra.utils import get_class
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -30,6 +31,7 @@ from mtrec.losses import factorization_loss
 from mtrec.models.embeddings import embedding_size
 from mtrec.objective import Objective
 from mtrec.tasks import tasks_of
+from mtrec.weighting.gradient import check_aggregator
 
 ABSENT = object()  # the key is not in the config (or cannot be resolved: left to its user)
 
@@ -139,6 +141,7 @@ def owners_checks(cfg: DictConfig) -> None:
     embedding_l2 = lookup(cfg, "model.embedding_l2")
     if number(embedding_l2):
         Objective.check_settings(embedding_l2, net_class(cfg))
+    weighting_checks(cfg)
     check = getattr(net_class(cfg), "check_settings", None)
     if check is not None:  # the net's own rules, with the values its config gives it
         args = {
@@ -146,6 +149,25 @@ def owners_checks(cfg: DictConfig) -> None:
         }
         if ABSENT not in args.values():  # e.g. an interpolation that cannot resolve yet
             check(**args)
+
+
+def weighting_checks(cfg: DictConfig) -> None:
+    """The weighting's own checks: its solver installed, its parameters (its constructor),
+    and whether it can serve the net's heads."""
+    weighting = cfg.get("weighting")
+    if weighting is None:
+        return
+    aggregator = lookup(cfg, "weighting.aggregator._target_")
+    if isinstance(aggregator, str):
+        check_aggregator(aggregator)
+    try:
+        strategy = instantiate(weighting)
+    except InstantiationException as error:  # a constructor's ConfigError, as it was raised
+        if isinstance(error.__cause__, ConfigError):
+            raise error.__cause__ from None
+        raise
+    heads = tuple(task.name for task in tasks_of(getattr(net_class(cfg), "heads", ())))
+    strategy.check(heads, len(heads) == 2)
 
 
 def some_loss_weighs(cfg: DictConfig) -> None:

@@ -100,15 +100,23 @@ class MultiTaskNet(nn.Module):
                 "which sizes it itself."
             )
 
-    def interaction_logits(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
-        """Logits ``u . q + b`` for broadcastable id tensors, e.g. (B, 1) users x (B, K) items."""
-        users = self.user_embeddings(user_ids)
-        items = self.item_embeddings(item_ids)
+    def interaction_logits(
+        self, user_ids: torch.Tensor, item_ids: torch.Tensor, rows: Rows | None = None
+    ) -> torch.Tensor:
+        """Logits ``u . q + b`` for broadcastable id tensors, e.g. (B, 1) users x (B, K) items.
+
+        ``rows`` may hold the shared rows of these ids (``"user"``, ``"item"``, as
+        :meth:`shared` gathers them), read instead of the tables: per-task gradients land there.
+        """
+        users = _row(rows, "user", self.user_embeddings, user_ids)
+        items = _row(rows, "item", self.item_embeddings, item_ids)
         return (users * items).sum(-1) + self.item_biases(item_ids).squeeze(-1)
 
-    def ratings(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
-        users = self.rating_user_embeddings(user_ids)
-        items = self.rating_item_embeddings(item_ids)
+    def ratings(
+        self, user_ids: torch.Tensor, item_ids: torch.Tensor, rows: Rows | None = None
+    ) -> torch.Tensor:
+        users = _row(rows, "user", self.rating_user_embeddings, user_ids)
+        items = _row(rows, "item", self.rating_item_embeddings, item_ids)
         rating = self.mlp(torch.cat([users, items, users * items], dim=-1)).squeeze(-1)
         if self.rating_biases:
             biases = self.rating_user_biases(user_ids) + self.rating_item_biases(item_ids)
@@ -155,3 +163,11 @@ class MultiTaskNet(nn.Module):
 
     def item_vectors(self) -> torch.Tensor:
         return self.item_embeddings.weight
+
+
+Rows = dict[str, torch.Tensor]
+
+
+def _row(rows: Rows | None, key: str, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """The given shared rows, else the table's rows of ``ids``."""
+    return rows[key] if rows is not None and key in rows else table(ids)

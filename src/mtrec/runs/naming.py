@@ -158,10 +158,16 @@ def run_dir(new: str, *, _root_: DictConfig) -> str:
 
 
 def swept_values(*, _root_: DictConfig) -> dict:
-    """The current job's naming keys with their composed values (empty outside Hydra)."""
+    """The current job's naming keys with their composed values (empty outside Hydra); a
+    config group (``weighting=pcgrad``, ``model=mf``) by the option chosen."""
     if not HydraConfig.initialized():
         return {}
-    return {key: OmegaConf.select(_root_, key.lstrip("+~")) for key in job_keys()}
+    given = dict((k, v) for k, v, _ in parse_overrides(HydraConfig.get().overrides.task))
+    values = {}
+    for key in job_keys():
+        value = OmegaConf.select(_root_, key.lstrip("+~"))
+        values[key] = given.get(key, "") if OmegaConf.is_config(value) else value
+    return values
 
 
 def unique_token() -> str:

@@ -1,0 +1,88 @@
+"""Gradient-level strategies: combine the tasks' gradients on what the tasks share.
+
+Each task's loss sends its gradient to its own copy of the shared rows (never the whole
+embedding tables, so the cost grows with the batch, not the catalogue); an aggregator of
+TorchJD (Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", 2024) turns
+the two rows into the one gradient the shared rows get. Task-specific parameters get their
+own task's gradient. Any ``torchjd.aggregation`` aggregator can be chosen by ``_target_``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+from torch import nn
+
+from mtrec.errors import ConfigError
+from mtrec.objective import PENALTY
+from mtrec.tasks import TASKS
+from mtrec.weighting.base import WEIGHTS, Weighting
+
+log = logging.getLogger(__name__)
+
+EXTRA = "pip install 'mtrec[mtl]'"  # what `make install` does
+# Aggregators whose solvers live in optional packages: the packages they import.
+NEEDS = {
+    "UPGrad": ("quadprog", "qpsolvers"),
+    "DualProj": ("quadprog", "qpsolvers"),
+    "CAGrad": ("cvxpy",),
+    "NashMTL": ("cvxpy", "ecos"),
+    "FairGrad": ("scipy",),
+}
+
+
+def check_aggregator(target: str) -> None:
+    """One clear error, before any work, when an aggregator's solver is not installed."""
+    name = target.rsplit(".", 1)[-1]
+    missing = [m for m in NEEDS.get(name, ()) if importlib.util.find_spec(m) is None]
+    if importlib.util.find_spec("torchjd") is None:
+        missing = ["torchjd", *missing]
+    if missing:
+        raise ConfigError(
+            f"weighting.aggregator={target} needs {', '.join(missing)}, which is not installed. "
+            f"Fix: {EXTRA} (the optional extra with the solvers of every strategy)."
+        )
+
+
+class Aggregation(Weighting):
+    """``aggregator`` (a TorchJD aggregator) combines the tasks' gradients on the shared rows.
+
+    The step's loss is the plain sum of the task losses (and penalties): task-specific
+    parameters get each task's own gradient. With nothing shared (separate embeddings) there
+    is nothing to combine: the log says so once and training goes on with the sum.
+    """
+
+    task_gradients = True
+
+    def __init__(self, aggregator: nn.Module):
+        super().__init__()
+        self.aggregator = aggregator
+        self.warned = False
+
+    def combine(self, losses):
+        present = [losses[task.name] for task in TASKS if task.name in losses]
+        total = torch.stack(present).sum()
+        losses[WEIGHTS] = torch.ones(len(present), device=total.device)
+        return total + losses[PENALTY] if PENALTY in losses else total
+
+    def shared_gradient(self, received: torch.Tensor) -> torch.Tensor:
+        return self.aggregator(received)
+
+    def backward(self, losses, total, backward, copies=None, gathered=None):
+        if not copies and not self.warned:
+            log.warning(
+                "weighting=%s: the tasks share nothing here (separate embeddings), so there are "
+                "no gradients to combine; training on the sum of the task losses",
+                type(self.aggregator).__name__,
+            )
+            self.warned = True
+        return super().backward(losses, total, backward, copies, gathered)
+
+    def check(self, tasks: tuple[str, ...], shares: bool) -> None:
+        if len(tasks) < 2:
+            raise ConfigError(
+                f"weighting with {type(self.aggregator).__name__} combines the gradients of two "
+                "tasks: this net has one head. Use weighting=fixed."
+            )
