@@ -13,7 +13,12 @@ own process, so its peak resident memory is its own. With ``--steps N`` each epo
 N batches and seconds per epoch are projected from the measured time per batch (marked ``*``):
 a full ML-25M epoch takes the better part of an hour.
 
-    python benchmarks/epoch_time.py [--shapes ml-100k ml-1m] [--epochs 4] [--steps N] [override ...]
+Then one template row per loss-weighting strategy on ML-100K (``--weightings``, default
+every config of ``conf/weighting``; ``--weightings`` alone skips them), each relative to
+``weighting=fixed``.
+
+    python benchmarks/epoch_time.py [--shapes ml-100k ml-1m] [--epochs 4] [--steps N]
+        [--weightings fixed pcgrad ...] [override ...]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -37,6 +43,10 @@ from mtrec import losses
 from mtrec.metrics import evaluate
 from mtrec.models import MultiTaskNet
 from mtrec.train import train
+
+WEIGHTINGS = sorted(
+    p.stem for p in (Path(__file__).parents[1] / "conf" / "weighting").glob("*.yaml")
+)
 
 
 def data_module(shape: str, data_dir: str):
@@ -153,11 +163,11 @@ def epoch_figures(train_seconds, eval_seconds, steps, batches_per_epoch) -> dict
     }
 
 
-def measure_in_subprocess(loop: str, shape: str, args) -> dict:
-    command = [sys.executable, __file__, "--row", loop, "--shapes", shape]
+def measure_in_subprocess(loop: str, shape: str, args, extra: tuple[str, ...] = ()) -> dict:
+    command = [sys.executable, __file__, "--row", loop, "--shapes", shape, "--weightings"]
     command += ["--epochs", str(args.epochs), "--data-dir", args.data_dir]
     command += ["--steps", str(args.steps)] if args.steps else []
-    result = subprocess.run(command + args.overrides, capture_output=True, text=True)
+    result = subprocess.run(command + args.overrides + list(extra), capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"{loop} on {shape} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -172,6 +182,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="batches per epoch (projects the rest)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--row", choices=["plain", "template"], help="measure one loop only (JSON)")
+    parser.add_argument(
+        "--weightings", nargs="*", default=WEIGHTINGS, help="strategies timed on ML-100K"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the template runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -198,6 +211,24 @@ def main() -> None:
                 f"{row['eval_ms']:>9.1f}{row['peak_rss_gb']:>9.2f}",
                 flush=True,
             )
+
+    if args.weightings:
+        weighting_rows(args)
+
+
+def weighting_rows(args) -> None:
+    """One ML-100K template row per weighting strategy, relative to ``fixed``."""
+    print(f"\n{'weighting':<14}{'s / epoch':>11}{'vs fixed':>10}{'eval ms':>9}", flush=True)
+    names = ["fixed", *(n for n in args.weightings if n != "fixed")]
+    fixed = None
+    for name in names:
+        row = measure_in_subprocess("template", "ml-100k", args, (f"weighting={name}",))
+        fixed = fixed or row
+        ratio = row["seconds_per_epoch"] / fixed["seconds_per_epoch"]
+        print(
+            f"{name:<14}{row['seconds_per_epoch']:>11.3f}{ratio:>10.2f}{row['eval_ms']:>9.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

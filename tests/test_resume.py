@@ -65,16 +65,19 @@ def scalar_steps(run: Path, tag: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(ratings_folder, tmp_path):
-    data = f"data.path={ratings_folder}"
-    killed = mtrec_train(tmp_path, *RUN, data, "name=killed")
+@pytest.mark.parametrize("weighting", ["fixed", "dwa", "gradnorm"])  # none, histories, learned
+def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(
+    ratings_folder, tmp_path, weighting
+):
+    data = f"data.path={ratings_folder} weighting={weighting}".split()
+    killed = mtrec_train(tmp_path, *RUN, *data, "name=killed")
     kill_after_first_checkpoint(killed, "outputs/runs/killed/*/*/checkpoints/last.ckpt", tmp_path)
-    finished(mtrec_train(tmp_path, *RUN, data, "name=whole"))
+    finished(mtrec_train(tmp_path, *RUN, *data, "name=whole"))
     (run,) = (tmp_path / "outputs/runs/killed").glob("*/*")
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert 1 <= len(history) < EPOCHS  # it was stopped part-way
 
-    finished(mtrec_train(tmp_path, *RUN, data, "name=killed", "ckpt_path=last"))
+    finished(mtrec_train(tmp_path, *RUN, *data, "name=killed", "ckpt_path=last"))
     assert list((tmp_path / "outputs/runs/killed").glob("*/*")) == [run]  # the same folder
     (reference,) = (tmp_path / "outputs/runs/whole").glob("*/*")
     resumed = json.loads((run / "metrics.json").read_text())
