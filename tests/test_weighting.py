@@ -208,3 +208,20 @@ def test_a_missing_solver_names_the_install_command(monkeypatch):
         check_aggregator("torchjd.aggregation.NashMTL")
     assert "needs cvxpy" in str(error.value) and "pip install 'mtrec[mtl]'" in str(error.value)
     check_aggregator("torchjd.aggregation.PCGrad")  # pure torch: nothing needed
+
+
+def test_every_strategy_has_a_config_and_the_study_runs_them_all():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_module
+
+    configs = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "weighting").glob("*"))
+    assert len(configs) >= 20
+    with initialize_config_module("mtrec.conf", version_base="1.3"):
+        study = compose("train", overrides=["experiment=weighting"], return_hydra_config=True)
+        for name in configs:  # each composes and builds its strategy
+            cfg = compose("train", overrides=[f"weighting={name}"])
+            from hydra.utils import instantiate
+
+            assert instantiate(cfg.weighting).combine is not None
+    assert sorted(study.hydra.sweeper.params.weighting.split(",")) == configs
