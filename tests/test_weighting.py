@@ -225,3 +225,25 @@ def test_every_strategy_has_a_config_and_the_study_runs_them_all():
 
             assert instantiate(cfg.weighting).combine is not None
     assert sorted(study.hydra.sweeper.params.weighting.split(",")) == configs
+
+
+def test_per_task_gradients_under_mixed_precision_are_refused_before_training(ratings_folder):
+    import lightning as L
+
+    from mtrec.data.datamodule import MovieLensDataModule
+
+    dm = MovieLensDataModule(path=str(ratings_folder), batch_size=64)
+    dm.setup()
+    module = RecommenderModule(
+        MultiTaskNet(dm.data_info(), 4, (12, 8)), weighting=Aggregation(PCGrad())
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    with pytest.raises(ConfigError, match="one device in full precision only"):
+        trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 0
