@@ -247,3 +247,26 @@ def test_per_task_gradients_under_mixed_precision_are_refused_before_training(ra
     with pytest.raises(ConfigError, match="one device in full precision only"):
         trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 0
+
+
+def test_a_gradient_level_run_logs_its_diagnostics_every_epoch(ratings_folder, tmp_path, run_cli):
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    status, output = run_cli(
+        f"data.path={ratings_folder}",
+        "weighting=pcgrad",
+        "trainer.max_epochs=2",
+        "model.compile=false",
+        "hydra.run.dir=run",
+    )
+    assert status == 0, output
+    run = tmp_path / "run"
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert [round(h["mtl/weight/rating"], 6) for h in history] == [1.0, 1.0]
+    assert all(-1 <= h["mtl/grad_cosine"] <= 1 for h in history)
+    events = EventAccumulator(str(run))
+    events.Reload()
+    cosine = [e.value for e in events.Scalars("mtl/grad_cosine")]
+    assert cosine == pytest.approx([h["mtl/grad_cosine"] for h in history], rel=1e-6)

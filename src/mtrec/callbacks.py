@@ -13,7 +13,8 @@ from mtrec.tasks import lower_is_better
 
 
 class MetricsHistory(L.Callback):
-    """Records held-out metrics after each evaluation and writes ``metrics.json``.
+    """Records held-out metrics (and the epoch's ``mtl/`` gradient diagnostics) after each
+    evaluation and writes ``metrics.json``.
 
     The file holds ``final`` (last value of every metric; with a selected checkpoint, see
     ``callbacks=selection``, its validation and test metrics), ``best`` (best value and the
@@ -37,7 +38,9 @@ class MetricsHistory(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            self._record(trainer, epoch=trainer.current_epoch + 1)
+            diagnostics = getattr(module, "epoch_diagnostics", {})  # this epoch's mtl/ values
+            extra = {name: float(value) for name, value in diagnostics.items()}
+            self._record(trainer, epoch=trainer.current_epoch + 1, extra=extra)
         elif trainer.state.fn == TrainerFn.VALIDATING:  # the selected checkpoint, re-evaluated
             self.selected = self._values(trainer)
             self._write(trainer)
@@ -45,8 +48,8 @@ class MetricsHistory(L.Callback):
     def on_test_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._record(trainer, epoch=trainer.current_epoch)
 
-    def _record(self, trainer: L.Trainer, epoch: int) -> None:
-        self.history.append({"epoch": epoch, **self._values(trainer)})
+    def _record(self, trainer: L.Trainer, epoch: int, extra: dict | None = None) -> None:
+        self.history.append({"epoch": epoch, **self._values(trainer), **(extra or {})})
         self._write(trainer)
 
     @staticmethod

@@ -95,6 +95,8 @@ class RecommenderModule(L.LightningModule):
         # Sums of the loss terms over the epoch, on the device: no host synchronisation per step.
         self.loss_sums: dict[str, torch.Tensor] = {}
         self.steps_in_epoch = 0
+        # the epoch's mtl/... values, ready when its training ends (before its evaluation)
+        self.epoch_diagnostics: dict[str, torch.Tensor] = {}
 
     def on_fit_start(self) -> None:
         check_internals(self.trainer)
@@ -170,6 +172,15 @@ class RecommenderModule(L.LightningModule):
         self.steps_in_epoch += len(chunk)
         count_optimizer_steps(self.trainer, len(chunk), counted_by_lightning=not self.plain_steps)
         self._log_steps(per_step, steps_before)
+        if chunk_idx + 1 == self.trainer.num_training_batches:  # the epoch's training is done
+            self.epoch_diagnostics = self._diagnostics()
+
+    def _diagnostics(self) -> dict[str, torch.Tensor]:
+        """This epoch's ``mtl/...`` values: gradient diagnostics and the strategy's own."""
+        values = self.diagnostics.epoch_means() if self.diagnostics is not None else {}
+        for name, value in self.weighting.logged().items():
+            values[f"mtl/{name}"] = value
+        return values
 
     def _log_steps(self, per_step: dict[str, torch.Tensor], steps_before: int) -> None:
         """Write the losses of every ``log_every_n_steps``-th optimizer step, at that step."""
@@ -217,11 +228,8 @@ class RecommenderModule(L.LightningModule):
             self.weighting.on_train_epoch_end(
                 {t: float(means[t]) for t in self.tasks if t in means}
             )
-        if self.diagnostics is not None:
-            self.log_dict(self.diagnostics.epoch_means())
-        for name, value in getattr(self.weighting, "logged", dict)().items():
-            self.log(f"mtl/{name}", value)
-        self.loss_sums, self.steps_in_epoch = {}, 0
+        self.log_dict(self.epoch_diagnostics)
+        self.loss_sums, self.steps_in_epoch, self.epoch_diagnostics = {}, 0, {}
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()

@@ -23,7 +23,8 @@ from mtrec.runs.naming import is_hidden, parse_overrides, swept_keys
 
 # Metrics in the order tables and figures show them: task by task, each task's main one first.
 METRIC_ORDER = tasks.metric_names()
-CURVE_METRICS = tuple(task.metric_names()[0] for task in tasks.TASKS)  # each task's main metric
+# each task's main metric, and the cosine of the tasks' gradients (mtl/grad_cosine)
+CURVE_METRICS = (*(task.metric_names()[0] for task in tasks.TASKS), "grad_cosine")
 
 
 @dataclass
@@ -197,8 +198,9 @@ def write_figures(jobs: list[Job], keys: list[str], sweep_dir: Path) -> list[Pat
 
 
 def _curve_metric(jobs: list[Job], metric: str) -> str | None:
-    """``test/<metric>`` when it was evaluated every epoch, else ``val/<metric>``."""
-    for prefix in ("test", "val"):
+    """``test/<metric>`` when it was evaluated every epoch, else ``val/<metric>``; the
+    gradient diagnostics under ``mtl/``."""
+    for prefix in ("test", "val", "mtl"):
         name = f"{prefix}/{metric}"
         if any(sum(name in h for h in j.metrics["history"]) > 1 for j in jobs):
             return name

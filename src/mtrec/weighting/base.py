@@ -77,6 +77,10 @@ class Weighting(nn.Module):
         """Each task's weight, for strategies whose ``combine`` does not record them."""
         return {}
 
+    def logged(self) -> dict[str, torch.Tensor]:
+        """The strategy's own values to log each epoch under ``mtl/`` (learned parameters)."""
+        return {}
+
     def check(self, tasks: tuple[str, ...], shares: bool) -> None:
         """One clear error, before training, for a net this strategy cannot serve."""
 
