@@ -17,7 +17,12 @@ PREFIX = "mtl"
 
 
 class GradientDiagnostics(nn.Module):
-    """``update`` once per step; ``epoch_means`` (and a reset) once per epoch."""
+    """``update`` once per step; ``epoch_means`` (and a reset) once per epoch.
+
+    A step costs two small operations: the 2 x 2 Gram matrix of what the tasks' copies of the
+    shared rows received, and the weights, kept on the device; the cosines, conflicts and
+    norms of all the epoch's steps are computed together when the epoch ends.
+    """
 
     def __init__(self, tasks: tuple[str, ...] = tuple(task.name for task in TASKS)):
         super().__init__()
@@ -29,33 +34,33 @@ class GradientDiagnostics(nn.Module):
             *(f"grad_norm/{task}" for task in self.tasks),
             *(f"weight/{task}" for task in self.tasks),
         ]
-        self.register_buffer("sums", torch.zeros(len(self.names)), persistent=False)
-        self.register_buffer("steps", torch.zeros(()), persistent=False)
+        self.steps: list[torch.Tensor] = []
 
     def update(self, received: torch.Tensor, weights: torch.Tensor) -> None:
         """``received``: what each task's copy of the shared rows got (its gradient times
         ``weights``), one row per task; the diagnostics are of the unweighted gradients."""
-        weights = weights.to(received)
-        scale = torch.where(weights > 0, 1.0 / weights.clamp(min=1e-12), 0.0)
-        gradients = received * scale.unsqueeze(1)
-        self.sums += step_values(gradients, weights)
-        self.steps += 1
+        gram = received @ received.T
+        self.steps.append(torch.cat([gram.reshape(-1), weights.to(gram)]))
 
     def epoch_means(self) -> dict[str, torch.Tensor]:
         """The means since the last call, under ``mtl/...``; then starts afresh."""
-        if not bool(self.steps):
+        if not self.steps:
             return {}
-        means = self.sums / self.steps
-        self.sums.zero_()
-        self.steps.zero_()
+        rows, self.steps = torch.stack(self.steps), []
+        tasks = len(self.tasks)
+        gram, weights = rows[:, : tasks * tasks].view(-1, tasks, tasks), rows[:, tasks * tasks :]
+        scale = torch.where(weights > 0, 1.0 / weights.clamp(min=1e-12), 0.0)
+        gram = gram * scale.unsqueeze(2) * scale.unsqueeze(1)  # of the unweighted gradients
+        means = torch.stack([step_values(g, w) for g, w in zip(gram, weights, strict=True)]).mean(0)
         return {f"{PREFIX}/{name}": value for name, value in zip(self.names, means, strict=True)}
 
 
-def step_values(gradients: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Cosine, conflict (0/1), magnitude similarity, norms and weights of one step."""
-    norms = gradients.norm(dim=1)
-    dot = (gradients[0] * gradients[1]).sum()
-    cosine = dot / (norms[0] * norms[1]).clamp(min=1e-20)
-    similarity = 2 * norms[0] * norms[1] / (norms[0] ** 2 + norms[1] ** 2).clamp(min=1e-20)
+def step_values(gram: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Cosine, conflict (0/1), magnitude similarity, norms and weights of one step, from the
+    Gram matrix of its two task gradients."""
+    squares = gram.diagonal().clamp(min=0)
+    norms = squares.sqrt()
+    cosine = gram[0, 1] / (norms[0] * norms[1]).clamp(min=1e-20)
+    similarity = 2 * norms[0] * norms[1] / (squares[0] + squares[1]).clamp(min=1e-20)
     head = torch.stack([cosine, (cosine < 0).to(cosine.dtype), similarity])
     return torch.cat([head, norms, weights])

@@ -145,8 +145,11 @@ class RecommenderModule(L.LightningModule):
 
     def fixed_weights(self, received: torch.Tensor) -> torch.Tensor:
         """Weights of a strategy that does not record them: its effective ones, else 1."""
-        known = self.weighting.effective_weights()
-        return torch.tensor([float(known.get(task, 1.0)) for task in self.tasks]).to(received)
+        if getattr(self, "_fixed_weights", None) is None:
+            known = self.weighting.effective_weights()
+            weights = [float(known.get(task, 1.0)) for task in self.tasks]
+            self._fixed_weights = torch.tensor(weights).to(received)
+        return self._fixed_weights
 
     def training_step(self, chunk: list[dict[str, torch.Tensor]], chunk_idx: int) -> None:
         if not self.trainable:
