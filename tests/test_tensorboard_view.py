@@ -39,7 +39,6 @@ def workdir(tmp_path_factory) -> Path:
         "experiment=cs330",
         f"data.path={data}",
         "trainer.max_epochs=1",
-        "trainer.log_every_n_steps=1",
         "callbacks.progress_bar.refresh_rate=0",
     ]
     assert run_main(argv, cwd=work) == 0

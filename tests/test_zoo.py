@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from conftest import synthetic_ratings
+from conftest import run_main, synthetic_ratings
 from mtrec import explore, losses
 from mtrec.data.datamodule import ShuffledBatches
 from mtrec.data.info import DataInfo
@@ -18,7 +17,7 @@ from mtrec.data.interactions import Interactions, held_out, index_ratings, last_
 from mtrec.models import MatrixFactorization, MultiTaskNet
 from mtrec.models.embeddings import embedding_size
 from mtrec.objective import Objective
-from mtrec.train import build, main
+from mtrec.train import build
 
 MODELS = [
     "multitask",
@@ -224,16 +223,12 @@ def trained_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("explore")
     folder = write_u_data(out / "data", synthetic_ratings())
     argv = [
-        "mtrec-train",
         f"data.path={folder}",
         "trainer.max_epochs=2",
         f"hydra.run.dir={out / 'run'}",
         "callbacks.progress_bar.refresh_rate=0",
     ]
-    patch = pytest.MonkeyPatch()
-    patch.setattr(sys, "argv", argv)
-    main()
-    patch.undo()
+    assert run_main(argv) == 0
     return out / "run" / "checkpoints" / "last.ckpt"
 
 

@@ -97,6 +97,7 @@ class RecommenderModule(L.LightningModule):
         self.steps_in_epoch = 0
         # the epoch's mtl/... values, ready when its training ends (before its evaluation)
         self.epoch_diagnostics: dict[str, torch.Tensor] = {}
+        self._fixed_weights: torch.Tensor | None = None
 
     def on_fit_start(self) -> None:
         check_internals(self.trainer)
@@ -145,7 +146,7 @@ class RecommenderModule(L.LightningModule):
 
     def fixed_weights(self, received: torch.Tensor) -> torch.Tensor:
         """Weights of a strategy that does not record them: its effective ones, else 1."""
-        if getattr(self, "_fixed_weights", None) is None:
+        if self._fixed_weights is None:  # built once: they do not change
             known = self.weighting.effective_weights()
             weights = [float(known.get(task, 1.0)) for task in self.tasks]
             self._fixed_weights = torch.tensor(weights).to(received)
