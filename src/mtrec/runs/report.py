@@ -172,7 +172,8 @@ def write_figures(jobs: list[Job], keys: list[str], sweep_dir: Path) -> list[Pat
         written.append(_save(fig, sweep_dir / f"curve_{name.replace('/', '_')}.png"))
         plt.close(fig)
 
-    names = metric_names(finished)
+    # held-out metrics only: the gradient diagnostics have their own curve per epoch
+    names = [name for name in metric_names(finished) if not name.startswith("mtl/")]
     if names:
         columns = min(3, len(names))
         rows = math.ceil(len(names) / columns)
@@ -191,7 +192,8 @@ def write_figures(jobs: list[Job], keys: list[str], sweep_dir: Path) -> list[Pat
         fig.legend(handles, labels, loc="lower center", ncol=min(2, len(labels)), fontsize=8)
         fig.suptitle("final metrics per run")
         legend_rows = math.ceil(len(labels) / 2)
-        fig.tight_layout(rect=(0, (0.25 + 0.22 * legend_rows) / (3.6 * rows), 1, 1))
+        top = 1 - 0.35 / (3.6 * rows)  # room for the title above the panels' own
+        fig.tight_layout(rect=(0, (0.25 + 0.22 * legend_rows) / (3.6 * rows), 1, top))
         written.append(_save(fig, sweep_dir / "final_metrics.png"))
         plt.close(fig)
     return written
