@@ -237,6 +237,33 @@ def test_joblib_launcher_runs_two_jobs_in_parallel(ratings_folder, tmp_path):
     table = pd.read_csv(tmp_path / "sweep" / "summary.csv")
     assert sorted(table.run) == ["seed=1", "seed=2"] and (table.status == "completed").all()
     assert table["test/mrr"].notna().all()
+    seeds = pd.read_csv(tmp_path / "sweep" / "summary_over_seeds.csv")
+    assert seeds["runs"].tolist() == [2]
+    assert seeds["test/mrr"][0] == pytest.approx(table["test/mrr"].mean())
+    assert "## Over seeds" in (tmp_path / "sweep" / "summary.md").read_text()
+
+
+def test_mean_and_sd_over_seeds_by_hand():
+    table = pd.DataFrame(
+        {
+            "run": ["a0", "a1", "a2", "b0", "b1"],
+            "weighting": ["mgda", "mgda", "mgda", "dwa", "dwa"],
+            "seed": [0, 1, 2, 0, 1],
+            "status": ["completed"] * 4 + ["failed"],
+            "test/mrr": [0.10, 0.12, 0.14, 0.05, float("nan")],
+            "test/mrr best epoch": [3, 4, 5, 6, 7],
+            "error": [""] * 5,
+        }
+    )
+    seeds = report.over_seeds(table, ["weighting", "seed"])
+    assert seeds["weighting"].tolist() == ["mgda", "dwa"]  # in order of appearance
+    assert seeds["runs"].tolist() == [3, 1]  # the failed run left out
+    assert seeds["test/mrr"][0] == pytest.approx(0.12)
+    assert seeds["test/mrr sd"][0] == pytest.approx(0.02)  # sample sd of 0.10, 0.12, 0.14
+    assert pd.isna(seeds["test/mrr sd"][1])  # one run: no spread
+    assert "test/mrr best epoch" not in seeds.columns and "seed" not in seeds.columns
+    shown = report.mean_sd_table(seeds)
+    assert shown["test/mrr"].tolist() == ["0.12 ± 0.02", "0.05"]
 
 
 def test_optuna_search_config_returns_a_validation_objective():
@@ -255,12 +282,17 @@ def test_optuna_search_config_returns_a_validation_objective():
 
 
 @pytest.mark.slow
-def test_ddp_on_two_cpu_processes_evaluates_the_whole_held_out_set(ratings_folder, tmp_path):
+@pytest.mark.parametrize("weighting", ["fixed", "pcgrad"])
+def test_ddp_on_two_cpu_processes_evaluates_the_whole_held_out_set(
+    ratings_folder, tmp_path, weighting
+):
     """Two gloo ranks train on disjoint shares of each epoch; the metrics they log are those of
     the whole held-out set (equal to a one-process evaluation of the checkpoint) and agree with
-    one-process training of the same effective batch within noise."""
+    one-process training of the same effective batch within noise. With a gradient-level
+    strategy each rank combines its tasks' gradients and the ranks average the result."""
     common = [
         f"data.path={ratings_folder}",
+        f"weighting={weighting}",
         "trainer.max_epochs=10",
         "optimizer.lr=0.01",
         "callbacks.progress_bar.refresh_rate=0",
@@ -291,6 +323,9 @@ def test_ddp_on_two_cpu_processes_evaluates_the_whole_held_out_set(ratings_folde
         logs[name] = done.stdout + done.stderr
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs["ddp"] and "GLOBAL_RANK" not in logs["single"]
     evaluate.main([f"ckpt_path={tmp_path / 'ddp' / 'checkpoints' / 'last.ckpt'}"])
-    assert json.loads((tmp_path / "ddp" / "eval_last.json").read_text())["metrics"] == finals["ddp"]
+    held_out = {k: v for k, v in finals["ddp"].items() if not k.startswith("mtl/")}
+    assert json.loads((tmp_path / "ddp" / "eval_last.json").read_text())["metrics"] == held_out
+    if weighting != "fixed":  # each rank's diagnostics, of its own tasks' gradients
+        assert -1 <= finals["ddp"]["mtl/grad_cosine"] <= 1
     assert finals["ddp"]["test/mse"] == pytest.approx(finals["single"]["test/mse"], abs=0.1)
     assert finals["ddp"]["test/mrr"] == pytest.approx(finals["single"]["test/mrr"], abs=0.05)

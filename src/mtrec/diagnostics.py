@@ -36,11 +36,19 @@ class GradientDiagnostics(nn.Module):
         ]
         self.steps: list[torch.Tensor] = []
 
-    def update(self, received: torch.Tensor, weights: torch.Tensor) -> None:
+    def update(
+        self,
+        received: torch.Tensor,
+        weights: torch.Tensor,
+        effective: torch.Tensor | None = None,
+    ) -> None:
         """``received``: what each task's copy of the shared rows got (its gradient times
-        ``weights``), one row per task; the diagnostics are of the unweighted gradients."""
+        ``weights``), one row per task; the diagnostics are of the unweighted gradients.
+        ``effective``: the weight each task's gradient got in the end (default ``weights``),
+        e.g. loss weight times a gradient-level strategy's weight."""
         gram = received @ received.T
-        self.steps.append(torch.cat([gram.reshape(-1), weights.to(gram)]))
+        effective = weights if effective is None else effective
+        self.steps.append(torch.cat([gram.reshape(-1), weights.to(gram), effective.to(gram)]))
 
     def epoch_means(self) -> dict[str, torch.Tensor]:
         """The means since the last call, under ``mtl/...``; then starts afresh."""
@@ -48,10 +56,12 @@ class GradientDiagnostics(nn.Module):
             return {}
         rows, self.steps = torch.stack(self.steps), []
         tasks = len(self.tasks)
-        gram, weights = rows[:, : tasks * tasks].view(-1, tasks, tasks), rows[:, tasks * tasks :]
+        gram = rows[:, : tasks * tasks].view(-1, tasks, tasks)
+        weights, effective = rows[:, tasks * tasks :].split(tasks, dim=1)
         scale = torch.where(weights > 0, 1.0 / weights.clamp(min=1e-12), 0.0)
         gram = gram * scale.unsqueeze(2) * scale.unsqueeze(1)  # of the unweighted gradients
-        means = torch.stack([step_values(g, w) for g, w in zip(gram, weights, strict=True)]).mean(0)
+        means = torch.stack([step_values(g, w) for g, w in zip(gram, effective, strict=True)])
+        means = means.mean(0)
         return {f"{PREFIX}/{name}": value for name, value in zip(self.names, means, strict=True)}
 
 

@@ -9,8 +9,9 @@ from functools import partial
 import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import Precision
-from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mtrec.compile import compile_or_eager
 from mtrec.data.interactions import HeldOut
@@ -19,6 +20,7 @@ from mtrec.errors import ConfigError, TrainingDiverged
 from mtrec.lightning_internals import check_internals, count_optimizer_steps
 from mtrec.metrics import evaluate
 from mtrec.objective import Objective
+from mtrec.shared import TaskCopies
 from mtrec.tasks import tasks_of
 from mtrec.weighting import FixedWeighting, Weighting
 from mtrec.weighting.base import WEIGHTS
@@ -98,6 +100,8 @@ class RecommenderModule(L.LightningModule):
         # the epoch's mtl/... values, ready when its training ends (before its evaluation)
         self.epoch_diagnostics: dict[str, torch.Tensor] = {}
         self._fixed_weights: torch.Tensor | None = None
+        # the parameters whose gradients are averaged over DDP ranks by this module, if any
+        self.synced_gradients: list[nn.Parameter] | None = None
 
     def on_fit_start(self) -> None:
         check_internals(self.trainer)
@@ -106,13 +110,35 @@ class RecommenderModule(L.LightningModule):
         one_device = isinstance(self.trainer.strategy, SingleDeviceStrategy)
         full_precision = type(self.trainer.precision_plugin) is Precision
         self.plain_steps = not self.hparams.step_hooks and one_device and full_precision
-        if self.task_gradients and not (one_device and full_precision):
+        data_parallel = isinstance(self.trainer.strategy, DDPStrategy)
+        if self.task_gradients and not ((one_device or data_parallel) and full_precision):
             raise ConfigError(
                 f"{type(self.weighting).__name__} (or model.diagnostics=true) takes each task's "
-                "gradient on the shared rows, which runs on one device in full precision only "
-                "for now. Fix: trainer=default (or trainer=gpu) without trainer.precision, or "
-                "weighting=fixed."
+                "gradient on the shared rows, which runs in full precision on one device or "
+                f"under DDP only (not {type(self.trainer.strategy).__name__}, "
+                f"precision {self.trainer.precision}). Fix: trainer=default, gpu or ddp "
+                "without trainer.precision, or weighting=fixed."
             )
+
+    def on_train_start(self) -> None:
+        # Under DDP a step's gradients are averaged over the ranks once, after the tasks'
+        # gradients are combined: DDP's own hooks would see the shared tables' gradient only
+        # in part (it reaches them after the backward pass), so they are kept out (no_sync).
+        if self.task_gradients and isinstance(self.trainer.strategy.model, DistributedDataParallel):
+            self.synced_gradients = [p for p in self.parameters() if p.requires_grad]
+
+    def _average_gradients(self) -> None:
+        """One all-reduce per step: every rank's gradients (zeros where none), averaged."""
+        parameters = self.synced_gradients
+        flat = torch.cat(
+            [
+                p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel())
+                for p in parameters
+            ]
+        )
+        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
+        for p, grad in zip(parameters, flat.split([p.numel() for p in parameters]), strict=True):
+            p.grad = grad.view_as(p)
 
     @property
     def trainable(self) -> bool:
@@ -128,20 +154,19 @@ class RecommenderModule(L.LightningModule):
 
     def _step(self, batch: dict[str, torch.Tensor], backward) -> dict[str, torch.Tensor]:
         """One step's losses and gradients (the optimizer steps after)."""
-        copies = gathered = None
+        copies = None
         if self.task_gradients:
-            gathered = self.net.shared(batch["users"], batch["items"])
-            copies = {
-                task: {key: rows.detach().requires_grad_() for key, rows in gathered.items()}
-                for task in self.tasks
-            }
-        losses = self.step_losses(batch, copies) if copies else self.step_losses(batch)
-        received = self.weighting.backward(losses, losses[LOSS], backward, copies, gathered)
+            shared = self.net.shared(batch["users"], batch["items"])
+            copies = TaskCopies(shared, self.tasks) if shared else None  # separate: nothing
+        losses = self.step_losses(batch, copies.copies) if copies else self.step_losses(batch)
+        received = self.weighting.backward(losses, losses[LOSS], backward, copies)
         weights = losses.pop(WEIGHTS, None)
         if received is not None and self.diagnostics is not None:
             if weights is None:
                 weights = self.fixed_weights(received)
-            self.diagnostics.update(received, weights)
+            in_combination = self.weighting.step_weights  # a gradient-level strategy's
+            effective = weights if in_combination is None else weights * in_combination
+            self.diagnostics.update(received, weights, effective)
         return losses
 
     def fixed_weights(self, received: torch.Tensor) -> torch.Tensor:
@@ -161,7 +186,12 @@ class RecommenderModule(L.LightningModule):
         step_losses = []
         for batch in chunk:
             optimizer.optimizer.zero_grad()
-            losses = self._step(batch, backward)
+            if self.synced_gradients is None:
+                losses = self._step(batch, backward)
+            else:
+                with self.trainer.strategy.model.no_sync():
+                    losses = self._step(batch, backward)
+                self._average_gradients()
             if self.plain_steps:
                 optimizer.optimizer.step()
             else:

@@ -10,6 +10,7 @@ from torch import nn
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError, shown
 from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
+from mtrec.shared import TableRows
 
 
 class MultiTaskNet(nn.Module):
@@ -135,8 +136,8 @@ class MultiTaskNet(nn.Module):
             tables += [(self.rating_user_biases, user_ids), (self.rating_item_biases, item_ids)]
         return sum(table(ids).pow(2).sum(-1) for table, ids in tables)
 
-    def shared(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What the two tasks share for a batch: the gathered embedding rows both heads read.
+    def shared(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> dict[str, TableRows]:
+        """What the two tasks share for a batch: the embedding rows both heads read.
 
         Shared embeddings: the user and the item rows; ``items``: the item rows; separate:
         nothing. Per-task gradients taken with respect to these cost what the batch costs,
@@ -144,9 +145,9 @@ class MultiTaskNet(nn.Module):
         """
         shared = {}
         if self.rating_user_embeddings is self.user_embeddings:
-            shared["user"] = self.user_embeddings(user_ids)
+            shared["user"] = TableRows(self.user_embeddings, user_ids)
         if self.rating_item_embeddings is self.item_embeddings:
-            shared["item"] = self.item_embeddings(item_ids)
+            shared["item"] = TableRows(self.item_embeddings, item_ids)
         return shared
 
     def forward(

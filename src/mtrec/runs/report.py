@@ -1,6 +1,7 @@
 """The summary of a sweep: one table row per job, and figures for a report.
 
-``mtrec-report <sweep folder>`` (re)writes ``summary.csv``, ``summary.md`` and the PNG
+``mtrec-report <sweep folder>`` (re)writes ``summary.csv``, ``summary.md`` (with a table of
+mean ± sd over the seeds, also ``summary_over_seeds.csv``, when ``seed`` is swept) and the PNG
 figures from what the jobs left in their run folders (overrides, job record and metrics, read
 through :mod:`mtrec.runs.folder`), so it works for any finished or interrupted sweep and any
 launcher. Metrics come in the order of :mod:`mtrec.tasks`.
@@ -139,6 +140,49 @@ def compact_table(table: pd.DataFrame) -> pd.DataFrame:
     return compact[[c for c in compact.columns if c != "error"] + ["error"]]
 
 
+def over_seeds(table: pd.DataFrame, keys: list[str], over: str = "seed") -> pd.DataFrame:
+    """Completed runs grouped by every swept key but ``over``: the number of runs, and the
+    mean and sample standard deviation of each final and best value and of ``wall_seconds``
+    (``"<column> sd"`` beside ``"<column>"``), in the order the groups first appear."""
+    done = table[table["status"] == "completed"] if "status" in table else table
+    groups = [k for k in keys if k != over]
+    values = [
+        c
+        for c in done.columns
+        if c not in (*keys, "run", "status", "error", "epochs")
+        and not c.endswith(" epoch")
+        and pd.api.types.is_numeric_dtype(done[c])
+    ]
+    rows = []
+    for group, runs in done.groupby(groups, sort=False) if groups else [((), done)]:
+        group = group if isinstance(group, tuple) else (group,)
+        row = {**dict(zip(groups, group, strict=True)), "runs": len(runs)}
+        for column in values:
+            row[column] = runs[column].mean()
+            row[f"{column} sd"] = runs[column].std(ddof=1) if len(runs) > 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mean_sd_table(frame: pd.DataFrame, formats: dict[str, str] | None = None) -> pd.DataFrame:
+    """``over_seeds``' table with each mean and its sd in one cell: ``0.1239 ± 0.0012``;
+    ``formats``: a format spec per column (default 4 significant digits)."""
+    formats = formats or {}
+    shown = frame[[c for c in frame.columns if not c.endswith(" sd")]].copy().astype(object)
+    for column in [c for c in frame.columns if f"{c} sd" in frame.columns]:
+        spec = formats.get(column, ".4g")
+        sd_spec = spec.lstrip("+") if spec.endswith("f") else ".2g"
+        shown[column] = [
+            ""
+            if math.isnan(m)
+            else f"{m:{spec}}"
+            if math.isnan(sd)
+            else f"{m:{spec}} ± {sd:{sd_spec}}"
+            for m, sd in zip(frame[column], frame[f"{column} sd"], strict=True)
+        ]
+    return shown
+
+
 def run_label(job: Job, keys: list[str]) -> str:
     """A short legend label: the swept values with the last part of each key."""
     parts = [f"{k.rsplit('.', 1)[-1]}={job.overrides[k]}" for k in keys if k in job.overrides]
@@ -222,11 +266,16 @@ def write_report(sweep_dir: str | Path) -> pd.DataFrame:
     jobs, keys = read_sweep(sweep_dir)
     table = summary_table(jobs, keys)
     atomic_write_text(sweep_dir / "summary.csv", table.to_csv(index=False))
-    atomic_write_text(
-        sweep_dir / "summary.md",
+    markdown = (
         f"# Sweep {sweep_dir.name}\n\n{len(jobs)} jobs; swept: {', '.join(keys) or 'nothing'}\n\n"
-        + markdown_table(compact_table(table)),
+        + markdown_table(compact_table(table))
     )
+    if "seed" in keys and table["seed"].nunique() > 1:  # mean ± sd over the seeds
+        seeds = over_seeds(table, keys)
+        atomic_write_text(sweep_dir / "summary_over_seeds.csv", seeds.to_csv(index=False))
+        markdown += "\n## Over seeds (completed runs: mean ± sd)\n\n"
+        markdown += markdown_table(mean_sd_table(seeds))
+    atomic_write_text(sweep_dir / "summary.md", markdown)
     write_figures(jobs, keys, sweep_dir)
     return table
 

@@ -3,10 +3,10 @@
 A weighting owns the backward call of a step. ``combine`` gives the scalar whose gradient is
 taken (traced into the compiled step with the objective) and may record the weight each task
 got under ``losses["weights"]``. When the module hands ``backward`` each task's own copy of
-the rows the tasks share (see :meth:`mtrec.objective.Objective.forward`), the gradients the
-copies received are combined by :meth:`Weighting.shared_gradient` and sent on to the
-embedding tables: the sum for loss-level strategies (what one backward would give), another
-combination for gradient-level ones.
+what the tasks share (:class:`mtrec.shared.TaskCopies`), the gradients the copies received
+are combined by :meth:`Weighting.shared_gradient` and sent on to the shared part: the sum
+for loss-level strategies (what one backward would give), another combination for
+gradient-level ones.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import nn
 
 from mtrec.errors import ConfigError
 from mtrec.objective import PENALTY
+from mtrec.shared import TaskCopies
 from mtrec.tasks import TASKS
 
 WEIGHTS = "weights"  # where combine records each task's weight, in TASKS order
@@ -29,6 +30,9 @@ class Weighting(nn.Module):
     #: True when the strategy needs each task's gradient on the shared rows to train
     #: (gradient-level strategies, GradNorm); others get them only for diagnostics.
     task_gradients = False
+    #: the weight of each task's received gradient in the last ``shared_gradient``, where a
+    #: strategy computes one (most gradient-level ones); ``None``: they are summed
+    step_weights: torch.Tensor | None = None
 
     def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The scalar training loss of a step from the objective's output (penalty included)."""
@@ -44,27 +48,16 @@ class Weighting(nn.Module):
         losses: Mapping[str, torch.Tensor],
         total: torch.Tensor,
         backward: Callable[[torch.Tensor], None],
-        copies: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-        gathered: Mapping[str, torch.Tensor] | None = None,
+        copies: TaskCopies | None = None,
     ) -> torch.Tensor | None:
         """Turn a step's losses into gradients; ``backward`` is ``loss.backward`` or
-        Lightning's ``manual_backward``. With ``copies`` (each task's copy of the ``gathered``
-        shared rows), returns what each copy received, one row per task in TASKS order."""
+        Lightning's ``manual_backward``. With ``copies`` (each task's copy of what the tasks
+        share), returns what each copy received, one row per task in TASKS order."""
         backward(total)
-        if not copies:
+        if copies is None:
             return None
-        names = [task.name for task in TASKS if task.name in copies]
-        keys = list(gathered)
-        received = torch.stack(
-            [torch.cat([copies[name][key].grad.reshape(-1) for key in keys]) for name in names]
-        )
-        combined = self.shared_gradient(received)
-        sizes = [gathered[key].numel() for key in keys]
-        parts = [
-            part.view_as(gathered[key])
-            for part, key in zip(combined.split(sizes), keys, strict=True)
-        ]
-        torch.autograd.backward([gathered[key] for key in keys], parts)
+        received = copies.received()
+        copies.send(self.shared_gradient(received))
         return received
 
     def on_train_epoch_end(self, epoch_losses: Mapping[str, float]) -> None:

@@ -60,6 +60,16 @@ class Aggregation(Weighting):
         super().__init__()
         self.aggregator = aggregator
         self.warned = False
+        from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator
+
+        # what the aggregator's weights read: the Gramian of the rows, the rows, or neither
+        self.weights_read = (
+            "gramian"
+            if isinstance(aggregator, GramianWeightedAggregator)
+            else "rows"
+            if isinstance(aggregator, WeightedAggregator)
+            else None
+        )
 
     def combine(self, losses):
         present = [losses[task.name] for task in TASKS if task.name in losses]
@@ -68,9 +78,18 @@ class Aggregation(Weighting):
         return total + losses[PENALTY] if PENALTY in losses else total
 
     def shared_gradient(self, received: torch.Tensor) -> torch.Tensor:
-        return self.aggregator(received)
+        """Most of TorchJD's aggregators weight the rows: their weighting is called directly,
+        on the 2 x 2 Gramian where it reads only that (what the aggregator would do, minus its
+        own checks: a tenth of a step), so the weights each task got can be logged."""
+        if self.weights_read == "gramian":
+            self.step_weights = self.aggregator.gramian_weighting(received @ received.T)
+        elif self.weights_read == "rows":
+            self.step_weights = self.aggregator.weighting(received)
+        else:
+            return self.aggregator(received)
+        return self.step_weights @ received
 
-    def backward(self, losses, total, backward, copies=None, gathered=None):
+    def backward(self, losses, total, backward, copies=None):
         if not copies and not self.warned:
             log.warning(
                 "weighting=%s: the tasks share nothing here (separate embeddings), so there are "
@@ -78,7 +97,7 @@ class Aggregation(Weighting):
                 type(self.aggregator).__name__,
             )
             self.warned = True
-        return super().backward(losses, total, backward, copies, gathered)
+        return super().backward(losses, total, backward, copies)
 
     def check(self, tasks: tuple[str, ...], shares: bool) -> None:
         if len(tasks) < 2:

@@ -142,8 +142,8 @@ class GradNorm(Weighting):
         losses[WEIGHTS] = weights
         return _with_penalty((weights * stacked).sum(), losses)
 
-    def backward(self, losses, total, backward: Callable, copies=None, gathered=None):
-        received = super().backward(losses, total, backward, copies, gathered)
+    def backward(self, losses, total, backward: Callable, copies=None):
+        received = super().backward(losses, total, backward, copies)
         if received is None:
             if not self.warned:
                 log.warning("weighting=gradnorm: the tasks share nothing; the weights stay 1")
