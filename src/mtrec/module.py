@@ -212,7 +212,10 @@ class RecommenderModule(L.LightningModule):
     def _diagnostics(self) -> dict[str, torch.Tensor]:
         """This epoch's ``mtl/...`` values: gradient diagnostics and the strategy's own."""
         values = self.diagnostics.epoch_means() if self.diagnostics is not None else {}
-        for name, value in self.weighting.logged().items():
+        logged = dict(self.weighting.logged())
+        if hasattr(self.net, "gate_use"):  # mixture-of-experts nets: the gates' use
+            logged |= self.net.gate_use()
+        for name, value in logged.items():
             values[f"mtl/{name}"] = value
         return values
 

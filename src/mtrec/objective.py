@@ -67,12 +67,9 @@ class Objective(nn.Module):
         if INTERACTION in tasks:
             rows = _rows(shared, INTERACTION.name)
             positive = net.interaction_logits(users, items, **rows)
-            user_rows = (
-                {"rows": {"user": rows["rows"]["user"].unsqueeze(-2)}}
-                if (rows and "user" in rows["rows"])
-                else {}
+            negative = net.interaction_logits(
+                users.unsqueeze(-1), batch["negatives"], **_user_rows(shared, INTERACTION.name)
             )
-            negative = net.interaction_logits(users.unsqueeze(-1), batch["negatives"], **user_rows)
             out[INTERACTION.name] = self.factorization_loss(positive, negative)
         if RATING in tasks:
             context = {"history": batch["history"]} if "history" in batch else {}
@@ -81,8 +78,7 @@ class Objective(nn.Module):
             if self.negative_rating_ratio:
                 negatives = batch["negatives"][:, : self.negative_rating_ratio]
                 context = {"history": batch["history"]} if "history" in batch else {}
-                if shared and "user" in shared.get(RATING.name, {}):
-                    context["rows"] = {"user": shared[RATING.name]["user"].unsqueeze(-2)}
+                context |= _user_rows(shared, RATING.name)
                 negative = net.ratings(users.unsqueeze(-1), negatives, **context)
                 predicted = torch.cat([predicted, negative.reshape(-1)])
                 observed = torch.cat([observed, observed.new_zeros(negative.numel())])
@@ -100,4 +96,15 @@ class Objective(nn.Module):
 def _rows(shared: dict | None, task: str) -> dict:
     """The ``rows=`` argument of a head: that task's copy of the shared rows, if any."""
     rows = (shared or {}).get(task)
+    return {"rows": rows} if rows else {}
+
+
+def _user_rows(shared: dict | None, task: str) -> dict:
+    """The ``rows=`` argument for a batch's sampled negatives: the user side of that task's
+    copy (keys ``user`` or ``user/...``), one per pair, broadcast over the negatives."""
+    rows = {
+        key: value.unsqueeze(1)
+        for key, value in (shared or {}).get(task, {}).items()
+        if key.split("/")[0] == "user"
+    }
     return {"rows": rows} if rows else {}

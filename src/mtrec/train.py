@@ -11,19 +11,34 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mtrec.errors import ConfigError, UserError
 from mtrec.memory import keep_freed_memory
-from mtrec.runs.folder import completed_metrics, last_checkpoint
+from mtrec.runs.folder import completed_metrics, last_checkpoint, read_metrics
 from mtrec.runs.naming import register_resolvers
+from mtrec.runs.report import write_gate_figure
 from mtrec.runs.rerun import SKIP, check_rerun
 from mtrec.validation import validate
 
 log = logging.getLogger(__name__)
 register_resolvers()
+
+
+def register_twins_sweeper() -> None:
+    """``hydra/sweeper=twins``. Hydra finds sweepers by scanning ``hydra_plugins``, which
+    misses an editable install's modules, and re-executes the modules it scans (the basic
+    sweeper's too): so import it after the scan, then register it."""
+    plugins = Plugins.instance()
+    from hydra_plugins.mtrec_twins_sweeper.twins_sweeper import TwinsSweeper
+
+    plugins.register(TwinsSweeper)
+
+
+register_twins_sweeper()
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
@@ -73,7 +88,15 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
             metrics = held_out_metrics(trainer)
         trainer.test(module, datamodule=datamodule, ckpt_path=selected)
         metrics.update(held_out_metrics(trainer))
-    log.info("Final metrics: %s", {name: round(value, 4) for name, value in metrics.items()})
+    gates = write_gate_figure(
+        Path(cfg.paths.output_dir), read_metrics(cfg.paths.output_dir).get("history", [])
+    )
+    if gates:
+        log.info("Gate use per epoch: %s", gates)
+    log.info(
+        "Final metrics: %s",
+        {name: round(value, 4) for name, value in metrics.items() if "/gate/" not in name},
+    )
     return metrics
 
 

@@ -10,6 +10,7 @@ from torch import nn
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError, shown
 from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
+from mtrec.models.sharing import MIXERS, PLE, SHARINGS, CrossStitch, MMoE
 from mtrec.shared import TableRows
 
 
@@ -24,6 +25,13 @@ class MultiTaskNet(nn.Module):
     table. The item bias always belongs to the interaction head. There is no user bias in it:
     it cannot change a user's ranking. With ``embedding_dim="auto"`` the size follows the rule
     of thumb for the larger vocabulary and the first layer size follows it (3 * size).
+
+    ``sharing`` names the architecture (default: from ``embedding_sharing``, true: ``shared``,
+    false: ``separate``, ``items``): ``shared_bottom``, ``mmoe`` (``experts`` shared experts),
+    ``cgc`` (``experts`` shared and ``task_experts`` per task), ``ple`` (``levels`` CGC levels)
+    mix a side's shared embedding into each task's vector (:mod:`mtrec.models.sharing`);
+    ``cross_stitch`` mixes the two tasks' own embeddings. The heads read those vectors where
+    they read embeddings otherwise, so the interaction score stays ``u . q + b``.
 
     ``rating_biases`` adds ``mu + b_u + b_i`` (``mu`` the training mean rating, the biases
     the rating head's own) to the MLP's output, so the MLP models only the interaction of
@@ -40,26 +48,41 @@ class MultiTaskNet(nn.Module):
         embedding_sharing: bool | str = True,
         rating_biases: bool = False,
         dropout: float = 0.0,
+        sharing: str | None = None,
+        experts: int = 4,
+        task_experts: int = 1,
+        levels: int = 2,
     ):
         super().__init__()
-        self.check_settings(embedding_dim, layer_sizes, embedding_sharing)
+        self.check_settings(
+            embedding_dim, layer_sizes, embedding_sharing, sharing, experts, task_experts, levels
+        )
+        sharing = sharing_of(sharing, embedding_sharing, experts, task_experts, levels)
         num_users, num_items = data.num_users, data.num_items
         if embedding_dim == "auto":
             embedding_dim = embedding_size("auto", max(num_users, num_items))
             layer_sizes = (3 * embedding_dim, *layer_sizes[1:])
         self.num_users, self.num_items = num_users, num_items
-        self.embedding_sharing = embedding_sharing
+        self.sharing = sharing
         self.user_embeddings = ScaledEmbedding(num_users, embedding_dim)
         self.item_embeddings = ScaledEmbedding(num_items, embedding_dim)
         self.item_biases = ZeroEmbedding(num_items, 1)
+        own_users = sharing in ("separate", "items", "cross_stitch")  # a user table per task
+        own_items = sharing in ("separate", "cross_stitch")
         self.rating_user_embeddings = (
-            self.user_embeddings
-            if embedding_sharing is True
-            else ScaledEmbedding(num_users, embedding_dim)
+            ScaledEmbedding(num_users, embedding_dim) if own_users else self.user_embeddings
         )
         self.rating_item_embeddings = (
-            self.item_embeddings if embedding_sharing else ScaledEmbedding(num_items, embedding_dim)
+            ScaledEmbedding(num_items, embedding_dim) if own_items else self.item_embeddings
         )
+        # each side's mixer (None: the tasks read embeddings as they are)
+        settings = {"experts": experts, "task_experts": task_experts, "levels": levels}
+        self.user_mixer = mixer(sharing, embedding_dim, settings)
+        self.item_mixer = mixer(sharing, embedding_dim, settings)
+        if self.user_mixer is not None:  # gate use is weighted by each id's training rows
+            train = data.train
+            self.register_buffer("user_rows", _counts(train, "users", num_users), False)
+            self.register_buffer("item_rows", _counts(train, "items", num_items), False)
         self.rating_biases = rating_biases
         if rating_biases:
             mean = data.train.ratings.mean() if data.train is not None else torch.tensor(0.0)
@@ -74,7 +97,15 @@ class MultiTaskNet(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     @staticmethod
-    def check_settings(embedding_dim, layer_sizes, embedding_sharing) -> None:
+    def check_settings(
+        embedding_dim,
+        layer_sizes,
+        embedding_sharing,
+        sharing=None,
+        experts=4,
+        task_experts=1,
+        levels=2,
+    ) -> None:
         """The rules of these settings, checked once: when the net is built, and by config
         validation before any work (it calls this with the config's values)."""
         if not (isinstance(embedding_sharing, bool) or embedding_sharing == "items"):
@@ -82,6 +113,7 @@ class MultiTaskNet(nn.Module):
                 f"model.embedding_sharing={shown(embedding_sharing)} is not valid: "
                 "use true, false or items."
             )
+        sharing_of(sharing, embedding_sharing, experts, task_experts, levels)
         if embedding_dim == "auto":  # the net sizes the MLP's input itself
             return
         dim = embedding_size(embedding_dim, 1)
@@ -109,15 +141,15 @@ class MultiTaskNet(nn.Module):
         ``rows`` may hold the shared rows of these ids (``"user"``, ``"item"``, as
         :meth:`shared` gathers them), read instead of the tables: per-task gradients land there.
         """
-        users = _row(rows, "user", self.user_embeddings, user_ids)
-        items = _row(rows, "item", self.item_embeddings, item_ids)
+        users = self._vector("user", "interaction", user_ids, rows)
+        items = self._vector("item", "interaction", item_ids, rows)
         return (users * items).sum(-1) + self.item_biases(item_ids).squeeze(-1)
 
     def ratings(
         self, user_ids: torch.Tensor, item_ids: torch.Tensor, rows: Rows | None = None
     ) -> torch.Tensor:
-        users = _row(rows, "user", self.rating_user_embeddings, user_ids)
-        items = _row(rows, "item", self.rating_item_embeddings, item_ids)
+        users = self._vector("user", "rating", user_ids, rows)
+        items = self._vector("item", "rating", item_ids, rows)
         rating = self.mlp(torch.cat([users, items, users * items], dim=-1)).squeeze(-1)
         if self.rating_biases:
             biases = self.rating_user_biases(user_ids) + self.rating_item_biases(item_ids)
@@ -136,19 +168,67 @@ class MultiTaskNet(nn.Module):
             tables += [(self.rating_user_biases, user_ids), (self.rating_item_biases, item_ids)]
         return sum(table(ids).pow(2).sum(-1) for table, ids in tables)
 
-    def shared(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> dict[str, TableRows]:
-        """What the two tasks share for a batch: the embedding rows both heads read.
+    def _side(self, side: str):
+        if side == "user":
+            return self.user_embeddings, self.rating_user_embeddings, self.user_mixer
+        return self.item_embeddings, self.rating_item_embeddings, self.item_mixer
+
+    def _vector(self, side: str, task: str, ids: torch.Tensor, rows: Rows | None) -> torch.Tensor:
+        """A task's vector of a side for ``ids``; ``rows`` may hold (a copy of) what the tasks
+        share, read instead of computing it (keys as :meth:`shared` names them)."""
+        table, rating_table, side_mixer = self._side(side)
+        if side_mixer is None:
+            return _row(rows, side, rating_table if task == "rating" else table, ids)
+        if isinstance(side_mixer, CrossStitch):
+            both = {
+                "interaction": _row(rows, f"{side}/interaction", table, ids),
+                "rating": _row(rows, f"{side}/rating", rating_table, ids),
+            }
+            return side_mixer.vector(task, both)
+        embedded = table(ids)
+        shared = rows[side] if rows is not None and side in rows else side_mixer.shared(embedded)
+        return side_mixer.vector(task, embedded, shared)
+
+    def shared(
+        self, user_ids: torch.Tensor, item_ids: torch.Tensor
+    ) -> dict[str, TableRows | torch.Tensor]:
+        """What the two tasks share for a batch, where their gradients meet.
 
         Shared embeddings: the user and the item rows; ``items``: the item rows; separate:
-        nothing. Per-task gradients taken with respect to these cost what the batch costs,
-        never the size of the catalogue.
+        nothing; cross-stitch: both tasks' rows (``user/interaction``, ``user/rating``, ...);
+        shared-bottom, MMoE, CGC, PLE: each side's shared layer or shared experts' output.
+        Per-task gradients taken with respect to these cost what the batch costs, never the
+        size of the catalogue.
         """
-        shared = {}
-        if self.rating_user_embeddings is self.user_embeddings:
-            shared["user"] = TableRows(self.user_embeddings, user_ids)
-        if self.rating_item_embeddings is self.item_embeddings:
-            shared["item"] = TableRows(self.item_embeddings, item_ids)
+        shared: dict[str, TableRows | torch.Tensor] = {}
+        for side, ids in (("user", user_ids), ("item", item_ids)):
+            table, rating_table, side_mixer = self._side(side)
+            if isinstance(side_mixer, CrossStitch):
+                shared[f"{side}/interaction"] = TableRows(table, ids)
+                shared[f"{side}/rating"] = TableRows(rating_table, ids)
+            elif side_mixer is not None:
+                shared[side] = side_mixer.shared(table(ids))
+            elif rating_table is table:
+                shared[side] = TableRows(table, ids)
         return shared
+
+    def gate_use(self) -> dict[str, torch.Tensor]:
+        """Each gate's mean share per expert and its mean entropy (nats), over every user (or
+        item) weighted by its training rows: ``gate/<side>/<gate>/<expert>``, ``.../entropy``.
+        Empty without gates."""
+        found = {}
+        for side, weights in (("user", "user_rows"), ("item", "item_rows")):
+            table, _, side_mixer = self._side(side)
+            if side_mixer is None or isinstance(side_mixer, CrossStitch):
+                continue
+            share = getattr(self, weights) / getattr(self, weights).sum()
+            with torch.no_grad():
+                for gate, probabilities in side_mixer.gates(table.weight).items():
+                    for expert, value in enumerate(share @ probabilities):
+                        found[f"gate/{side}/{gate}/{expert}"] = value
+                    entropy = -(probabilities * probabilities.clamp(min=1e-12).log()).sum(-1)
+                    found[f"gate/{side}/{gate}/entropy"] = share @ entropy
+        return found
 
     def forward(
         self, user_ids: torch.Tensor, item_ids: torch.Tensor
@@ -158,12 +238,16 @@ class MultiTaskNet(nn.Module):
 
     def score_all_items(self, user_ids: torch.Tensor) -> torch.Tensor:
         """Interaction logits of every item for each user: shape (len(user_ids), num_items)."""
-        users = self.user_embeddings(user_ids)
+        users = self._vector("user", "interaction", user_ids, None)
         # one fused multiply-add: no second users x items buffer for the bias
-        return torch.addmm(self.item_biases.weight.T, users, self.item_embeddings.weight.T)
+        return torch.addmm(self.item_biases.weight.T, users, self.item_vectors().T)
 
     def item_vectors(self) -> torch.Tensor:
-        return self.item_embeddings.weight
+        """Every item's interaction vector (its embedding, unless a mixer makes it)."""
+        if self.item_mixer is None:
+            return self.item_embeddings.weight
+        every = torch.arange(self.num_items, device=self.item_biases.weight.device)
+        return self._vector("item", "interaction", every, None)
 
 
 Rows = dict[str, torch.Tensor]
@@ -172,3 +256,46 @@ Rows = dict[str, torch.Tensor]
 def _row(rows: Rows | None, key: str, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """The given shared rows, else the table's rows of ``ids``."""
     return rows[key] if rows is not None and key in rows else table(ids)
+
+
+def sharing_of(
+    sharing: str | None, embedding_sharing: bool | str, experts, task_experts, levels
+) -> str:
+    """The architecture's name: ``sharing``, else the reference's ``embedding_sharing``
+    (true: shared, false: separate, items); one clear error for a bad or contradicting one."""
+    implied = {True: "shared", False: "separate", "items": "items"}[embedding_sharing]
+    if sharing is None:
+        return implied
+    if sharing not in SHARINGS:
+        raise ConfigError(
+            f"model.sharing={shown(sharing)} is not an architecture: use one of "
+            f"{', '.join(SHARINGS)}."
+        )
+    if embedding_sharing is not True and sharing != implied:
+        raise ConfigError(
+            f"model.sharing={sharing} contradicts model.embedding_sharing="
+            f"{shown(embedding_sharing)} (which means sharing={implied}): set one of the two."
+        )
+    for name, value in (("experts", experts), ("task_experts", task_experts), ("levels", levels)):
+        if type(value) is not int or value < 1:
+            raise ConfigError(f"model.{name}={shown(value)} is not valid: use a positive integer.")
+    return sharing
+
+
+def mixer(sharing: str, dim: int, settings: dict[str, int]) -> nn.Module | None:
+    """A side's mixer for architecture ``sharing`` (None: embeddings as they are)."""
+    if sharing not in MIXERS:
+        return None
+    if sharing == "mmoe":
+        return MMoE(dim, settings["experts"])
+    if sharing in ("cgc", "ple"):
+        levels = 1 if sharing == "cgc" else settings["levels"]
+        return PLE(dim, settings["experts"], settings["task_experts"], levels)
+    return MIXERS[sharing](dim)
+
+
+def _counts(train, field: str, size: int) -> torch.Tensor:
+    """Training rows per id (ones without training data)."""
+    if train is None:
+        return torch.ones(size)
+    return torch.bincount(getattr(train, field).long(), minlength=size).float()

@@ -20,6 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from mtrec.runs.folder import LAST_CHECKPOINT
+from mtrec.runs.twins import TWIN_KEYS
 
 # Keys that say where things go or which preset was used, never what a run is.
 HIDDEN_KEYS = ("experiment", "name", "ckpt_path", "debug", "threads")
@@ -59,6 +60,8 @@ def swept_keys(sweep_dir: str | Path) -> list[str] | None:
     keys = [k for k, _, sweep in parse_overrides(saved.hydra.overrides.task) if sweep]
     params = OmegaConf.select(saved, "hydra.sweeper.params") or {}
     keys += [k for k in params if k not in keys]
+    if str(OmegaConf.select(saved, "hydra.sweeper._target_")).endswith("TwinsSweeper"):
+        keys += [k for k in TWIN_KEYS if k not in keys]  # the twins differ in these
     return [k for k in keys if not is_hidden(k)]
 
 

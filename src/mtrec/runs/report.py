@@ -20,6 +20,7 @@ import pandas as pd
 from mtrec import tasks
 from mtrec.files import atomic_write_bytes, atomic_write_text
 from mtrec.runs import folder as run_folder
+from mtrec.runs import twins
 from mtrec.runs.naming import is_hidden, parse_overrides, swept_keys
 
 # Metrics in the order tables and figures show them: task by task, each task's main one first.
@@ -84,8 +85,41 @@ def _metric_sort_key(name: str) -> tuple[int, int, int, str]:
 def metric_names(jobs: list[Job]) -> list[str]:
     """Every metric any job reported, in table order: test before val, then task by task in
     the order of :func:`mtrec.tasks.metric_names` (metrics of no task, e.g. ``combined``,
-    last)."""
-    return sorted({m for job in jobs for m in job.metrics.get("final", {})}, key=_metric_sort_key)
+    last). Gate use (``mtl/gate/...``, many values) stays in metrics.json and its figure."""
+    names = {m for job in jobs for m in job.metrics.get("final", {}) if "/gate/" not in m}
+    return sorted(names, key=_metric_sort_key)
+
+
+def compared_prefix(jobs: list[Job]) -> str:
+    """``val`` where the runs have validation metrics (a validation carve-out), else ``test``:
+    the metrics Δm and the Pareto front compare."""
+    main = [f"val/{task.metric_names()[0]}" for task in tasks.TASKS]
+    has_val = any(all(m in j.metrics.get("final", {}) for m in main) for j in jobs)
+    return "val" if has_val else "test"
+
+
+def delta_ms(jobs: list[Job]) -> list[float]:
+    """Each job's Δm against its single-task twins in the sweep (NaN for the twins, and for
+    runs without both twins); see :mod:`mtrec.runs.twins`."""
+    prefix = compared_prefix(jobs)
+    finals = {}
+    for job in jobs:
+        task = twins.twin_task(job.overrides)
+        if task is not None and job.status == "completed":
+            finals[(twins.setting(_shown(job.overrides)), task)] = job.metrics.get("final", {})
+    values = []
+    for job in jobs:
+        if twins.twin_task(job.overrides) is not None:
+            values.append(math.nan)
+            continue
+        setting = twins.setting(_shown(job.overrides))
+        found = {task.name: finals.get((setting, task.name), {}) for task in tasks.TASKS}
+        values.append(twins.delta_m(job.metrics.get("final", {}), found, prefix))
+    return values
+
+
+def _shown(overrides: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in overrides.items() if not is_hidden(k)}
 
 
 def summary_table(jobs: list[Job], keys: list[str]) -> pd.DataFrame:
@@ -105,7 +139,11 @@ def summary_table(jobs: list[Job], keys: list[str]) -> pd.DataFrame:
             row[f"{name} best epoch"] = best.get("epoch", math.nan)
         row["error"] = job.error
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    deltas = delta_ms(jobs)
+    if any(not math.isnan(d) for d in deltas):  # the sweep holds single-task twins
+        table.insert(table.columns.get_loc("error"), "delta_m", deltas)
+    return table
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -240,7 +278,123 @@ def write_figures(jobs: list[Job], keys: list[str], sweep_dir: Path) -> list[Pat
         fig.tight_layout(rect=(0, (0.25 + 0.22 * legend_rows) / (3.6 * rows), 1, top))
         written.append(_save(fig, sweep_dir / "final_metrics.png"))
         plt.close(fig)
+    pareto = write_pareto(finished, keys, sweep_dir)
+    written += [pareto] if pareto else []
+    for job in finished:
+        gates = write_gate_figure(job.folder, job.metrics["history"])
+        written += [gates] if gates else []
     return written
+
+
+def write_pareto(jobs: list[Job], keys: list[str], sweep_dir: Path) -> Path | None:
+    """``pareto.png``: each run's (or setting's, mean over seeds) final MSE against MRR, the
+    non-dominated ones joined, each setting's single-task twins as one star (the interaction
+    twin's MRR, the rating twin's MSE: what two single-task models give). ``None`` unless
+    two runs have both heads' metrics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prefix = compared_prefix(jobs)
+    first, second = (f"{prefix}/{task.metric_names()[0]}" for task in tasks.TASKS)
+    label_keys = [k for k in keys if k != "seed"]
+    points: dict[str, list[tuple[float, float]]] = {}
+    twin_values: dict[tuple, dict[str, list[float]]] = {}
+    for job in jobs:
+        final = job.metrics.get("final", {})
+        task = twins.twin_task(job.overrides)
+        if task is not None:
+            setting = tuple(kv for kv in twins.setting(_shown(job.overrides)) if kv[0] != "seed")
+            name = first if task == tasks.INTERACTION.name else second
+            twin_values.setdefault(setting, {}).setdefault(task, []).append(
+                final.get(name, math.nan)
+            )
+        elif first in final and second in final:
+            points.setdefault(run_label(job, label_keys), []).append((final[first], final[second]))
+    if len(points) < 2:
+        return None
+    labels = list(points)
+    means = [tuple(sum(v) / len(v) for v in zip(*points[label], strict=True)) for label in labels]
+    front = twins.pareto_front(means)
+    fig, ax = plt.subplots(figsize=(8, 6))
+    ax.scatter(*zip(*means, strict=True), color="C0", zorder=3)
+    for label, (x, y) in zip(labels, means, strict=True):
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.plot(
+        *zip(*(means[i] for i in front), strict=True),
+        color="C1",
+        zorder=2,
+        label="non-dominated runs",
+    )
+    for setting, found in twin_values.items():
+        if all(found.get(t.name) for t in tasks.TASKS):
+            x = sum(found[tasks.INTERACTION.name]) / len(found[tasks.INTERACTION.name])
+            y = sum(found[tasks.RATING.name]) / len(found[tasks.RATING.name])
+            name = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in setting) or "twins"
+            ax.scatter([x], [y], marker="*", s=160, color="C3", zorder=4)
+            ax.annotate(
+                f"twins: {name}",
+                (x, y),
+                fontsize=7,
+                color="C3",
+                xytext=(4, -9),
+                textcoords="offset points",
+            )
+    ax.set(
+        xlabel=f"{first} (higher is better)",
+        ylabel=f"{second} (lower is better)",
+        title="Trade-off between the tasks" + (" (mean over seeds)" if "seed" in keys else ""),
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path = _save(fig, sweep_dir / "pareto.png")
+    plt.close(fig)
+    return path
+
+
+def write_gate_figure(run_dir: Path, history: list[dict]) -> Path | None:
+    """``gates.png`` in a run folder: per gate, each expert's share per epoch (stacked), from
+    the ``mtl/gate/...`` values of a mixture-of-experts net; ``None`` without gates."""
+    gates: dict[str, list[str]] = {}
+    for name in sorted({k for h in history for k in h if k.startswith("mtl/gate/")}):
+        gate, expert = name.removeprefix("mtl/gate/").rsplit("/", 1)
+        if expert != "entropy":
+            gates.setdefault(gate, []).append(name)
+    if not gates:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(4, len(gates))
+    rows = math.ceil(len(gates) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
+    for ax, (gate, names) in zip(axes.flat, gates.items(), strict=False):
+        names = sorted(names, key=lambda n: int(n.rsplit("/", 1)[1]))
+        epochs = [h["epoch"] for h in history if names[0] in h]
+        shares = [[h[n] for h in history if names[0] in h] for n in names]
+        ax.stackplot(epochs, shares, labels=[n.rsplit("/", 1)[1] for n in names])
+        ax.set_title(gate, fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(gates) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        [f"expert {label}" for label in labels],
+        loc="lower center",
+        ncol=min(6, len(labels)),
+        fontsize=7,
+    )
+    fig.suptitle("share of each expert per gate (training-row weighted mean), per epoch")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    path = _save(fig, Path(run_dir) / "gates.png")
+    plt.close(fig)
+    return path
 
 
 def _curve_metric(jobs: list[Job], metric: str) -> str | None:

@@ -1,0 +1,176 @@
+"""Sharing architectures: how the two tasks share one side (the users, or the items) of
+:class:`~mtrec.models.multitask.MultiTaskNet` (``model.sharing``).
+
+A mixer turns a side's embedding rows into one vector per task, of the embedding's size, and
+reads nothing but that side (the user side's gates read the user): so the interaction score
+stays a dot product of a user-side and an item-side vector, and ranking the whole catalogue
+stays one matrix product. ``shared(rows)`` is what both tasks read (where the tasks'
+gradients meet: the gradient-level weightings and the diagnostics take them there);
+``vector(task, rows, shared)`` is a task's vector from the rows and that shared part (the
+shared part may be a task's own copy of it). ``gates(rows)`` gives each softmax gate's
+expert shares, for the ``mtl/gate/...`` diagnostics.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TASK_NAMES = ("interaction", "rating")
+
+
+def _expert(dim: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
+
+
+def _towers(dim: int) -> nn.ModuleDict:
+    """A linear tower per task over the mixed representation."""
+    return nn.ModuleDict({task: nn.Linear(dim, dim) for task in TASK_NAMES})
+
+
+def _mix(gate_logits: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """The gate's softmax-weighted sum of the experts' outputs (``experts``: (..., E, d))."""
+    return (torch.softmax(gate_logits, dim=-1).unsqueeze(-1) * experts).sum(-2)
+
+
+class SharedBottom(nn.Module):
+    """A shared layer under a linear tower per task (Caruana, "Multitask Learning", 1997)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.bottom = _expert(dim)
+        self.towers = _towers(dim)
+
+    def shared(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.bottom(rows)
+
+    def vector(self, task: str, rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        return self.towers[task](shared)
+
+    def gates(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class MMoE(nn.Module):
+    """Multi-gate mixture of experts (Ma et al., "Modeling Task Relationships in Multi-task
+    Learning with Multi-gate Mixture-of-Experts", KDD 2018): ``experts`` shared experts, a
+    softmax gate per task reading the row, a linear tower per task. One expert is a shared
+    bottom."""
+
+    def __init__(self, dim: int, experts: int = 4):
+        super().__init__()
+        self.experts = nn.ModuleList(_expert(dim) for _ in range(experts))
+        self.gate_layers = nn.ModuleDict({task: nn.Linear(dim, experts) for task in TASK_NAMES})
+        self.towers = _towers(dim)
+
+    def shared(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.stack([expert(rows) for expert in self.experts], dim=-2)
+
+    def vector(self, task: str, rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        return self.towers[task](_mix(self.gate_layers[task](rows), shared))
+
+    def gates(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {task: torch.softmax(self.gate_layers[task](rows), -1) for task in TASK_NAMES}
+
+
+class ExtractionLevel(nn.Module):
+    """One level of PLE, a CGC: shared experts and each task's own; a task's gate mixes its
+    own and the shared experts, and (below the last level) a shared gate mixes all of them
+    into the next level's shared input."""
+
+    def __init__(self, dim: int, shared_experts: int, task_experts: int, last: bool):
+        super().__init__()
+        self.shared_experts = nn.ModuleList(_expert(dim) for _ in range(shared_experts))
+        self.task_experts = nn.ModuleDict(
+            {t: nn.ModuleList(_expert(dim) for _ in range(task_experts)) for t in TASK_NAMES}
+        )
+        width = task_experts + shared_experts
+        self.task_gates = nn.ModuleDict({t: nn.Linear(dim, width) for t in TASK_NAMES})
+        every = len(TASK_NAMES) * task_experts + shared_experts
+        self.shared_gate = None if last else nn.Linear(dim, every)
+
+    def shared(self, shared_input: torch.Tensor) -> torch.Tensor:
+        return torch.stack([expert(shared_input) for expert in self.shared_experts], dim=-2)
+
+    def own(self, task: str, task_input: torch.Tensor) -> torch.Tensor:
+        return torch.stack([expert(task_input) for expert in self.task_experts[task]], dim=-2)
+
+    def task_output(self, task: str, task_input: torch.Tensor, shared: torch.Tensor):
+        experts = torch.cat([self.own(task, task_input), shared], dim=-2)
+        return _mix(self.task_gates[task](task_input), experts)
+
+    def forward(self, inputs: dict[str, torch.Tensor], shared_input: torch.Tensor):
+        """The next level's inputs: one per task, and the shared one."""
+        shared = self.shared(shared_input)
+        outputs = {t: self.task_output(t, inputs[t], shared) for t in TASK_NAMES}
+        every = torch.cat([*(self.own(t, inputs[t]) for t in TASK_NAMES), shared], dim=-2)
+        return outputs, _mix(self.shared_gate(shared_input), every)
+
+
+class PLE(nn.Module):
+    """Progressive layered extraction (Tang et al., "Progressive Layered Extraction (PLE): A
+    Novel Multi-Task Learning (MTL) Model for Personalized Recommendations", RecSys 2020):
+    ``levels`` stacked CGC levels, then a linear tower per task. One level is CGC. What the
+    tasks share is the last level's shared experts' output; the levels below reach both tasks
+    through it and their own gates."""
+
+    def __init__(self, dim: int, shared_experts: int = 2, task_experts: int = 1, levels: int = 2):
+        super().__init__()
+        self.levels = nn.ModuleList(
+            ExtractionLevel(dim, shared_experts, task_experts, last=i == levels - 1)
+            for i in range(levels)
+        )
+        self.towers = _towers(dim)
+
+    def _last_inputs(self, rows: torch.Tensor):
+        inputs, shared_input = dict.fromkeys(TASK_NAMES, rows), rows
+        for level in self.levels[:-1]:
+            inputs, shared_input = level(inputs, shared_input)
+        return inputs, shared_input
+
+    def shared(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.levels[-1].shared(self._last_inputs(rows)[1])
+
+    def vector(self, task: str, rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        inputs, _ = self._last_inputs(rows)
+        return self.towers[task](self.levels[-1].task_output(task, inputs[task], shared))
+
+    def gates(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each level's task gates (own experts first, then the shared ones) and shared gate."""
+        found = {}
+        inputs, shared_input = dict.fromkeys(TASK_NAMES, rows), rows
+        for number, level in enumerate(self.levels):
+            prefix = f"level{number}/" if len(self.levels) > 1 else ""
+            for task in TASK_NAMES:
+                found[prefix + task] = torch.softmax(level.task_gates[task](inputs[task]), -1)
+            if level.shared_gate is not None:
+                found[prefix + "shared"] = torch.softmax(level.shared_gate(shared_input), -1)
+                inputs, shared_input = level(inputs, shared_input)
+        return found
+
+
+class CrossStitch(nn.Module):
+    """Cross-stitch units (Misra et al., "Cross-stitch Networks for Multi-task Learning",
+    CVPR 2016) on the embeddings: each task has its own table, and its vector is a learned
+    linear mix of both tasks' rows, ``v_t = a_t1 e_interaction + a_t2 e_rating``, from the
+    identity (separate embeddings) on. Both tables' rows are what the tasks share."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.units = nn.Parameter(torch.eye(len(TASK_NAMES)))
+
+    def vector(self, task: str, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        weights = self.units[TASK_NAMES.index(task)]
+        return sum(weights[i] * rows[name] for i, name in enumerate(TASK_NAMES))
+
+
+#: the architectures of ``model.sharing`` with a mixer; ``shared``, ``separate`` and ``items``
+#: choose embedding tables only
+MIXERS = {
+    "shared_bottom": SharedBottom,
+    "mmoe": MMoE,
+    "cgc": PLE,
+    "ple": PLE,
+    "cross_stitch": CrossStitch,
+}
+SHARINGS = ("shared", "separate", "items", *MIXERS)

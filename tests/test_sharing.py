@@ -1,0 +1,120 @@
+"""Sharing architectures: gates, equivalences, all-items scores, per-task gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtrec.data.info import DataInfo
+from mtrec.errors import ConfigError
+from mtrec.models import MultiTaskNet
+from mtrec.models.sharing import MMoE, SharedBottom
+from mtrec.module import RecommenderModule
+from mtrec.weighting import FixedWeighting
+
+ARCHITECTURES = [
+    "shared",
+    "separate",
+    "items",
+    "shared_bottom",
+    "mmoe",
+    "cgc",
+    "ple",
+    "cross_stitch",
+]
+BATCH = {
+    "users": torch.tensor([0, 1, 2, 1]),
+    "items": torch.tensor([3, 4, 5, 6]),
+    "ratings": torch.tensor([4.0, 2.0, 5.0, 3.0]),
+    "negatives": torch.tensor([[6, 1], [0, 2], [7, 3], [2, 5]]),
+}
+
+
+def net(sharing: str, seed: int = 0, **settings) -> MultiTaskNet:
+    torch.manual_seed(seed)
+    return MultiTaskNet(DataInfo(5, 9), 4, (12, 8), sharing=sharing, **settings)
+
+
+@pytest.mark.parametrize("sharing", ARCHITECTURES)
+def test_all_items_scores_equal_the_pairwise_scores(sharing):
+    model = net(sharing)
+    for p in model.parameters():  # no zero biases: every part shows in the scores
+        torch.nn.init.normal_(p, 0, 0.5)
+    users = torch.tensor([0, 3, 4])
+    every = model.score_all_items(users)
+    pairs = model.interaction_logits(users.unsqueeze(-1), torch.arange(9).expand(3, 9))
+    torch.testing.assert_close(every, pairs)
+    assert every.shape == (3, 9)
+
+
+@pytest.mark.parametrize("sharing", ["mmoe", "cgc", "ple"])
+def test_gates_sum_to_one_and_their_use_is_a_distribution(sharing):
+    model = net(sharing, experts=3)
+    for mixer in (model.user_mixer, model.item_mixer):
+        for probabilities in mixer.gates(torch.randn(6, 4)).values():
+            torch.testing.assert_close(probabilities.sum(-1), torch.ones(6))
+    use = model.gate_use()
+    gates = {name.rsplit("/", 1)[0] for name in use}
+    assert gates and all(f"{gate}/entropy" in use for gate in gates)
+    for gate in gates:
+        shares = [v for k, v in use.items() if k.startswith(gate + "/") and "entropy" not in k]
+        assert float(sum(shares)) == pytest.approx(1.0)
+
+
+def test_mmoe_with_one_expert_is_a_shared_bottom():
+    mmoe, bottom = MMoE(4, experts=1), SharedBottom(4)
+    bottom.bottom.load_state_dict(mmoe.experts[0].state_dict())
+    bottom.towers.load_state_dict(mmoe.towers.state_dict())
+    rows = torch.randn(5, 4)
+    for task in ("interaction", "rating"):
+        torch.testing.assert_close(
+            mmoe.vector(task, rows, mmoe.shared(rows)),
+            bottom.vector(task, rows, bottom.shared(rows)),
+        )
+
+
+def test_cross_stitch_from_the_identity_is_separate_embeddings():
+    stitched, separate = net("cross_stitch"), net("separate", seed=1)
+    separate.load_state_dict(
+        {k: v for k, v in stitched.state_dict().items() if "mixer" not in k}, strict=True
+    )
+    users, items = BATCH["users"], BATCH["items"]
+    torch.testing.assert_close(stitched(users, items)[0], separate(users, items)[0])
+    torch.testing.assert_close(stitched(users, items)[1], separate(users, items)[1])
+
+
+def test_ple_with_one_level_is_cgc():
+    cgc, ple = net("cgc", experts=2), net("ple", seed=1, experts=2, levels=1)
+    ple.load_state_dict(cgc.state_dict())
+    torch.testing.assert_close(
+        cgc(BATCH["users"], BATCH["items"])[1], ple(BATCH["users"], BATCH["items"])[1]
+    )
+    assert len(net("ple", levels=3).user_mixer.levels) == 3
+
+
+@pytest.mark.parametrize("sharing", ARCHITECTURES)
+def test_per_task_copies_give_the_gradients_of_one_backward_pass(sharing):
+    """With fixed weights, taking each task's gradient on what the tasks share and summing
+    them changes nothing: every architecture's shared part is wired through the copies."""
+    weights = {"interaction": 0.7, "rating": 0.3}
+    grads = []
+    for diagnostics in (False, True):
+        model = net(sharing)
+        module = RecommenderModule(
+            model, weighting=FixedWeighting(weights), diagnostics=diagnostics
+        )
+        module._step(BATCH, torch.Tensor.backward)
+        grads.append({k: p.grad for k, p in model.named_parameters() if p.grad is not None})
+        assert module.task_gradients == diagnostics
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7)
+
+
+def test_bad_architecture_settings_are_refused():
+    with pytest.raises(ConfigError, match="model.sharing=moe is not an architecture"):
+        net("moe")
+    with pytest.raises(ConfigError, match="model.experts=0 is not valid"):
+        net("mmoe", experts=0)
+    with pytest.raises(ConfigError, match="contradicts model.embedding_sharing=false"):
+        MultiTaskNet(DataInfo(5, 9), 4, (12, 8), embedding_sharing=False, sharing="mmoe")

@@ -1,0 +1,90 @@
+"""Single-task twins, Δm and Pareto fronts: by hand, by brute force, and in a real sweep."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pandas as pd
+import pytest
+
+from mtrec.runs import twins
+
+
+def test_delta_m_by_hand():
+    twin_results = {"interaction": {"test/mrr": 0.10}, "rating": {"test/mse": 0.80}}
+    run = {"test/mrr": 0.11, "test/mse": 0.84}
+    # 50 * [(0.10 - 0.11) / 0.10 + (0.84 - 0.80) / 0.80] = 50 * (-0.1 + 0.05) = -2.5
+    assert twins.delta_m(run, twin_results, "test") == pytest.approx(-2.5)
+    assert (
+        twins.delta_m(twin_results["interaction"] | {"test/mse": 0.80}, twin_results, "test") == 0
+    )
+    assert twins.delta_m(run, {"interaction": {"test/mrr": 0.10}}, "test") != twins.delta_m(
+        run, twin_results, "test"
+    )  # a missing twin gives NaN
+    assert twins.delta_m({"val/mrr": 0.1}, twin_results, "val") != 0  # NaN: no val metrics
+
+
+def test_pareto_front_equals_brute_force_on_random_points():
+    rng = random.Random(0)
+    for _ in range(50):
+        points = [(rng.random(), rng.random()) for _ in range(rng.randint(1, 12))]
+        points += points[:2]  # ties
+        dominated = {
+            i
+            for i, j in itertools.permutations(range(len(points)), 2)
+            if points[j][0] >= points[i][0]
+            and points[j][1] <= points[i][1]
+            and points[j] != points[i]
+        }
+        brute = {i for i in range(len(points)) if i not in dominated}
+        front = twins.pareto_front(points)
+        assert {points[i] for i in front} == {points[i] for i in brute}
+        assert [points[i][0] for i in front] == sorted(points[i][0] for i in front)
+
+
+def test_twins_are_added_once_per_setting_and_first():
+    jobs = [
+        ["model.sharing=mmoe", "weighting=pcgrad", "seed=0"],
+        ["model.sharing=mmoe", "weighting=fixed", "model.factorization_weight=0.5", "seed=0"],
+        ["model.sharing=ple", "weighting=pcgrad", "seed=0"],
+        ["model.sharing=ple", "weighting=fixed", "model.factorization_weight=1.0", "seed=0"],
+    ]
+    swept = twins.with_twins(jobs)
+    assert swept[-4:] == jobs
+    added = swept[:-4]
+    assert added == [
+        ["model.sharing=mmoe", "seed=0", "weighting=fixed", "model.factorization_weight=1.0"],
+        ["model.sharing=mmoe", "seed=0", "weighting=fixed", "model.factorization_weight=0.0"],
+        ["model.sharing=ple", "seed=0", "weighting=fixed", "model.factorization_weight=0.0"],
+    ]  # ple's interaction twin was already there
+
+
+def test_a_twins_sweep_reports_delta_m_and_a_pareto_front(ratings_folder, tmp_path, run_cli):
+    status, output = run_cli(
+        "-m",
+        "hydra/sweeper=twins",
+        f"data.path={ratings_folder}",
+        "model.sharing=shared,mmoe",
+        "trainer.max_epochs=1",
+        "model.compile=false",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert status == 0, output
+    sweep = tmp_path / "sweep"
+    table = pd.read_csv(sweep / "summary.csv")
+    assert len(table) == 6 and (table.status == "completed").all()
+    runs = table.set_index("run")
+    assert "sharing=mmoe,weighting=fixed,weight=1.0" in runs.index  # the twins are named
+    assert runs["delta_m"].notna().sum() == 2  # the two multi-task runs; twins have none
+    shared = runs.loc["sharing=shared"]
+    alone = runs.loc["sharing=shared,weighting=fixed,weight=1.0"]
+    rating = runs.loc["sharing=shared,weighting=fixed,weight=0.0"]
+    expected = 50 * (
+        (alone["test/mrr"] - shared["test/mrr"]) / alone["test/mrr"]
+        + (shared["test/mse"] - rating["test/mse"]) / rating["test/mse"]
+    )
+    assert shared["delta_m"] == pytest.approx(expected, rel=1e-6)
+    assert (sweep / "pareto.png").stat().st_size > 10_000
+    assert (sweep / "sharing=mmoe" / "gates.png").exists()
+    assert not (sweep / "sharing=shared" / "gates.png").exists()
