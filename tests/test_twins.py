@@ -60,6 +60,21 @@ def test_twins_are_added_once_per_setting_and_first():
     ]  # ple's interaction twin was already there
 
 
+def test_strategies_other_than_fixed_run_once_whatever_the_swept_weight():
+    jobs = [
+        [f"weighting={w}", f"model.factorization_weight={f}"]
+        for w in ("fixed", "pcgrad")
+        for f in ("0.99", "0.5")
+    ]
+    assert twins.with_twins(jobs) == [
+        ["weighting=fixed", "model.factorization_weight=1.0"],
+        ["weighting=fixed", "model.factorization_weight=0.0"],
+        ["weighting=fixed", "model.factorization_weight=0.99"],
+        ["weighting=fixed", "model.factorization_weight=0.5"],
+        ["weighting=pcgrad"],
+    ]
+
+
 def test_a_twins_sweep_reports_delta_m_and_a_pareto_front(ratings_folder, tmp_path, run_cli):
     status, output = run_cli(
         "-m",

@@ -1,7 +1,8 @@
 """The summary of a sweep: one table row per job, and figures for a report.
 
 ``mtrec-report <sweep folder>`` (re)writes ``summary.csv``, ``summary.md`` (with a table of
-mean ± sd over the seeds, also ``summary_over_seeds.csv``, when ``seed`` is swept) and the PNG
+mean ± sd over the seeds, also ``summary_over_seeds.csv``, when a seed is swept; ``delta_m``
+when the sweep holds single-task twins) and the PNG
 figures from what the jobs left in their run folders (overrides, job record and metrics, read
 through :mod:`mtrec.runs.folder`), so it works for any finished or interrupted sweep and any
 launcher. Metrics come in the order of :mod:`mtrec.tasks`.
@@ -178,12 +179,17 @@ def compact_table(table: pd.DataFrame) -> pd.DataFrame:
     return compact[[c for c in compact.columns if c != "error"] + ["error"]]
 
 
-def over_seeds(table: pd.DataFrame, keys: list[str], over: str = "seed") -> pd.DataFrame:
-    """Completed runs grouped by every swept key but ``over``: the number of runs, and the
+def seed_keys(keys: list[str]) -> list[str]:
+    """The swept keys that only reseed a run (``seed``, ``data.split_seed``, ...)."""
+    return [k for k in keys if k.rsplit(".", 1)[-1].endswith("seed")]
+
+
+def over_seeds(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Completed runs grouped by every swept key but the seeds: the number of runs, and the
     mean and sample standard deviation of each final and best value and of ``wall_seconds``
     (``"<column> sd"`` beside ``"<column>"``), in the order the groups first appear."""
     done = table[table["status"] == "completed"] if "status" in table else table
-    groups = [k for k in keys if k != over]
+    groups = [k for k in keys if k not in seed_keys(keys)]
     values = [
         c
         for c in done.columns
@@ -287,25 +293,40 @@ def write_figures(jobs: list[Job], keys: list[str], sweep_dir: Path) -> list[Pat
 
 
 def write_pareto(jobs: list[Job], keys: list[str], sweep_dir: Path) -> Path | None:
-    """``pareto.png``: each run's (or setting's, mean over seeds) final MSE against MRR, the
-    non-dominated ones joined, each setting's single-task twins as one star (the interaction
-    twin's MRR, the rating twin's MSE: what two single-task models give). ``None`` unless
-    two runs have both heads' metrics."""
+    """``pareto.png`` in the sweep folder (see :func:`pareto_figure`), if there is one."""
+    import matplotlib.pyplot as plt
+
+    fig = pareto_figure(jobs, keys)
+    if fig is None:
+        return None
+    path = _save(fig, sweep_dir / "pareto.png")
+    plt.close(fig)
+    return path
+
+
+def pareto_figure(jobs: list[Job], keys: list[str]):
+    """Each run's (or setting's, mean over seeds) final MSE against MRR, the non-dominated
+    ones joined, each setting's single-task twins as one star (the interaction twin's MRR,
+    the rating twin's MSE: what two single-task models give). ``None`` unless two runs have
+    both heads' metrics."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    if not matplotlib.get_backend().lower().startswith(("module://", "agg", "inline")):
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     prefix = compared_prefix(jobs)
     first, second = (f"{prefix}/{task.metric_names()[0]}" for task in tasks.TASKS)
-    label_keys = [k for k in keys if k != "seed"]
+    label_keys = [k for k in keys if k not in seed_keys(keys)]
     points: dict[str, list[tuple[float, float]]] = {}
     twin_values: dict[tuple, dict[str, list[float]]] = {}
     for job in jobs:
         final = job.metrics.get("final", {})
         task = twins.twin_task(job.overrides)
         if task is not None:
-            setting = tuple(kv for kv in twins.setting(_shown(job.overrides)) if kv[0] != "seed")
+            setting = tuple(
+                kv for kv in twins.setting(_shown(job.overrides)) if kv[0] in label_keys
+            )
             name = first if task == tasks.INTERACTION.name else second
             twin_values.setdefault(setting, {}).setdefault(task, []).append(
                 final.get(name, math.nan)
@@ -331,7 +352,8 @@ def write_pareto(jobs: list[Job], keys: list[str], sweep_dir: Path) -> Path | No
         if all(found.get(t.name) for t in tasks.TASKS):
             x = sum(found[tasks.INTERACTION.name]) / len(found[tasks.INTERACTION.name])
             y = sum(found[tasks.RATING.name]) / len(found[tasks.RATING.name])
-            name = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in setting) or "twins"
+            shown = [(k, v) for k, v in setting if k in label_keys]
+            name = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in shown) or "twins"
             ax.scatter([x], [y], marker="*", s=160, color="C3", zorder=4)
             ax.annotate(
                 f"twins: {name}",
@@ -344,21 +366,20 @@ def write_pareto(jobs: list[Job], keys: list[str], sweep_dir: Path) -> Path | No
     ax.set(
         xlabel=f"{first} (higher is better)",
         ylabel=f"{second} (lower is better)",
-        title="Trade-off between the tasks" + (" (mean over seeds)" if "seed" in keys else ""),
+        title="Trade-off between the tasks" + (" (mean over seeds)" if seed_keys(keys) else ""),
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    path = _save(fig, sweep_dir / "pareto.png")
-    plt.close(fig)
-    return path
+    return fig
 
 
 def write_gate_figure(run_dir: Path, history: list[dict]) -> Path | None:
     """``gates.png`` in a run folder: per gate, each expert's share per epoch (stacked), from
     the ``mtl/gate/...`` values of a mixture-of-experts net; ``None`` without gates."""
     gates: dict[str, list[str]] = {}
-    for name in sorted({k for h in history for k in h if k.startswith("mtl/gate/")}):
+    names = {k for h in history for k in h if k.startswith("mtl/gate/")}
+    for name in sorted(names, key=lambda n: (not n.startswith("mtl/gate/user"), n)):
         gate, expert = name.removeprefix("mtl/gate/").rsplit("/", 1)
         if expert != "entropy":
             gates.setdefault(gate, []).append(name)
@@ -376,7 +397,13 @@ def write_gate_figure(run_dir: Path, history: list[dict]) -> Path | None:
         names = sorted(names, key=lambda n: int(n.rsplit("/", 1)[1]))
         epochs = [h["epoch"] for h in history if names[0] in h]
         shares = [[h[n] for h in history if names[0] in h] for n in names]
-        ax.stackplot(epochs, shares, labels=[n.rsplit("/", 1)[1] for n in names])
+        labels = [n.rsplit("/", 1)[1] for n in names]
+        if len(epochs) > 1:
+            ax.stackplot(epochs, shares, labels=labels)
+        else:  # one epoch: one stacked bar
+            bottoms = [sum(s[0] for s in shares[:i]) for i in range(len(shares))]
+            for share, bottom, label in zip(shares, bottoms, labels, strict=True):
+                ax.bar(epochs, share, bottom=bottom, label=label, width=0.5)
         ax.set_title(gate, fontsize=9)
         ax.set_ylim(0, 1)
         ax.tick_params(labelsize=7)
@@ -424,11 +451,12 @@ def write_report(sweep_dir: str | Path) -> pd.DataFrame:
         f"# Sweep {sweep_dir.name}\n\n{len(jobs)} jobs; swept: {', '.join(keys) or 'nothing'}\n\n"
         + markdown_table(compact_table(table))
     )
-    if "seed" in keys and table["seed"].nunique() > 1:  # mean ± sd over the seeds
-        seeds = over_seeds(table, keys)
-        atomic_write_text(sweep_dir / "summary_over_seeds.csv", seeds.to_csv(index=False))
+    seeds = seed_keys(keys)
+    if seeds and table[seeds].drop_duplicates().shape[0] > 1:  # mean ± sd over the seeds
+        grouped = over_seeds(table, keys)
+        atomic_write_text(sweep_dir / "summary_over_seeds.csv", grouped.to_csv(index=False))
         markdown += "\n## Over seeds (completed runs: mean ± sd)\n\n"
-        markdown += markdown_table(mean_sd_table(seeds))
+        markdown += markdown_table(mean_sd_table(grouped))
     atomic_write_text(sweep_dir / "summary.md", markdown)
     write_figures(jobs, keys, sweep_dir)
     return table

@@ -79,10 +79,22 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def with_twins(jobs: list[list[str]]) -> list[list[str]]:
     """The jobs (lists of ``key=value``), after the twins of each setting not already in
-    them: twins first, so Δm is known as soon as the first runs end."""
+    them: twins first, so Δm is known as soon as the first runs end. λF is read by
+    ``weighting=fixed`` only: a job of another strategy keeps one of its λF values, so a
+    sweep of strategies × λF runs each other strategy once."""
 
     def parsed(job: list[str]) -> dict[str, str]:
         return dict(o.split("=", 1) for o in job)
+
+    kept, seen_jobs = [], set()
+    for job in jobs:
+        values = parsed(job)
+        if values.get("weighting", "fixed") != "fixed":
+            job = [o for o in job if o.split("=", 1)[0] != WEIGHT_KEY]
+        if tuple(job) not in seen_jobs:
+            seen_jobs.add(tuple(job))
+            kept.append(job)
+    jobs = kept
 
     present = {(setting(parsed(job)), twin_task(parsed(job))) for job in jobs}
     twins, seen = [], set()
