@@ -9,6 +9,7 @@ from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
 from mtrec.models import MultiTaskNet
 from mtrec.models.sharing import MMoE, SharedBottom
+from mtrec.models.sharing import softmax as sharing_softmax
 from mtrec.module import RecommenderModule
 from mtrec.weighting import FixedWeighting
 
@@ -45,10 +46,16 @@ def test_all_items_scores_equal_the_pairwise_scores(sharing):
     pairs = model.interaction_logits(users.unsqueeze(-1), torch.arange(9).expand(3, 9))
     torch.testing.assert_close(every, pairs)
     assert every.shape == (3, 9)
+    training = model.ratings(BATCH["users"], BATCH["items"])
+    model.eval()  # evaluation computes each repeated id once: the same values
+    torch.testing.assert_close(model.score_all_items(users), every)
+    torch.testing.assert_close(model.ratings(BATCH["users"], BATCH["items"]), training)
 
 
 @pytest.mark.parametrize("sharing", ["mmoe", "cgc", "ple"])
 def test_gates_sum_to_one_and_their_use_is_a_distribution(sharing):
+    logits = torch.randn(7, 3) * 10
+    torch.testing.assert_close(sharing_softmax(logits), torch.softmax(logits, -1))
     model = net(sharing, experts=3)
     for mixer in (model.user_mixer, model.item_mixer):
         for probabilities in mixer.gates(torch.randn(6, 4)).values():
@@ -63,7 +70,7 @@ def test_gates_sum_to_one_and_their_use_is_a_distribution(sharing):
 
 def test_mmoe_with_one_expert_is_a_shared_bottom():
     mmoe, bottom = MMoE(4, experts=1), SharedBottom(4)
-    bottom.bottom.load_state_dict(mmoe.experts[0].state_dict())
+    bottom.bottom[0].load_state_dict(mmoe.experts.layer.state_dict())
     bottom.towers.load_state_dict(mmoe.towers.state_dict())
     rows = torch.randn(5, 4)
     for task in ("interaction", "rating"):

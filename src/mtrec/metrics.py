@@ -171,10 +171,17 @@ def user_chunks(
         )
 
 
-def chunk_ranks(net: torch.nn.Module, held: HeldOut, chunk: UserChunk) -> torch.Tensor:
-    """The rank of the chunk's held-out rows among all items, known items pushed to the bottom."""
+def all_items_scorer(net: torch.nn.Module):
+    """``net.score_all_items``, or for a net that has one its ``scorer()``: the same scores
+    for many calls in a row, with the item side computed once."""
+    return net.scorer() if hasattr(net, "scorer") else net.score_all_items
+
+
+def chunk_ranks(score, held: HeldOut, chunk: UserChunk) -> torch.Tensor:
+    """The rank of the chunk's held-out rows among all items, known items pushed to the bottom;
+    ``score``: the net's :func:`all_items_scorer`."""
     start = chunk.users.start
-    scores = net.score_all_items(held.eval_users[chunk.users])
+    scores = score(held.eval_users[chunk.users])
     scores[held.seen_rows[chunk.seen] - start, held.seen_items[chunk.seen]] = float("-inf")
     return average_ranks(scores, held.row_of[chunk.rows] - start, held.items[chunk.rows])
 
@@ -188,8 +195,9 @@ def held_out_ranks(
     any catalogue.
     """
     ranks = torch.empty(len(held.items), device=held.items.device)
+    score = all_items_scorer(net)
     for chunk in user_chunks(held, max_scores):
-        ranks[chunk.rows] = chunk_ranks(net, held, chunk)
+        ranks[chunk.rows] = chunk_ranks(score, held, chunk)
     return ranks
 
 
@@ -228,11 +236,12 @@ def evaluate(
         ranking = _on(RankingMetrics(k, sync_on_compute=sync), device)
     if RATING.head in net.heads:
         rating = _on(MeanSquaredError(sync_on_compute=sync), device)
+    score = all_items_scorer(net) if ranking is not None else None
     for chunk in user_chunks(held, max_scores, rank, world_size):
         if ranking is not None:
             users = chunk.users.stop - chunk.users.start
             row_of = held.row_of[chunk.rows] - chunk.users.start
-            ranking.update(chunk_ranks(net, held, chunk), row_of, users)
+            ranking.update(chunk_ranks(score, held, chunk), row_of, users)
         if rating is not None:
             history = held.history
             context = {"history": history[chunk.rows]} if history is not None else {}

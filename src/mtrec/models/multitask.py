@@ -185,9 +185,12 @@ class MultiTaskNet(nn.Module):
                 "rating": _row(rows, f"{side}/rating", rating_table, ids),
             }
             return side_mixer.vector(task, both)
+        if not self.training and rows is None:  # held-out rows repeat ids: each computed once
+            ids, position = ids.unique(return_inverse=True)
         embedded = table(ids)
         shared = rows[side] if rows is not None and side in rows else side_mixer.shared(embedded)
-        return side_mixer.vector(task, embedded, shared)
+        vectors = side_mixer.vector(task, embedded, shared)
+        return vectors if self.training or rows is not None else vectors[position]
 
     def shared(
         self, user_ids: torch.Tensor, item_ids: torch.Tensor
@@ -238,9 +241,19 @@ class MultiTaskNet(nn.Module):
 
     def score_all_items(self, user_ids: torch.Tensor) -> torch.Tensor:
         """Interaction logits of every item for each user: shape (len(user_ids), num_items)."""
-        users = self._vector("user", "interaction", user_ids, None)
-        # one fused multiply-add: no second users x items buffer for the bias
-        return torch.addmm(self.item_biases.weight.T, users, self.item_vectors().T)
+        return self.scorer()(user_ids)
+
+    def scorer(self):
+        """``score_all_items`` for many calls in a row (evaluation's user chunks): every
+        item's vector is computed once."""
+        items = self.item_vectors().T
+
+        def score(user_ids: torch.Tensor) -> torch.Tensor:
+            users = self._vector("user", "interaction", user_ids, None)
+            # one fused multiply-add: no second users x items buffer for the bias
+            return torch.addmm(self.item_biases.weight.T, users, items)
+
+        return score
 
     def item_vectors(self) -> torch.Tensor:
         """Every item's interaction vector (its embedding, unless a mixer makes it)."""

@@ -23,6 +23,26 @@ def _expert(dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
 
 
+class Experts(nn.Module):
+    """``count`` experts (Linear + ReLU each) computed as one layer, initialised as separate
+    ones would be: output (..., count, dim)."""
+
+    def __init__(self, dim: int, count: int):
+        super().__init__()
+        self.count = count
+        self.layer = nn.Linear(dim, count * dim)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.layer(rows)).unflatten(-1, (self.count, -1))
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, written out: PyTorch's CPU kernel is several times
+    slower on rows as short as a gate's (a few experts)."""
+    exp = (logits - logits.amax(-1, keepdim=True)).exp()
+    return exp / exp.sum(-1, keepdim=True)
+
+
 def _towers(dim: int) -> nn.ModuleDict:
     """A linear tower per task over the mixed representation."""
     return nn.ModuleDict({task: nn.Linear(dim, dim) for task in TASK_NAMES})
@@ -30,7 +50,7 @@ def _towers(dim: int) -> nn.ModuleDict:
 
 def _mix(gate_logits: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     """The gate's softmax-weighted sum of the experts' outputs (``experts``: (..., E, d))."""
-    return (torch.softmax(gate_logits, dim=-1).unsqueeze(-1) * experts).sum(-2)
+    return (softmax(gate_logits).unsqueeze(-1) * experts).sum(-2)
 
 
 class SharedBottom(nn.Module):
@@ -59,18 +79,18 @@ class MMoE(nn.Module):
 
     def __init__(self, dim: int, experts: int = 4):
         super().__init__()
-        self.experts = nn.ModuleList(_expert(dim) for _ in range(experts))
+        self.experts = Experts(dim, experts)
         self.gate_layers = nn.ModuleDict({task: nn.Linear(dim, experts) for task in TASK_NAMES})
         self.towers = _towers(dim)
 
     def shared(self, rows: torch.Tensor) -> torch.Tensor:
-        return torch.stack([expert(rows) for expert in self.experts], dim=-2)
+        return self.experts(rows)
 
     def vector(self, task: str, rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         return self.towers[task](_mix(self.gate_layers[task](rows), shared))
 
     def gates(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {task: torch.softmax(self.gate_layers[task](rows), -1) for task in TASK_NAMES}
+        return {task: softmax(self.gate_layers[task](rows)) for task in TASK_NAMES}
 
 
 class ExtractionLevel(nn.Module):
@@ -80,20 +100,18 @@ class ExtractionLevel(nn.Module):
 
     def __init__(self, dim: int, shared_experts: int, task_experts: int, last: bool):
         super().__init__()
-        self.shared_experts = nn.ModuleList(_expert(dim) for _ in range(shared_experts))
-        self.task_experts = nn.ModuleDict(
-            {t: nn.ModuleList(_expert(dim) for _ in range(task_experts)) for t in TASK_NAMES}
-        )
+        self.shared_experts = Experts(dim, shared_experts)
+        self.task_experts = nn.ModuleDict({t: Experts(dim, task_experts) for t in TASK_NAMES})
         width = task_experts + shared_experts
         self.task_gates = nn.ModuleDict({t: nn.Linear(dim, width) for t in TASK_NAMES})
         every = len(TASK_NAMES) * task_experts + shared_experts
         self.shared_gate = None if last else nn.Linear(dim, every)
 
     def shared(self, shared_input: torch.Tensor) -> torch.Tensor:
-        return torch.stack([expert(shared_input) for expert in self.shared_experts], dim=-2)
+        return self.shared_experts(shared_input)
 
     def own(self, task: str, task_input: torch.Tensor) -> torch.Tensor:
-        return torch.stack([expert(task_input) for expert in self.task_experts[task]], dim=-2)
+        return self.task_experts[task](task_input)
 
     def task_output(self, task: str, task_input: torch.Tensor, shared: torch.Tensor):
         experts = torch.cat([self.own(task, task_input), shared], dim=-2)
@@ -142,9 +160,9 @@ class PLE(nn.Module):
         for number, level in enumerate(self.levels):
             prefix = f"level{number}/" if len(self.levels) > 1 else ""
             for task in TASK_NAMES:
-                found[prefix + task] = torch.softmax(level.task_gates[task](inputs[task]), -1)
+                found[prefix + task] = softmax(level.task_gates[task](inputs[task]))
             if level.shared_gate is not None:
-                found[prefix + "shared"] = torch.softmax(level.shared_gate(shared_input), -1)
+                found[prefix + "shared"] = softmax(level.shared_gate(shared_input))
                 inputs, shared_input = level(inputs, shared_input)
         return found
 
