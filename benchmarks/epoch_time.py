@@ -15,10 +15,11 @@ a full ML-25M epoch takes the better part of an hour.
 
 Then one template row per loss-weighting strategy on ML-100K (``--weightings``, default
 every config of ``conf/weighting``; ``--weightings`` alone skips them), each relative to
-``weighting=fixed``.
+``weighting=fixed``, and one per sharing architecture (``--sharings``, default all;
+``--sharings`` alone skips them), each relative to ``model.sharing=shared``.
 
     python benchmarks/epoch_time.py [--shapes ml-100k ml-1m] [--epochs 4] [--steps N]
-        [--weightings fixed pcgrad ...] [override ...]
+        [--weightings fixed pcgrad ...] [--sharings shared mmoe ...] [override ...]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from omegaconf import open_dict
 from mtrec import losses
 from mtrec.metrics import evaluate
 from mtrec.models import MultiTaskNet
+from mtrec.models.sharing import SHARINGS
 from mtrec.train import train
 
 WEIGHTINGS = sorted(
@@ -165,6 +167,7 @@ def epoch_figures(train_seconds, eval_seconds, steps, batches_per_epoch) -> dict
 
 def measure_in_subprocess(loop: str, shape: str, args, extra: tuple[str, ...] = ()) -> dict:
     command = [sys.executable, __file__, "--row", loop, "--shapes", shape, "--weightings"]
+    command += ["--sharings"]
     command += ["--epochs", str(args.epochs), "--data-dir", args.data_dir]
     command += ["--steps", str(args.steps)] if args.steps else []
     result = subprocess.run(command + args.overrides + list(extra), capture_output=True, text=True)
@@ -184,6 +187,9 @@ def main() -> None:
     parser.add_argument("--row", choices=["plain", "template"], help="measure one loop only (JSON)")
     parser.add_argument(
         "--weightings", nargs="*", default=WEIGHTINGS, help="strategies timed on ML-100K"
+    )
+    parser.add_argument(
+        "--sharings", nargs="*", default=list(SHARINGS), help="architectures timed on ML-100K"
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the template runs")
     args = parser.parse_args()
@@ -213,20 +219,22 @@ def main() -> None:
             )
 
     if args.weightings:
-        weighting_rows(args)
+        variant_rows(args, "weighting", args.weightings, "fixed")
+    if args.sharings:
+        variant_rows(args, "model.sharing", args.sharings, "shared")
 
 
-def weighting_rows(args) -> None:
-    """One ML-100K template row per weighting strategy, relative to ``fixed``."""
-    print(f"\n{'weighting':<14}{'s / epoch':>11}{'vs fixed':>10}{'eval ms':>9}", flush=True)
-    names = ["fixed", *(n for n in args.weightings if n != "fixed")]
-    fixed = None
-    for name in names:
-        row = measure_in_subprocess("template", "ml-100k", args, (f"weighting={name}",))
-        fixed = fixed or row
-        ratio = row["seconds_per_epoch"] / fixed["seconds_per_epoch"]
+def variant_rows(args, key: str, names: list[str], baseline: str) -> None:
+    """One ML-100K template row per value of ``key``, relative to ``baseline``'s."""
+    title = key.rsplit(".", 1)[-1]
+    print(f"\n{title:<14}{'s / epoch':>11}{'vs ' + baseline:>12}{'eval ms':>9}", flush=True)
+    first = None
+    for name in [baseline, *(n for n in names if n != baseline)]:
+        row = measure_in_subprocess("template", "ml-100k", args, (f"{key}={name}",))
+        first = first or row
+        ratio = row["seconds_per_epoch"] / first["seconds_per_epoch"]
         print(
-            f"{name:<14}{row['seconds_per_epoch']:>11.3f}{ratio:>10.2f}{row['eval_ms']:>9.1f}",
+            f"{name:<14}{row['seconds_per_epoch']:>11.3f}{ratio:>12.2f}{row['eval_ms']:>9.1f}",
             flush=True,
         )
 

@@ -63,10 +63,13 @@ def job_rows(sweep: Path) -> pd.DataFrame:
 
 def bench_ratios(path: Path) -> dict[str, float]:
     """``name -> s / epoch vs fixed`` from the weighting rows of a ``make bench`` output."""
-    ratios = {}
+    ratios, block = {}, None
     for line in path.read_text().splitlines():
+        # blocks are separated by blank lines, each named by its header's first word
+        first_word = line.split()[0] if line.strip() else None
+        block = (block or first_word) if first_word else None
         match = re.fullmatch(r"(\w+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", line.strip())
-        if match:
+        if match and block == "weighting":
             ratios[match.group(1)] = float(match.group(3))
     return ratios
 
