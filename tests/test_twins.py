@@ -103,3 +103,28 @@ def test_a_twins_sweep_reports_delta_m_and_a_pareto_front(ratings_folder, tmp_pa
     assert (sweep / "pareto.png").stat().st_size > 10_000
     assert (sweep / "sharing=mmoe" / "gates.png").exists()
     assert not (sweep / "sharing=shared" / "gates.png").exists()
+
+
+def test_a_twin_chooses_its_checkpoint_on_the_head_it_trains():
+    import torch
+
+    from mtrec.selection import SelectionScore
+
+    selection = SelectionScore({"mrr_interaction": 0.130, "rmse": 0.880})
+    metrics = {"val/mrr_interaction": torch.tensor(0.104), "val/rmse": torch.tensor(3.52)}
+    assert float(selection.score(metrics)) == pytest.approx(0.25)  # the untrained head decides
+    assert float(selection.score(metrics, {"rating"})) == pytest.approx(0.8)  # 0.104 / 0.130
+    assert float(selection.score(metrics, {"interaction"})) == pytest.approx(0.25)
+    assert selection.score(metrics, {"interaction", "rating"}) is None
+    # wired to the run's weighting: the twin trained on interactions alone (λF = 1)
+    from types import SimpleNamespace
+
+    from mtrec.weighting import FixedWeighting
+
+    logged = {}
+    module = SimpleNamespace(
+        weighting=FixedWeighting({"interaction": 1.0, "rating": None}),
+        log=lambda name, value: logged.update({name: float(value)}),
+    )
+    selection.on_validation_epoch_end(SimpleNamespace(callback_metrics=metrics), module)
+    assert logged == {"val/combined": pytest.approx(0.8)}
