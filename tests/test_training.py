@@ -152,5 +152,7 @@ def test_configs_ship_inside_the_built_wheel(tmp_path):
         "model/multitask.yaml",
         "experiment/cs330.yaml",
         "data/movielens.yaml",
+        "hydra/sweeper/twins.yaml",
     ):
         assert f"mtrec/conf/{config}" in names
+    assert "hydra_plugins/mtrec_twins_sweeper/twins_sweeper.py" in names
