@@ -15,8 +15,9 @@ a full ML-25M epoch takes the better part of an hour.
 
 Then one template row per loss-weighting strategy on ML-100K (``--weightings``, default
 every config of ``conf/weighting``; ``--weightings`` alone skips them), each relative to
-``weighting=fixed``, and one per sharing architecture (``--sharings``, default all;
-``--sharings`` alone skips them), each relative to ``model.sharing=shared``.
+``weighting=fixed`` measured just before it, and one per sharing architecture
+(``--sharings``, default all; ``--sharings`` alone skips them), each relative to
+``model.sharing=shared`` measured just before it.
 
     python benchmarks/epoch_time.py [--shapes ml-100k ml-1m] [--epochs 4] [--steps N]
         [--weightings fixed pcgrad ...] [--sharings shared mmoe ...] [override ...]
@@ -225,16 +226,19 @@ def main() -> None:
 
 
 def variant_rows(args, key: str, names: list[str], baseline: str) -> None:
-    """One ML-100K template row per value of ``key``, relative to ``baseline``'s."""
+    """One ML-100K template row per value of ``key``, relative to ``baseline``'s, each
+    measured right after a run of the baseline (printed beside it): a shared host's speed
+    drifts by tens of percent over the minutes a list of rows takes."""
     title = key.rsplit(".", 1)[-1]
-    print(f"\n{title:<14}{'s / epoch':>11}{'vs ' + baseline:>12}{'eval ms':>9}", flush=True)
-    first = None
-    for name in [baseline, *(n for n in names if n != baseline)]:
+    header = f"{'s / epoch':>11}{baseline + ' s':>12}{'ratio':>7}{'eval ms':>9}"
+    print(f"\n{title:<14}{header}", flush=True)
+    for name in [n for n in names if n != baseline]:
+        reference = measure_in_subprocess("template", "ml-100k", args, (f"{key}={baseline}",))
         row = measure_in_subprocess("template", "ml-100k", args, (f"{key}={name}",))
-        first = first or row
-        ratio = row["seconds_per_epoch"] / first["seconds_per_epoch"]
+        ratio = row["seconds_per_epoch"] / reference["seconds_per_epoch"]
         print(
-            f"{name:<14}{row['seconds_per_epoch']:>11.3f}{ratio:>12.2f}{row['eval_ms']:>9.1f}",
+            f"{name:<14}{row['seconds_per_epoch']:>11.3f}{reference['seconds_per_epoch']:>12.3f}"
+            f"{ratio:>7.2f}{row['eval_ms']:>9.1f}",
             flush=True,
         )
 

@@ -3,7 +3,7 @@
 Per strategy, over its seeds (mean ± sd): final and best test MRR and MSE, the last epoch's
 gradient cosine, and over the run the share of conflicting steps and the ratio of the rating
 to the interaction gradient norm; with ``--bench``, seconds per epoch relative to ``fixed``
-from a saved ``make bench`` output (its weighting rows).
+from a saved ``make bench`` output (its weighting rows, each against ``fixed`` run just before).
 
     python benchmarks/weighting_study.py outputs/sweeps/weighting/<date> [...] [--bench FILE]
 
@@ -62,15 +62,15 @@ def job_rows(sweep: Path) -> pd.DataFrame:
 
 
 def bench_ratios(path: Path) -> dict[str, float]:
-    """``name -> s / epoch vs fixed`` from the weighting rows of a ``make bench`` output."""
-    ratios, block = {}, None
+    """``name -> s / epoch vs fixed`` from the weighting rows of a ``make bench`` output
+    (name, seconds, the baseline's seconds just before, ratio, evaluation ms)."""
+    ratios, block = {"fixed": 1.0}, None
     for line in path.read_text().splitlines():
         # blocks are separated by blank lines, each named by its header's first word
-        first_word = line.split()[0] if line.strip() else None
-        block = (block or first_word) if first_word else None
-        match = re.fullmatch(r"(\w+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", line.strip())
-        if match and block == "weighting":
-            ratios[match.group(1)] = float(match.group(3))
+        fields = line.split()
+        block = (block or fields[0]) if fields else None
+        if block == "weighting" and len(fields) == 5 and re.fullmatch(r"[\d.]+", fields[3]):
+            ratios[fields[0]] = float(fields[3])
     return ratios
 
 
