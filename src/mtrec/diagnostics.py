@@ -60,17 +60,17 @@ class GradientDiagnostics(nn.Module):
         weights, effective = rows[:, tasks * tasks :].split(tasks, dim=1)
         scale = torch.where(weights > 0, 1.0 / weights.clamp(min=1e-12), 0.0)
         gram = gram * scale.unsqueeze(2) * scale.unsqueeze(1)  # of the unweighted gradients
-        means = torch.stack([step_values(g, w) for g, w in zip(gram, effective, strict=True)])
-        means = means.mean(0)
+        means = step_values(gram, effective).mean(0)  # every step at once
         return {f"{PREFIX}/{name}": value for name, value in zip(self.names, means, strict=True)}
 
 
 def step_values(gram: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Cosine, conflict (0/1), magnitude similarity, norms and weights of one step, from the
-    Gram matrix of its two task gradients."""
-    squares = gram.diagonal().clamp(min=0)
+    """Cosine, conflict (0/1), magnitude similarity, norms and weights of a step from the Gram
+    matrix of its two task gradients; of many steps at once with leading dimensions."""
+    squares = gram.diagonal(dim1=-2, dim2=-1).clamp(min=0)
     norms = squares.sqrt()
-    cosine = gram[0, 1] / (norms[0] * norms[1]).clamp(min=1e-20)
-    similarity = 2 * norms[0] * norms[1] / (squares[0] + squares[1]).clamp(min=1e-20)
-    head = torch.stack([cosine, (cosine < 0).to(cosine.dtype), similarity])
-    return torch.cat([head, norms, weights])
+    product = norms[..., 0] * norms[..., 1]
+    cosine = gram[..., 0, 1] / product.clamp(min=1e-20)
+    similarity = 2 * product / (squares[..., 0] + squares[..., 1]).clamp(min=1e-20)
+    head = torch.stack([cosine, (cosine < 0).to(cosine.dtype), similarity], dim=-1)
+    return torch.cat([head, norms, weights.to(head)], dim=-1)
