@@ -187,9 +187,8 @@ class MultiTaskNet(nn.Module):
             return side_mixer.vector(task, both)
         if not self.training and rows is None:  # held-out rows repeat ids: each computed once
             ids, position = ids.unique(return_inverse=True)
-        embedded = table(ids)
-        shared = rows[side] if rows is not None and side in rows else side_mixer.shared(embedded)
-        vectors = side_mixer.vector(task, embedded, shared)
+        copy = rows[side] if rows is not None and side in rows else None  # a task's own copy
+        vectors = side_mixer.vector(task, table(ids), copy)
         return vectors if self.training or rows is not None else vectors[position]
 
     def shared(

@@ -6,9 +6,10 @@ reads nothing but that side (the user side's gates read the user): so the intera
 stays a dot product of a user-side and an item-side vector, and ranking the whole catalogue
 stays one matrix product. ``shared(rows)`` is what both tasks read (where the tasks'
 gradients meet: the gradient-level weightings and the diagnostics take them there);
-``vector(task, rows, shared)`` is a task's vector from the rows and that shared part (the
-shared part may be a task's own copy of it). ``gates(rows)`` gives each softmax gate's
-expert shares, for the ``mtl/gate/...`` diagnostics.
+``vector(task, rows, shared)`` is a task's vector from the rows and that shared part (a task's
+own copy of it; ``None``: computed in the same pass, which for PLE saves a second pass through
+its lower levels). ``gates(rows)`` gives each softmax gate's expert shares, for the
+``mtl/gate/...`` diagnostics.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ class SharedBottom(nn.Module):
     def shared(self, rows: torch.Tensor) -> torch.Tensor:
         return self.bottom(rows)
 
-    def vector(self, task: str, rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-        return self.towers[task](shared)
+    def vector(
+        self, task: str, rows: torch.Tensor, shared: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.towers[task](self.shared(rows) if shared is None else shared)
 
     def gates(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
@@ -86,7 +89,10 @@ class MMoE(nn.Module):
     def shared(self, rows: torch.Tensor) -> torch.Tensor:
         return self.experts(rows)
 
-    def vector(self, task: str, rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    def vector(
+        self, task: str, rows: torch.Tensor, shared: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        shared = self.shared(rows) if shared is None else shared
         return self.towers[task](_mix(self.gate_layers[task](rows), shared))
 
     def gates(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -149,8 +155,12 @@ class PLE(nn.Module):
     def shared(self, rows: torch.Tensor) -> torch.Tensor:
         return self.levels[-1].shared(self._last_inputs(rows)[1])
 
-    def vector(self, task: str, rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-        inputs, _ = self._last_inputs(rows)
+    def vector(
+        self, task: str, rows: torch.Tensor, shared: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        inputs, shared_input = self._last_inputs(rows)
+        if shared is None:
+            shared = self.levels[-1].shared(shared_input)
         return self.towers[task](self.levels[-1].task_output(task, inputs[task], shared))
 
     def gates(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
