@@ -38,7 +38,7 @@ def test_copies_receive_each_task_alone_and_send_back_through_any_shared_layer()
     copies = TaskCopies(shared, ("interaction", "rating"))
     (3 * copies.copies["interaction"]["item"].sum()).backward()  # the rating head reads nothing
     (2 * copies.copies["rating"]["bottom"].sum()).backward()
-    received = copies.received()
+    received = copies.received
     assert received.shape == (2, 8)
     assert received[0].tolist() == [3.0] * 4 + [0.0] * 4
     assert received[1].tolist() == [0.0] * 4 + [2.0] * 4

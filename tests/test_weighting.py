@@ -193,7 +193,8 @@ def test_step_values_by_hand():
     assert cosine == pytest.approx(0.0, abs=1e-7) and conflict == 0.0
     assert similarity == pytest.approx(1.0)  # equal norms
     diagnostics = GradientDiagnostics()
-    diagnostics.update(torch.tensor([[2.0, 0.0], [-1.0, 0.0]]), torch.tensor([2.0, 1.0]))
+    received = torch.tensor([[2.0, 0.0], [-1.0, 0.0]])
+    diagnostics.update(received @ received.T, torch.tensor([2.0, 1.0]))
     means = diagnostics.epoch_means()
     assert means["mtl/grad_cosine"].item() == pytest.approx(-1.0)
     assert means["mtl/grad_conflict_share"].item() == 1.0

@@ -19,9 +19,9 @@ PREFIX = "mtl"
 class GradientDiagnostics(nn.Module):
     """``update`` once per step; ``epoch_means`` (and a reset) once per epoch.
 
-    A step costs two small operations: the 2 x 2 Gram matrix of what the tasks' copies of the
-    shared rows received, and the weights, kept on the device; the cosines, conflicts and
-    norms of all the epoch's steps are computed together when the epoch ends.
+    A step keeps the 2 x 2 Gram matrix of what the tasks' copies of the shared rows received
+    (computed once, for the strategy too) and the weights, on the device; the cosines,
+    conflicts and norms of all the epoch's steps are computed together when the epoch ends.
     """
 
     def __init__(self, tasks: tuple[str, ...] = tuple(task.name for task in TASKS)):
@@ -38,15 +38,14 @@ class GradientDiagnostics(nn.Module):
 
     def update(
         self,
-        received: torch.Tensor,
+        gram: torch.Tensor,
         weights: torch.Tensor,
         effective: torch.Tensor | None = None,
     ) -> None:
-        """``received``: what each task's copy of the shared rows got (its gradient times
-        ``weights``), one row per task; the diagnostics are of the unweighted gradients.
+        """``gram``: the Gram matrix of what each task's copy of the shared rows got (its
+        gradient times ``weights``); the diagnostics are of the unweighted gradients.
         ``effective``: the weight each task's gradient got in the end (default ``weights``),
         e.g. loss weight times a gradient-level strategy's weight."""
-        gram = received @ received.T
         effective = weights if effective is None else effective
         self.steps.append(torch.cat([gram.reshape(-1), weights.to(gram), effective.to(gram)]))
 

@@ -166,7 +166,7 @@ class RecommenderModule(L.LightningModule):
                 weights = self.fixed_weights(received)
             in_combination = self.weighting.step_weights  # a gradient-level strategy's
             effective = weights if in_combination is None else weights * in_combination
-            self.diagnostics.update(received, weights, effective)
+            self.diagnostics.update(copies.gram, weights, effective)
         return losses
 
     def fixed_weights(self, received: torch.Tensor) -> torch.Tensor:

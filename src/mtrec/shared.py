@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ Shared = Mapping[str, "TableRows | torch.Tensor"]
 
 class TaskCopies:
     """Each task's own copy of what the tasks share (``copies[task][key]``, passed to the
-    heads as ``rows=``); :meth:`received` reads what each copy got, :meth:`send` passes the
+    heads as ``rows=``); :attr:`received` is what each copy got, :meth:`send` passes the
     combined gradient on to the shared part."""
 
     def __init__(self, shared: Shared, tasks: tuple[str, ...]):
@@ -64,17 +65,22 @@ class TaskCopies:
             for task in self.tasks
         }
 
+    @cached_property
     def received(self) -> torch.Tensor:
-        """What each task's copy received after the backward pass, flattened: one row per
-        task (zeros where a task's head did not read a part)."""
+        """What each task's copy received in the backward pass (read it after), flattened:
+        one row per task (zeros where a task's head did not read a part)."""
         return torch.stack(
             [
-                torch.cat(
-                    [_flat_grad(copy) for copy in (self.copies[task][key] for key in self.shared)]
-                )
+                torch.cat([_flat_grad(self.copies[task][key]) for key in self.shared])
                 for task in self.tasks
             ]
         )
+
+    @cached_property
+    def gram(self) -> torch.Tensor:
+        """The Gram matrix of :attr:`received`, computed once for the strategy and the
+        diagnostics."""
+        return self.received @ self.received.T
 
     def send(self, combined: torch.Tensor) -> None:
         """Give the shared part its gradient ``combined`` (flattened, as :meth:`received`)."""

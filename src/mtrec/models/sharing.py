@@ -54,46 +54,53 @@ def _mix(gate_logits: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     return (softmax(gate_logits).unsqueeze(-1) * experts).sum(-2)
 
 
-class SharedBottom(nn.Module):
-    """A shared layer under a linear tower per task (Caruana, "Multitask Learning", 1997)."""
+class TowerMixer(nn.Module):
+    """A shared part, then a mix of it per task (``mix``), then the task's linear tower."""
 
     def __init__(self, dim: int):
         super().__init__()
-        self.bottom = _expert(dim)
         self.towers = _towers(dim)
-
-    def shared(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.bottom(rows)
 
     def vector(
         self, task: str, rows: torch.Tensor, shared: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.towers[task](self.shared(rows) if shared is None else shared)
+        shared = self.shared(rows) if shared is None else shared
+        return self.towers[task](self.mix(task, rows, shared))
 
     def gates(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
 
 
-class MMoE(nn.Module):
+class SharedBottom(TowerMixer):
+    """A shared layer under a linear tower per task (Caruana, "Multitask Learning", 1997)."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        self.bottom = _expert(dim)
+
+    def shared(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.bottom(rows)
+
+    def mix(self, task: str, rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        return shared
+
+
+class MMoE(TowerMixer):
     """Multi-gate mixture of experts (Ma et al., "Modeling Task Relationships in Multi-task
     Learning with Multi-gate Mixture-of-Experts", KDD 2018): ``experts`` shared experts, a
     softmax gate per task reading the row, a linear tower per task. One expert is a shared
     bottom."""
 
     def __init__(self, dim: int, experts: int = 4):
-        super().__init__()
+        super().__init__(dim)
         self.experts = Experts(dim, experts)
         self.gate_layers = nn.ModuleDict({task: nn.Linear(dim, experts) for task in TASK_NAMES})
-        self.towers = _towers(dim)
 
     def shared(self, rows: torch.Tensor) -> torch.Tensor:
         return self.experts(rows)
 
-    def vector(
-        self, task: str, rows: torch.Tensor, shared: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        shared = self.shared(rows) if shared is None else shared
-        return self.towers[task](_mix(self.gate_layers[task](rows), shared))
+    def mix(self, task: str, rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        return _mix(self.gate_layers[task](rows), shared)
 
     def gates(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         return {task: softmax(self.gate_layers[task](rows)) for task in TASK_NAMES}

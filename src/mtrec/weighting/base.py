@@ -38,9 +38,12 @@ class Weighting(nn.Module):
         """The scalar training loss of a step from the objective's output (penalty included)."""
         raise NotImplementedError
 
-    def shared_gradient(self, received: torch.Tensor) -> torch.Tensor:
+    def shared_gradient(
+        self, received: torch.Tensor, gram: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The gradient for the shared rows from what each task's copy received, one row per
-        task (each task's gradient times the weight ``combine`` gave it)."""
+        task (each task's gradient times the weight ``combine`` gave it); ``gram``: their Gram
+        matrix, if already computed."""
         return received.sum(0)
 
     def backward(
@@ -56,9 +59,8 @@ class Weighting(nn.Module):
         backward(total)
         if copies is None:
             return None
-        received = copies.received()
-        copies.send(self.shared_gradient(received))
-        return received
+        copies.send(self.shared_gradient(copies.received, copies.gram))
+        return copies.received
 
     def on_train_epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
         """Called once per epoch with each task's mean loss (strategies that keep histories)."""

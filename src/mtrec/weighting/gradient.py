@@ -77,12 +77,15 @@ class Aggregation(Weighting):
         losses[WEIGHTS] = torch.ones(len(present), device=total.device)
         return total + losses[PENALTY] if PENALTY in losses else total
 
-    def shared_gradient(self, received: torch.Tensor) -> torch.Tensor:
+    def shared_gradient(
+        self, received: torch.Tensor, gram: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Most of TorchJD's aggregators weight the rows: their weighting is called directly,
         on the 2 x 2 Gramian where it reads only that (what the aggregator would do, minus its
         own checks: a tenth of a step), so the weights each task got can be logged."""
         if self.weights_read == "gramian":
-            self.step_weights = self.aggregator.gramian_weighting(received @ received.T)
+            gram = received @ received.T if gram is None else gram
+            self.step_weights = self.aggregator.gramian_weighting(gram)
         elif self.weights_read == "rows":
             self.step_weights = self.aggregator.weighting(received)
         else:
