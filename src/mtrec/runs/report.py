@@ -345,6 +345,9 @@ def pareto_figure(jobs: list[Job], keys: list[str]):
     ax.plot(
         *zip(*(means[i] for i in front), strict=True),
         color="C1",
+        marker="o",
+        markersize=11,
+        markerfacecolor="none",
         zorder=2,
         label="non-dominated runs",
     )
@@ -369,7 +372,8 @@ def pareto_figure(jobs: list[Job], keys: list[str]):
         title="Trade-off between the tasks" + (" (mean over seeds)" if seed_keys(keys) else ""),
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="best")
+    ax.margins(0.12)  # room for the labels at the edges
     fig.tight_layout()
     return fig
 
