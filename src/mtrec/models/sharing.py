@@ -49,9 +49,17 @@ def _towers(dim: int) -> nn.ModuleDict:
     return nn.ModuleDict({task: nn.Linear(dim, dim) for task in TASK_NAMES})
 
 
-def _mix(gate_logits: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-    """The gate's softmax-weighted sum of the experts' outputs (``experts``: (..., E, d))."""
-    return (softmax(gate_logits).unsqueeze(-1) * experts).sum(-2)
+def _mix(gate_logits: torch.Tensor, *groups: torch.Tensor) -> torch.Tensor:
+    """The gate's softmax-weighted sum of the experts' outputs, given as groups (..., E_g, d)
+    in the gate's order. Each group is weighted by its slice of the gate rather than
+    concatenated first: the compiled step ran PLE about four times slower with the ``cat``."""
+    weights = softmax(gate_logits).unsqueeze(-1)
+    mixed, start = 0, 0
+    for group in groups:
+        count = group.shape[-2]
+        mixed = mixed + (weights[..., start : start + count, :] * group).sum(-2)
+        start += count
+    return mixed
 
 
 class TowerMixer(nn.Module):
@@ -126,16 +134,20 @@ class ExtractionLevel(nn.Module):
     def own(self, task: str, task_input: torch.Tensor) -> torch.Tensor:
         return self.task_experts[task](task_input)
 
-    def task_output(self, task: str, task_input: torch.Tensor, shared: torch.Tensor):
-        experts = torch.cat([self.own(task, task_input), shared], dim=-2)
-        return _mix(self.task_gates[task](task_input), experts)
+    def task_output(
+        self, task: str, task_input: torch.Tensor, shared: torch.Tensor, own=None
+    ) -> torch.Tensor:
+        """The task's gate over its own experts (``own``: their output, if computed) and the
+        shared ones."""
+        own = self.own(task, task_input) if own is None else own
+        return _mix(self.task_gates[task](task_input), own, shared)
 
     def forward(self, inputs: dict[str, torch.Tensor], shared_input: torch.Tensor):
         """The next level's inputs: one per task, and the shared one."""
         shared = self.shared(shared_input)
-        outputs = {t: self.task_output(t, inputs[t], shared) for t in TASK_NAMES}
-        every = torch.cat([*(self.own(t, inputs[t]) for t in TASK_NAMES), shared], dim=-2)
-        return outputs, _mix(self.shared_gate(shared_input), every)
+        own = {t: self.own(t, inputs[t]) for t in TASK_NAMES}
+        outputs = {t: self.task_output(t, inputs[t], shared, own[t]) for t in TASK_NAMES}
+        return outputs, _mix(self.shared_gate(shared_input), *own.values(), shared)
 
 
 class PLE(nn.Module):
