@@ -128,3 +128,38 @@ def test_a_twin_chooses_its_checkpoint_on_the_head_it_trains():
     )
     selection.on_validation_epoch_end(SimpleNamespace(callback_metrics=metrics), module)
     assert logged == {"val/combined": pytest.approx(0.8)}
+
+
+def test_a_pareto_figure_of_many_settings_colours_by_the_first_key_and_labels_the_front():
+    from pathlib import Path
+
+    from mtrec.runs import report
+
+    rng = random.Random(1)
+    jobs = []
+    for sharing, weight, seed in itertools.product(("a", "b", "c"), ("0.9", "0.5", "0.1"), "01"):
+        overrides = {"model.sharing": sharing, "model.factorization_weight": weight}
+        final = {"val/mrr": rng.uniform(0.05, 0.1), "val/mse": rng.uniform(0.8, 1.0)}
+        jobs.append(report.Job(Path(sharing), overrides | {"seed": seed}, "completed", "", 1.0))
+        jobs[-1].metrics = {"final": final}
+    keys = ["model.sharing", "model.factorization_weight", "seed"]
+    fig = report.pareto_figure(jobs, keys[:2] + ["seed"])  # 9 settings: each labelled
+    assert len(fig.axes[0].texts) == 9
+    more = [
+        report.Job(Path("d"), {"model.sharing": "d", "model.factorization_weight": w}, "completed")
+        for w in ("0.9", "0.5", "0.1", "0.05")
+    ]
+    for job in more:
+        job.metrics = {"final": {"val/mrr": rng.uniform(0.05, 0.1), "val/mse": 0.9}}
+    fig = report.pareto_figure(jobs + more, keys)  # 13 settings: colours, markers, the front
+    means = {}
+    for job in jobs + more:
+        setting = (job.overrides["model.sharing"], job.overrides["model.factorization_weight"])
+        means.setdefault(setting, []).append(
+            (job.metrics["final"]["val/mrr"], job.metrics["final"]["val/mse"])
+        )
+    points = [tuple(sum(v) / len(v) for v in zip(*p, strict=True)) for p in means.values()]
+    assert len(fig.axes[0].texts) == len(twins.pareto_front(points)) < 13
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert [f"sharing={s}" for s in "abcd"] == [t for t in legend if t.startswith("sharing=")]
+    assert "factorization_weight=0.05" in legend  # a marker per other setting

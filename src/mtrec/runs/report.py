@@ -308,17 +308,22 @@ def pareto_figure(jobs: list[Job], keys: list[str]):
     """Each run's (or setting's, mean over seeds) final MSE against MRR, the non-dominated
     ones joined, each setting's single-task twins as one star (the interaction twin's MRR,
     the rating twin's MSE: what two single-task models give). ``None`` unless two runs have
-    both heads' metrics."""
+    both heads' metrics.
+
+    Up to :data:`LABELLED_POINTS` points each carry their label; past that (a study) the
+    first swept key picks the colour, the others the marker, and only the non-dominated
+    points are labelled."""
     import matplotlib
 
     if not matplotlib.get_backend().lower().startswith(("module://", "agg", "inline")):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     prefix = compared_prefix(jobs)
     first, second = (f"{prefix}/{task.metric_names()[0]}" for task in tasks.TASKS)
     label_keys = [k for k in keys if k not in seed_keys(keys)]
-    points: dict[str, list[tuple[float, float]]] = {}
+    points: dict[tuple, list[tuple[float, float]]] = {}
     twin_values: dict[tuple, dict[str, list[float]]] = {}
     for job in jobs:
         final = job.metrics.get("final", {})
@@ -332,19 +337,37 @@ def pareto_figure(jobs: list[Job], keys: list[str]):
                 final.get(name, math.nan)
             )
         elif first in final and second in final:
-            points.setdefault(run_label(job, label_keys), []).append((final[first], final[second]))
+            shown = tuple((k, job.overrides[k]) for k in label_keys if k in job.overrides)
+            points.setdefault(shown, []).append((final[first], final[second]))
     if len(points) < 2:
         return None
-    labels = list(points)
-    means = [tuple(sum(v) / len(v) for v in zip(*points[label], strict=True)) for label in labels]
+    settings = list(points)
+    means = [tuple(sum(v) / len(v) for v in zip(*points[s], strict=True)) for s in settings]
     front = twins.pareto_front(means)
-    fig, ax = plt.subplots(figsize=(8, 6))
-    ax.scatter(*zip(*means, strict=True), color="C0", zorder=3)
-    for label, (x, y) in zip(labels, means, strict=True):
-        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    grouped = len(settings) > LABELLED_POINTS and len(label_keys) > 1
+    group_key = label_keys[0] if grouped else None
+    groups = list(dict.fromkeys(dict(s).get(group_key) for s in settings))
+    rests = list(dict.fromkeys(_setting_label(s, exclude=group_key) for s in settings))
+
+    def color(setting) -> str:
+        return f"C{groups.index(dict(setting).get(group_key)) % 10}" if grouped else "C0"
+
+    fig, ax = plt.subplots(figsize=(10, 6.5) if grouped else (8, 6))
+    for setting, (x, y) in zip(settings, means, strict=True):
+        marker = MARKERS[rests.index(_setting_label(setting, group_key)) % len(MARKERS)]
+        ax.scatter([x], [y], color=color(setting), marker=marker if grouped else "o", zorder=3)
+    labelled = range(len(settings)) if not grouped else front
+    for place, i in enumerate(labelled):  # the front's labels alternate above and below
+        ax.annotate(
+            _setting_label(settings[i]),
+            means[i],
+            fontsize=7,
+            xytext=(4, 3 if not grouped or place % 2 == 0 else -10),
+            textcoords="offset points",
+        )
     ax.plot(
         *zip(*(means[i] for i in front), strict=True),
-        color="C1",
+        color="0.2" if grouped else "C1",
         marker="o",
         markersize=11,
         markerfacecolor="none",
@@ -355,27 +378,53 @@ def pareto_figure(jobs: list[Job], keys: list[str]):
         if all(found.get(t.name) for t in tasks.TASKS):
             x = sum(found[tasks.INTERACTION.name]) / len(found[tasks.INTERACTION.name])
             y = sum(found[tasks.RATING.name]) / len(found[tasks.RATING.name])
-            shown = [(k, v) for k, v in setting if k in label_keys]
-            name = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in shown) or "twins"
-            ax.scatter([x], [y], marker="*", s=160, color="C3", zorder=4)
-            ax.annotate(
-                f"twins: {name}",
-                (x, y),
-                fontsize=7,
-                color="C3",
-                xytext=(4, -9),
-                textcoords="offset points",
-            )
+            ax.scatter([x], [y], marker="*", s=160, color=color(setting) if grouped else "C3")
+            if not grouped:
+                ax.annotate(
+                    f"twins: {_setting_label(setting) or 'single-task'}",
+                    (x, y),
+                    fontsize=7,
+                    color="C3",
+                    xytext=(4, -9),
+                    textcoords="offset points",
+                )
     ax.set(
         xlabel=f"{first} (higher is better)",
         ylabel=f"{second} (lower is better)",
         title="Trade-off between the tasks" + (" (mean over seeds)" if seed_keys(keys) else ""),
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
     ax.margins(0.12)  # room for the labels at the edges
+    if not grouped:
+        ax.legend(fontsize=8, loc="best")
+        fig.tight_layout()
+        return fig
+    short = group_key.rsplit(".", 1)[-1]
+    handles = [Line2D([], [], color="0.2", marker="o", markerfacecolor="none", markersize=11)]
+    handles += [Line2D([], [], color="0.4", marker="*", markersize=12, linestyle="")]
+    names = ["non-dominated", "single-task twins"]
+    handles += [
+        Line2D([], [], color=f"C{i % 10}", marker="s", linestyle="") for i in range(len(groups))
+    ]
+    names += [f"{short}={g}" for g in groups]
+    handles += [
+        Line2D([], [], color="0.4", marker=MARKERS[i % len(MARKERS)], linestyle="")
+        for i in range(len(rests))
+    ]
+    names += rests
+    ax.legend(handles, names, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig
+
+
+#: more settings than this and the Pareto figure colours and marks instead of labelling
+LABELLED_POINTS = 12
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
+
+def _setting_label(setting: tuple, exclude: str | None = None) -> str:
+    """``key=value, ...`` with the last part of each key, ``exclude`` left out."""
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in setting if k != exclude)
 
 
 def write_gate_figure(run_dir: Path, history: list[dict]) -> Path | None:
