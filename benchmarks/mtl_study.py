@@ -1,0 +1,122 @@
+"""The README's trade-off study table, from the sweep folder of ``experiment=mtl_study``.
+
+Per architecture and weighting, over the split seeds (mean ± sd): test MRR (per user and per
+interaction), test RMSE, Δm against the architecture's single-task twins (validation
+metrics, as the summary computes it) and on how many splits it is below 0; each
+architecture's twins as one row (the interaction twin's MRR, the rating twin's RMSE). Then
+the runs that meet the standing goal on test, and the setting with the best mean
+``val/combined`` (the checkpoint criterion).
+
+    python benchmarks/mtl_study.py outputs/sweeps/mtl_study/<date_time>_<token>
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from mtrec.runs import report, twins
+
+SHARING, WEIGHTING, LAMBDA, SPLIT = (
+    "model.sharing",
+    "weighting",
+    "model.factorization_weight",
+    "data.split_seed",
+)
+COLUMNS = {
+    "test/mrr": ".4f",
+    "test/mrr_interaction": ".4f",
+    "test/rmse": ".3f",
+    "delta_m": "+.1f",
+}
+GOAL_MRR, GOAL_RMSE = 0.130, 0.880
+
+
+def runs(sweep: Path) -> pd.DataFrame:
+    jobs, keys = report.read_sweep(sweep)
+    table = report.summary_table(jobs, keys)
+    table = table[table["status"] == "completed"].copy()
+    table["twin"] = [twins.twin_task(job.overrides) for job in jobs if job.status == "completed"]
+    table["setting"] = [
+        "fixed λF=" + str(w) if s == "fixed" else s
+        for s, w in zip(table[WEIGHTING], table[LAMBDA], strict=True)
+    ]
+    return table
+
+
+def _cell(values: pd.Series, spec: str) -> str:
+    values = values.dropna()
+    if values.empty:
+        return ""
+    sd = f" ± {values.std(ddof=1):{spec.lstrip('+')}}" if len(values) > 1 else ""
+    return f"{values.mean():{spec}}{sd}"
+
+
+def study_table(table: pd.DataFrame) -> str:
+    lines = [
+        "| `model.sharing` | weighting | test MRR | test MRR per interaction | test RMSE "
+        "| Δm % (val) | Δm < 0 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for sharing in dict.fromkeys(table[SHARING]):
+        mine = table[table[SHARING] == sharing]
+        alone = mine[mine["twin"] == "interaction"]
+        rating = mine[mine["twin"] == "rating"]
+        lines.append(
+            f"| `{sharing}` | *single-task twins* | {_cell(alone['test/mrr'], '.4f')} "
+            f"| {_cell(alone['test/mrr_interaction'], '.4f')} "
+            f"| {_cell(rating['test/rmse'], '.3f')} | 0 | |"
+        )
+        multi = mine[mine["twin"].isna()]
+        for setting, rows in multi.groupby("setting", sort=False):
+            cells = [_cell(rows[c], spec) for c, spec in COLUMNS.items()]
+            below = f"{(rows['delta_m'] < 0).sum()} / {rows['delta_m'].notna().sum()}"
+            lines.append(f"| `{sharing}` | {setting} | {' | '.join(cells)} | {below} |")
+    return "\n".join(lines)
+
+
+def goal_lines(table: pd.DataFrame) -> str:
+    multi = table[table["twin"].isna()]
+    met = multi[(multi["test/mrr_interaction"] >= GOAL_MRR) & (multi["test/rmse"] <= GOAL_RMSE)]
+    lines = [f"runs meeting MRR per interaction >= {GOAL_MRR} and RMSE <= {GOAL_RMSE} on test:"]
+    lines += [
+        f"  {r.run}: {r['test/mrr_interaction']:.4f} / {r['test/rmse']:.4f}"
+        for _, r in met.iterrows()
+    ] or ["  none"]
+    means = multi.groupby([SHARING, "setting"], sort=False)[
+        ["val/combined", "test/mrr_interaction", "test/rmse"]
+    ].agg(["mean", "std"])
+    best = means[("val/combined", "mean")].idxmax()
+    row = means.loc[best]
+    lines.append(
+        f"best mean val/combined: {best[0]} {best[1]}: {row[('val/combined', 'mean')]:.3f}; "
+        f"test MRR per interaction {row[('test/mrr_interaction', 'mean')]:.4f} ± "
+        f"{row[('test/mrr_interaction', 'std')]:.4f}, "
+        f"RMSE {row[('test/rmse', 'mean')]:.4f} ± {row[('test/rmse', 'std')]:.4f}"
+    )
+    top = multi.loc[multi["val/combined"].idxmax()]
+    lines.append(
+        f"best single run by val/combined: {top.run} (split {top[SPLIT]}): "
+        f"{top['val/combined']:.3f}; test {top['test/mrr_interaction']:.4f} / "
+        f"{top['test/rmse']:.4f}"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", type=Path)
+    args = parser.parse_args()
+    table = runs(args.sweep)
+    if table.empty or not math.isfinite(table["delta_m"].max()):
+        raise SystemExit(f"{args.sweep}: no completed runs with a delta_m (a twins sweep?)")
+    print(study_table(table))
+    print()
+    print(goal_lines(table))
+
+
+if __name__ == "__main__":
+    main()
