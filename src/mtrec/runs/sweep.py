@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
@@ -71,8 +72,11 @@ class SweepRecorder(Callback):
 
     @staticmethod
     def _summarise(sweep_dir: Path) -> None:
+        """One job at a time (parallel jobs): each reads every job's record, so the last one
+        to write has seen them all."""
         try:
-            write_report(sweep_dir)
+            with FileLock(str(sweep_dir / ".summary.lock")):
+                write_report(sweep_dir)
             log.info("Sweep summary: %s", sweep_dir / "summary.md")
         except Exception:  # the summary must never fail the sweep itself
             log.exception("Could not write the sweep summary of %s", sweep_dir)
