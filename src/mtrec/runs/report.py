@@ -229,8 +229,8 @@ def mean_sd_table(frame: pd.DataFrame, formats: dict[str, str] | None = None) ->
 
 def run_label(job: Job, keys: list[str]) -> str:
     """A short legend label: the swept values with the last part of each key."""
-    parts = [f"{k.rsplit('.', 1)[-1]}={job.overrides[k]}" for k in keys if k in job.overrides]
-    return ", ".join(parts) or job.name
+    shown = tuple((k, job.overrides[k]) for k in keys if k in job.overrides)
+    return _setting_label(shown) or job.name
 
 
 def write_figures(jobs: list[Job], keys: list[str], sweep_dir: Path) -> list[Path]:
@@ -353,17 +353,24 @@ def pareto_figure(jobs: list[Job], keys: list[str]):
         return f"C{groups.index(dict(setting).get(group_key)) % 10}" if grouped else "C0"
 
     fig, ax = plt.subplots(figsize=(10, 6.5) if grouped else (8, 6))
+
+    def marker(setting) -> str:
+        return MARKERS[rests.index(_setting_label(setting, group_key)) % len(MARKERS)]
+
     for setting, (x, y) in zip(settings, means, strict=True):
-        marker = MARKERS[rests.index(_setting_label(setting, group_key)) % len(MARKERS)]
-        ax.scatter([x], [y], color=color(setting), marker=marker if grouped else "o", zorder=3)
-    labelled = range(len(settings)) if not grouped else front
-    for place, i in enumerate(labelled):  # the front's labels alternate above and below
+        shape = marker(setting) if grouped else "o"
+        ax.scatter([x], [y], color=color(setting), marker=shape, zorder=3)
+    labelled = sorted(range(len(settings)) if not grouped else front, key=lambda i: means[i])
+    middle = (min(x for x, _ in means) + max(x for x, _ in means)) / 2
+    for place, i in enumerate(labelled):
+        right = means[i][0] > middle  # written leftwards there: the edge would cut it
         ax.annotate(
             _setting_label(settings[i]),
             means[i],
             fontsize=7,
-            xytext=(4, 3 if not grouped or place % 2 == 0 else -10),
+            xytext=(-4 if right else 4, 3 if place % 2 == 0 else -10),  # neighbours alternate
             textcoords="offset points",
+            ha="right" if right else "left",
         )
     ax.plot(
         *zip(*(means[i] for i in front), strict=True),
@@ -378,7 +385,9 @@ def pareto_figure(jobs: list[Job], keys: list[str]):
         if all(found.get(t.name) for t in tasks.TASKS):
             x = sum(found[tasks.INTERACTION.name]) / len(found[tasks.INTERACTION.name])
             y = sum(found[tasks.RATING.name]) / len(found[tasks.RATING.name])
-            ax.scatter([x], [y], marker="*", s=160, color=color(setting) if grouped else "C3")
+            ax.scatter(
+                [x], [y], marker="*", s=160, color=color(setting) if grouped else "C3", zorder=4
+            )
             if not grouped:
                 ax.annotate(
                     f"twins: {_setting_label(setting) or 'single-task'}",
