@@ -93,7 +93,6 @@ def test_the_scheduler_steps_once_per_epoch(ratings_folder, tmp_path):
 
 def test_compiled_losses_and_gradients_equal_eager_ones(ratings_folder, monkeypatch):
     monkeypatch.delenv("TORCHDYNAMO_DISABLE", raising=False)  # set for all tests in conftest
-    monkeypatch.setattr(torch._dynamo.config, "disable", False)
     torch.compiler.reset()
     dm = MovieLensDataModule(path=str(ratings_folder), batch_size=16, batches_per_chunk=2)
     dm.setup()

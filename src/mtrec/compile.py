@@ -10,19 +10,21 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def compile_or_eager(function: Callable) -> Callable:
-    """``function`` compiled on first call; if compiling fails (no C compiler, an unsupported
-    operation or platform), a warning names the reason and every call runs eagerly instead.
+def compile_or_eager(function: Callable, **options) -> Callable:
+    """``function`` compiled on first call (with ``torch.compile``'s ``options``); if compiling
+    fails (no C compiler, an unsupported operation or platform), a warning names the reason
+    and every call runs eagerly instead.
 
     An error of ``function`` itself is raised again by the eager call, so nothing is hidden.
     """
-    compiled = torch.compile(function)
-    current = compiled
+    compiled = None  # made on first call, so that it sees the compiler settings of then
+    eager = False
 
     def call(*args, **kwargs):
-        nonlocal current
-        if current is compiled:
+        nonlocal compiled, eager
+        if not eager:
             try:
+                compiled = compiled or torch.compile(function, **options)
                 return compiled(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly
                 log.warning(
@@ -31,7 +33,7 @@ def compile_or_eager(function: Callable) -> Callable:
                     type(error).__name__,
                     str(error).splitlines()[0] if str(error) else "",
                 )
-                current = function
-        return current(*args, **kwargs)
+                eager = True
+        return function(*args, **kwargs)
 
     return call

@@ -20,6 +20,7 @@ from mtrec.errors import ConfigError, TrainingDiverged
 from mtrec.lightning_internals import check_internals, count_optimizer_steps
 from mtrec.metrics import evaluate
 from mtrec.objective import Objective
+from mtrec.optim import check_sparse_rows, row_sparse
 from mtrec.shared import TaskCopies
 from mtrec.tasks import tasks_of
 from mtrec.weighting import FixedWeighting, Weighting
@@ -67,6 +68,7 @@ class RecommenderModule(L.LightningModule):
         compile: bool = False,
         step_hooks: bool = False,
         diagnostics: bool | str = "auto",
+        sparse_rows: bool = False,
     ):
         super().__init__()
         # Only plain values go into checkpoints, so they load with torch.load(weights_only=True).
@@ -92,8 +94,12 @@ class RecommenderModule(L.LightningModule):
             else None
         )
         self.make_optimizer = optimizer or partial(torch.optim.Adam, lr=1e-3)
+        if sparse_rows:
+            self._sparse_tables(compile)
         self.make_scheduler = scheduler
-        self.step_losses = compile_or_eager(self.losses) if compile else self.losses
+        # sparse gradients cannot be compiled: the tables' row updates are, in the optimizer
+        compile_step = compile and not sparse_rows
+        self.step_losses = compile_or_eager(self.losses) if compile_step else self.losses
         # Sums of the loss terms over the epoch, on the device: no host synchronisation per step.
         self.loss_sums: dict[str, torch.Tensor] = {}
         self.steps_in_epoch = 0
@@ -102,6 +108,20 @@ class RecommenderModule(L.LightningModule):
         self._fixed_weights: torch.Tensor | None = None
         # the parameters whose gradients are averaged over DDP ranks by this module, if any
         self.synced_gradients: list[nn.Parameter] | None = None
+
+    def _sparse_tables(self, compile: bool) -> None:
+        """Sparse row updates: every embedding table gives sparse gradients (the rows the
+        batch read) and is updated row by row (:class:`~mtrec.optim.RowSparseAdam`)."""
+        tables = [m for m in self.net.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+        if not tables:
+            raise ConfigError(
+                f"model.sparse_rows=true: {type(self.net).__name__} has no embedding tables to "
+                "update row by row. Fix: model.sparse_rows=false."
+            )
+        check_sparse_rows(self.objective.l1, self.objective.l2)
+        for table in tables:
+            table.sparse = True
+        self.make_optimizer = row_sparse(self.make_optimizer, compile)
 
     def on_fit_start(self) -> None:
         check_internals(self.trainer)
@@ -118,6 +138,14 @@ class RecommenderModule(L.LightningModule):
                 f"under DDP only (not {type(self.trainer.strategy).__name__}, "
                 f"precision {self.trainer.precision}). Fix: trainer=default, gpu or ddp "
                 "without trainer.precision, or weighting=fixed."
+            )
+
+        if self.hparams.sparse_rows and self.task_gradients and data_parallel:
+            raise ConfigError(
+                f"model.sparse_rows=true with {type(self.weighting).__name__} (or "
+                "model.diagnostics=true) under DDP is not supported: the per-task gradients "
+                "are averaged over the ranks as one dense vector. Fix: model.sparse_rows=false, "
+                "weighting=fixed, or trainer=default."
             )
 
     def on_train_start(self) -> None:

@@ -22,7 +22,8 @@ class TableRows:
     """The rows ``ids`` of embedding ``table`` a batch reads.
 
     Gathered without autograd; the gradient sent back is added to the table's gradient by
-    index, which is what the embedding's backward would do, without a pass of the autograd
+    index (a sparse gradient for a sparse table), which is what the embedding's backward
+    would do, without a pass of the autograd
     engine (about a tenth of a step on ML-100K).
     """
 
@@ -39,6 +40,12 @@ class TableRows:
         ids = self.ids.reshape(-1)
         if self.table.padding_idx is not None:  # the padding row never learns
             rows = rows * (ids != self.table.padding_idx).unsqueeze(1).to(rows)
+        if self.table.sparse:  # as a sparse table's own backward: one row per id, unsummed
+            gradient = torch.sparse_coo_tensor(
+                ids.long().unsqueeze(0), rows, weight.shape, check_invariants=False
+            )
+            weight.grad = gradient if weight.grad is None else weight.grad + gradient
+            return
         if weight.grad is None:
             weight.grad = torch.zeros_like(weight)
         weight.grad.index_add_(0, ids, rows)

@@ -30,6 +30,7 @@ from mtrec.errors import ConfigError, shown
 from mtrec.losses import factorization_loss
 from mtrec.models.embeddings import embedding_size
 from mtrec.objective import Objective
+from mtrec.optim import check_row_sparse, check_sparse_rows
 from mtrec.tasks import tasks_of
 from mtrec.weighting.gradient import check_aggregator
 
@@ -142,6 +143,11 @@ def owners_checks(cfg: DictConfig) -> None:
     if number(embedding_l2):
         Objective.check_settings(embedding_l2, net_class(cfg))
     weighting_checks(cfg)
+    if lookup(cfg, "model.sparse_rows") is True:
+        check_sparse_rows(lookup(cfg, "model.l1") or 0, lookup(cfg, "model.l2") or 0)
+        optimizer = lookup(cfg, "optimizer._target_")
+        if isinstance(optimizer, str):
+            check_row_sparse(optimizer)
     check = getattr(net_class(cfg), "check_settings", None)
     if check is not None:  # the net's own rules, with the values its config gives it
         args = {
