@@ -1,26 +1,30 @@
-"""Seconds per epoch, evaluation time and peak memory: a plain PyTorch loop next to the template.
+"""Seconds per epoch, evaluation time and peak memory: the scale table and the template's overhead.
 
-Both train the default recipe (MultiTaskNet, shared embeddings, weights 0.99 / 0.01, batch 256,
-one negative, Adam 1e-3) and evaluate the held-out 5 % after every epoch, on one thread.
+``make bench`` prints two tables, each row measured in its own process (so its peak resident
+memory is its own):
 
-- plain loop: the reference style: numpy shuffles and negatives, tensors made per batch,
-  ``loss.item()`` every step, plain Adam.
-- template: the real Lightning Trainer built from the Hydra config (``mtrec-train``'s code),
-  checkpoints, metrics.json and TensorBoard included, with the default speed settings.
+- scale: the template (the real Lightning Trainer built from the Hydra config, as
+  ``mtrec-train`` runs it, checkpoints, metrics.json and TensorBoard included) on each shape
+  and recipe of ``SCALE_ROWS``: ML-100K with dense Adam (the default recipe) and with sparse
+  row updates, ML-1M with both recipes, the ML-25M and ML-32M shapes with ``experiment=large``.
+  Seconds of one training epoch, of one full evaluation (every held-out user against every
+  item) and the peak resident memory. ML-100K is the real data set; the other shapes are
+  ``data=synthetic``.
+- overhead (``--shapes``, default ML-100K): the default recipe as a plain PyTorch loop in the
+  reference style (numpy shuffles and negatives, tensors made per batch, ``loss.item()``
+  every step, plain Adam) next to the template, one thread.
 
-ML-100K is the real data set; the other shapes are ``data=synthetic``. Every row runs in its
-own process, so its peak resident memory is its own. With ``--steps N`` each epoch stops after
-N batches and seconds per epoch are projected from the measured time per batch (marked ``*``):
-a full ML-25M epoch takes the better part of an hour.
+Figures are medians over epochs 2.. (the first pays one-off costs: compiling, allocation).
+With ``--steps N`` each epoch stops after N batches and seconds per epoch are projected from
+the measured time per batch (marked ``*``).
 
-Then one template row per loss-weighting strategy on ML-100K (``--weightings``, default
-every config of ``conf/weighting``; ``--weightings`` alone skips them), each relative to
-``weighting=fixed`` measured just before it, and one per sharing architecture
-(``--sharings``, default all; ``--sharings`` alone skips them), each relative to
-``model.sharing=shared`` measured just before it.
+``--weightings [names]`` adds one ML-100K row per loss-weighting strategy (all without names),
+each relative to ``weighting=fixed`` measured just before it; ``--sharings [names]`` one per
+sharing architecture, relative to ``model.sharing=shared``.
 
-    python benchmarks/epoch_time.py [--shapes ml-100k ml-1m] [--epochs 4] [--steps N]
-        [--weightings fixed pcgrad ...] [--sharings shared mmoe ...] [override ...]
+    python benchmarks/epoch_time.py [--scale ml-100k/dense ...] [--shapes ml-100k ml-1m]
+        [--epochs 2] [--steps N] [--weightings [fixed pcgrad ...]] [--sharings [mmoe ...]]
+        [override ...]
 """
 
 from __future__ import annotations
@@ -47,6 +51,15 @@ from mtrec.models import MultiTaskNet
 from mtrec.models.sharing import SHARINGS
 from mtrec.train import train
 
+# (shape, recipe name, overrides): the rows of the scale table
+SCALE_ROWS = [
+    ("ml-100k", "dense", []),
+    ("ml-100k", "sparse", ["model.sparse_rows=true"]),
+    ("ml-1m", "dense", []),
+    ("ml-1m", "large", ["experiment=large"]),
+    ("ml-25m", "large", ["experiment=large"]),
+    ("ml-32m", "large", ["experiment=large"]),
+]
 WEIGHTINGS = sorted(
     p.stem for p in (Path(__file__).parents[1] / "conf" / "weighting").glob("*.yaml")
 )
@@ -62,7 +75,10 @@ def data_module(shape: str, data_dir: str):
 
 
 def data_overrides(shape: str) -> list[str]:
-    return [] if shape == "ml-100k" else ["data=synthetic", f"data.shape={shape}"]
+    """The data of ``shape``: the real ML-100K, otherwise ``data=synthetic`` of that shape."""
+    if shape == "ml-100k":
+        return ["data=movielens", "data.variant=ml-100k"]
+    return ["data=synthetic", f"data.variant={shape}"]
 
 
 def plain_loop(shape: str, epochs: int, steps: int | None, data_dir: str) -> dict:
@@ -148,7 +164,9 @@ def template(shape: str, epochs: int, steps: int | None, data_dir: str, override
                 cfg.trainer.limit_train_batches = chunks
             steps = chunks * cfg.data.batches_per_chunk
         train(cfg, extra_callbacks=[timer])
-    return epoch_figures(timer.train_seconds, timer.eval_seconds, steps, timer.batches_per_epoch)
+        recipe = {"batch": cfg.data.batch_size, "threads": cfg.threads}
+    figures = epoch_figures(timer.train_seconds, timer.eval_seconds, steps, timer.batches_per_epoch)
+    return figures | recipe | {"steps": timer.batches_per_epoch}
 
 
 def epoch_figures(train_seconds, eval_seconds, steps, batches_per_epoch) -> dict:
@@ -160,6 +178,8 @@ def epoch_figures(train_seconds, eval_seconds, steps, batches_per_epoch) -> dict
         train_s *= batches_per_epoch / steps
     return {
         "seconds_per_epoch": train_s + eval_s,
+        "train_s": train_s,
+        "eval_s": eval_s,
         "eval_ms": 1000 * eval_s,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "projected": projected,
@@ -167,8 +187,7 @@ def epoch_figures(train_seconds, eval_seconds, steps, batches_per_epoch) -> dict
 
 
 def measure_in_subprocess(loop: str, shape: str, args, extra: tuple[str, ...] = ()) -> dict:
-    command = [sys.executable, __file__, "--row", loop, "--shapes", shape, "--weightings"]
-    command += ["--sharings"]
+    command = [sys.executable, __file__, "--row", loop, "--shapes", shape]
     command += ["--epochs", str(args.epochs), "--data-dir", args.data_dir]
     command += ["--steps", str(args.steps)] if args.steps else []
     result = subprocess.run(command + args.overrides + list(extra), capture_output=True, text=True)
@@ -181,16 +200,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--shapes", nargs="+", default=["ml-100k", "ml-1m"])
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument(
+        "--scale",
+        nargs="*",
+        default=[f"{shape}/{recipe}" for shape, recipe, _ in SCALE_ROWS],
+        help="rows of the scale table, as shape/recipe (none: skip the table)",
+    )
+    parser.add_argument(
+        "--shapes", nargs="*", default=["ml-100k"], help="plain loop vs template, per shape"
+    )
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, help="batches per epoch (projects the rest)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--row", choices=["plain", "template"], help="measure one loop only (JSON)")
     parser.add_argument(
-        "--weightings", nargs="*", default=WEIGHTINGS, help="strategies timed on ML-100K"
+        "--weightings", nargs="*", help="ML-100K rows per strategy (all without names)"
     )
     parser.add_argument(
-        "--sharings", nargs="*", default=list(SHARINGS), help="architectures timed on ML-100K"
+        "--sharings", nargs="*", help="ML-100K rows per architecture (all without names)"
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the template runs")
     args = parser.parse_args()
@@ -203,7 +230,43 @@ def main() -> None:
             row = template(shape, args.epochs, args.steps, args.data_dir, args.overrides)
         print(json.dumps(row))
         return
-    print(f"batch 256, 1 thread, median of epochs 2..{args.epochs}; * projected from --steps")
+    note = "; * projected from --steps" if args.steps else ""
+    if args.scale:
+        scale_table(args, note)
+    if args.shapes:
+        overhead_table(args, note)
+    if args.weightings is not None:
+        variant_rows(args, "weighting", args.weightings or WEIGHTINGS, "fixed")
+    if args.sharings is not None:
+        variant_rows(args, "model.sharing", args.sharings or list(SHARINGS), "shared")
+
+
+def scale_table(args, note: str) -> None:
+    """One template row per shape and recipe: training epoch, full evaluation, peak memory."""
+    rows = {f"{shape}/{recipe}": (shape, recipe, extra) for shape, recipe, extra in SCALE_ROWS}
+    unknown = [name for name in args.scale if name not in rows]
+    if unknown:
+        sys.exit(f"--scale {' '.join(unknown)}: unknown rows; known: {' '.join(rows)}")
+    print(f"scale: the template, median of epochs 2..{args.epochs}{note}")
+    header = f"{'shape':<10}{'recipe':<8}{'batch':>7}{'threads':>8}{'steps':>8}"
+    print(header + f"{'train s':>10}{'eval s':>9}{'peak GB':>9}", flush=True)
+    for name in args.scale:
+        shape, recipe, extra = rows[name]
+        row = measure_in_subprocess("template", shape, args, tuple(extra))
+        seconds = f"{row['train_s']:.2f}{'*' if row['projected'] else ' '}"
+        print(
+            f"{shape:<10}{recipe:<8}{row['batch']:>7}{row['threads']:>8}{row['steps']:>8}"
+            f"{seconds:>10}{row['eval_s']:>9.2f}{row['peak_rss_gb']:>9.2f}",
+            flush=True,
+        )
+
+
+def overhead_table(args, note: str) -> None:
+    """The plain loop and the template on the default recipe, seconds per epoch with
+    evaluation, and their ratio."""
+    print(
+        f"\noverhead: default recipe, batch 256, 1 thread, median of epochs 2..{args.epochs}{note}"
+    )
     header = f"{'shape':<10}{'loop':<10}{'s / epoch':>11}{'ratio':>7}{'eval ms':>9}{'peak GB':>9}"
     print(header, flush=True)
     for shape in args.shapes:
@@ -218,11 +281,6 @@ def main() -> None:
                 f"{row['eval_ms']:>9.1f}{row['peak_rss_gb']:>9.2f}",
                 flush=True,
             )
-
-    if args.weightings:
-        variant_rows(args, "weighting", args.weightings, "fixed")
-    if args.sharings:
-        variant_rows(args, "model.sharing", args.sharings, "shared")
 
 
 def variant_rows(args, key: str, names: list[str], baseline: str) -> None:

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+import mtrec.metrics
 from mtrec.data.interactions import Interactions, held_out
 from mtrec.metrics import average_ranks, evaluate, held_out_ranks, ranking_metrics, user_chunks
 from mtrec.tasks import metric_names
@@ -106,6 +107,24 @@ def test_average_rank_of_ties_and_chunks():
     for chunk in (1, 2, 4096):
         ranks = average_ranks(scores, rows, items, chunk_size=chunk)
         assert ranks.tolist() == [2.0, 4.0, 5.0, 3.0]
+
+
+def test_the_compiled_ranking_pass_gives_the_same_ranks(monkeypatch):
+    """Large chunks take one compiled pass (no copy of each row's scores): the same ranks,
+    ties and filtered items included, as the eager chunked pass."""
+    monkeypatch.delenv("TORCHDYNAMO_DISABLE", raising=False)  # set for all tests in conftest
+    torch.compiler.reset()
+    torch._dynamo.utils.counters.clear()
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 5, (40, 300), generator=generator).float()  # many ties
+    scores[torch.rand(40, 300, generator=generator) < 0.1] = float("-inf")  # known items
+    rows = torch.sort(torch.randint(40, (200,), generator=generator)).values
+    items = torch.randint(300, (200,), generator=generator)
+    eager = average_ranks(scores, rows, items, chunk_size=7)
+    monkeypatch.setattr(mtrec.metrics, "FUSED_ABOVE", 0)
+    fused = average_ranks(scores, rows, items)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
+    assert torch.equal(fused, eager)
 
 
 def test_mrr_averages_over_users_first():

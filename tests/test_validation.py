@@ -43,7 +43,10 @@ def message(*overrides: str) -> str:
         *([f"model={name}"] for name in MODELS),
         ["data=synthetic"],
         ["data=synthetic", "data.shape=ml-25m"],
-        ["data=synthetic", "data.variant=unused"],  # synthetic data ignores the variant
+        ["data=synthetic", "data.variant=ml-25m"],  # synthetic data take the variant's shape
+        ["experiment=large"],
+        ["experiment=large", "data=movielens"],  # the real ML-25M
+        ["model.sparse_rows=true", "optimizer=adamw"],
         ["debug=fast"],
         ["experiment=zoo"],
         ["experiment=cs330"],
@@ -229,6 +232,18 @@ CASES = {
     "negative_rating_ratio negative": (
         ["model.negative_rating_ratio=-1"],
         ["model.negative_rating_ratio=-1 is not valid", "an integer >= 0"],
+    ),
+    "sparse rows with sgd": (
+        ["model.sparse_rows=true", "optimizer=sgd"],
+        ["model.sparse_rows=true updates the embedding tables", "(not torch.optim.SGD)"],
+    ),
+    "sparse rows with l2": (
+        ["model.sparse_rows=true", "model.l2=1e-6"],
+        ["model.sparse_rows=true with model.l1=0, model.l2=1e-06", "model.embedding_l2"],
+    ),
+    "synthetic shape from the variant": (
+        ["data=synthetic", "data.variant=ml-5k"],
+        ["data.shape=ml-5k is not valid", "ml-25m"],
     ),
 }
 

@@ -9,6 +9,7 @@ gives the same data.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ import torch
 
 from mtrec.data.datamodule import MovieLensDataModule
 from mtrec.data.movielens import DataError, MovieLens
+from mtrec.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +87,17 @@ def generate(shape: str = "ml-1m", seed: int = 0) -> MovieLens:
     users = users.numpy()
     taste = rng.normal(0.0, 0.5, num_users)[users] + rng.normal(0.0, 0.6, num_items)[items]
     ratings = np.clip(np.rint(3.6 + taste + rng.normal(0.0, 0.9, total)), 1, 5)
+    return movielens(shape, seed, users, items, ratings)
+
+
+def movielens(shape: str, seed: int, users, items, ratings) -> MovieLens:
+    """The :class:`MovieLens` of generated 0-based ``users``, ``items`` and ``ratings``:
+    1-based ids, timestamps in row order, placeholder item titles."""
+    total, num_items = len(users), SHAPES[shape][1]
     frame = pd.DataFrame(
         {
-            "user": users + 1,
-            "item": items + 1,
+            "user": users.astype(np.int64) + 1,
+            "item": items.astype(np.int64) + 1,
             "rating": ratings.astype(np.float32),
             "timestamp": 880_000_000 + np.arange(total, dtype=np.int64),
         }
@@ -100,14 +109,39 @@ def generate(shape: str = "ml-1m", seed: int = 0) -> MovieLens:
     return MovieLens(frame, metadata, source=f"synthetic {shape}, seed {seed}")
 
 
+# Bump when generate() changes what it draws: cached files of older versions are not read.
+GENERATOR_VERSION = 1
+
+
+def cached(shape: str, seed: int, cache_dir: str | Path) -> MovieLens:
+    """:func:`generate`'s data, from ``cache_dir/synthetic`` if generated before, else
+    generated and cached (compact: int32 ids, int8 ratings; written atomically)."""
+    path = Path(cache_dir) / "synthetic" / f"{shape}-seed{seed}-v{GENERATOR_VERSION}.pt"
+    if path.exists():
+        stored = torch.load(path, weights_only=True)
+        log.info("Read %d synthetic ratings from %s", len(stored["users"]), path)
+        columns = (stored[key].numpy() for key in ("users", "items", "ratings"))
+        return movielens(shape, seed, *columns)
+    data = generate(shape, seed)
+    ratings = data.ratings
+    compact = {
+        "users": torch.from_numpy((ratings.user.to_numpy() - 1).astype(np.int32)),
+        "items": torch.from_numpy((ratings.item.to_numpy() - 1).astype(np.int32)),
+        "ratings": torch.from_numpy(ratings.rating.to_numpy().astype(np.int8)),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(compact, tmp)
+    log.info("Generated %d ratings (%s), cached in %s", len(ratings), data.source, path)
+    return data
+
+
 class SyntheticDataModule(MovieLensDataModule):
-    """The MovieLens data module over :func:`generate` data instead of downloaded files."""
+    """The MovieLens data module over :func:`generate` data instead of downloaded files,
+    generated once per shape and seed and read from the data cache after."""
 
     def __init__(self, shape: str = "ml-1m", generator_seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.shape, self.generator_seed = shape, generator_seed
 
     def load(self) -> MovieLens:
-        data = generate(self.shape, self.generator_seed)
-        log.info("Generated %d ratings (%s)", len(data.ratings), data.source)
-        return data
+        return cached(self.shape, self.generator_seed, self.hparams.cache_dir)
