@@ -34,7 +34,7 @@ test: lint  ## everything, as CI runs it
 test-fast: $(STAMP)  ## the inner loop: every test but those marked slow
 	$(BIN)/python -m pytest -m "not slow" -x -q
 
-bench: $(STAMP)  ## seconds per epoch: a plain PyTorch loop next to the template
+bench: $(STAMP)  ## the scale table (epoch, evaluation, memory per shape), then plain loop vs template
 	$(BIN)/python benchmarks/epoch_time.py $(ARGS)
 
 # The newest sweep, its runs under their job names; DIR=outputs shows every run, DIR=<folder> one.

@@ -49,6 +49,11 @@ class RecommenderModule(L.LightningModule):
     falling back to eager execution where compiling fails. Per-step losses are written to the
     loggers every ``trainer.log_every_n_steps`` optimizer steps (``train_step/...``).
 
+    ``sparse_rows``: the net's embedding tables give sparse gradients and are updated row by
+    row (:class:`~mtrec.optim.RowSparseAdam`, built from ``optimizer``'s Adam arguments), so a
+    step costs what its batch reads, not the catalogue; ``compile`` then compiles the row
+    update and the objective runs eagerly.
+
     Per-task gradients on what the tasks share (each task's own copy of the batch's shared
     rows) are taken when the weighting needs them (gradient-level strategies, GradNorm) or
     ``diagnostics=true``; the gradient diagnostics (``mtl/...``, epoch means) are logged
@@ -139,7 +144,6 @@ class RecommenderModule(L.LightningModule):
                 f"precision {self.trainer.precision}). Fix: trainer=default, gpu or ddp "
                 "without trainer.precision, or weighting=fixed."
             )
-
         if self.hparams.sparse_rows and self.task_gradients and data_parallel:
             raise ConfigError(
                 f"model.sparse_rows=true with {type(self.weighting).__name__} (or "

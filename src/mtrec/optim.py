@@ -10,8 +10,9 @@ Adam (fused, if asked) from the same instance, so Lightning, schedulers and chec
 one optimizer.
 
 The row update is written with index operations and compiled, because ``SparseAdam``'s
-sparse-tensor arithmetic is slow on the CPU: on an ML-25M-shaped table (162,541 × 32) and
-4,096-row batches, measured at 18 ms for its three tables per step against about 4 ms here.
+sparse-tensor arithmetic is slow on the CPU: a 4,096-row training step on ML-25M-shaped
+tables (162,541 × 32 users, 59,047 × 32 items, one thread) took 15.7 ms with it and 10.6 ms
+with this update.
 """
 
 from __future__ import annotations

@@ -23,8 +23,7 @@ class TableRows:
 
     Gathered without autograd; the gradient sent back is added to the table's gradient by
     index (a sparse gradient for a sparse table), which is what the embedding's backward
-    would do, without a pass of the autograd
-    engine (about a tenth of a step on ML-100K).
+    would do, without a pass of the autograd engine (about a tenth of a step on ML-100K).
     """
 
     table: nn.Embedding
