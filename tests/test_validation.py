@@ -47,6 +47,7 @@ def message(*overrides: str) -> str:
         ["experiment=large"],
         ["experiment=large", "data=movielens"],  # the real ML-25M
         ["model.sparse_rows=true", "optimizer=adamw"],
+        ["model.sparse_rows=true", "trainer=ddp"],  # DDP averages the sparse gradients
         ["debug=fast"],
         ["experiment=zoo"],
         ["experiment=cs330"],
@@ -240,6 +241,14 @@ CASES = {
     "sparse rows with l2": (
         ["model.sparse_rows=true", "model.l2=1e-6"],
         ["model.sparse_rows=true with model.l1=0, model.l2=1e-06", "model.embedding_l2"],
+    ),
+    "sparse rows with per-task gradients under ddp": (
+        ["model.sparse_rows=true", "trainer=ddp", "weighting=pcgrad"],
+        ["model.sparse_rows=true with PCGrad (or model.diagnostics=true) under DDP"],
+    ),
+    "sparse rows with diagnostics under ddp": (
+        ["model.sparse_rows=true", "trainer=ddp", "model.diagnostics=true"],
+        ["model.sparse_rows=true with FixedWeighting", "weighting=fixed, or trainer=default"],
     ),
     "synthetic shape from the variant": (
         ["data=synthetic", "data.variant=ml-5k"],

@@ -20,7 +20,7 @@ from mtrec.errors import ConfigError, TrainingDiverged
 from mtrec.lightning_internals import check_internals, count_optimizer_steps
 from mtrec.metrics import evaluate
 from mtrec.objective import Objective
-from mtrec.optim import check_sparse_rows, row_sparse
+from mtrec.optim import check_sparse_ddp, check_sparse_rows, row_sparse
 from mtrec.shared import TaskCopies
 from mtrec.tasks import tasks_of
 from mtrec.weighting import FixedWeighting, Weighting
@@ -145,12 +145,7 @@ class RecommenderModule(L.LightningModule):
                 "without trainer.precision, or weighting=fixed."
             )
         if self.hparams.sparse_rows and self.task_gradients and data_parallel:
-            raise ConfigError(
-                f"model.sparse_rows=true with {type(self.weighting).__name__} (or "
-                "model.diagnostics=true) under DDP is not supported: the per-task gradients "
-                "are averaged over the ranks as one dense vector. Fix: model.sparse_rows=false, "
-                "weighting=fixed, or trainer=default."
-            )
+            check_sparse_ddp(type(self.weighting).__name__)
 
     def on_train_start(self) -> None:
         # Under DDP a step's gradients are averaged over the ranks once, after the tasks'

@@ -145,6 +145,16 @@ def check_sparse_rows(l1: float, l2: float) -> None:
         )
 
 
+def check_sparse_ddp(weighting: str) -> None:
+    """Per-task gradients (``weighting``'s, or the diagnostics') are averaged over DDP ranks
+    as one dense vector, which sparse tables do not give."""
+    raise ConfigError(
+        f"model.sparse_rows=true with {weighting} (or model.diagnostics=true) under DDP is not "
+        "supported: the per-task gradients are averaged over the ranks as one dense vector. "
+        "Fix: model.sparse_rows=false, weighting=fixed, or trainer=default."
+    )
+
+
 def _target(make_optimizer) -> str:
     """``torch.optim.Adam`` for a partial of Adam, as a config's ``_target_`` names it."""
     func = getattr(make_optimizer, "func", make_optimizer)

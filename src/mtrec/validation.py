@@ -30,7 +30,7 @@ from mtrec.errors import ConfigError, shown
 from mtrec.losses import factorization_loss
 from mtrec.models.embeddings import embedding_size
 from mtrec.objective import Objective
-from mtrec.optim import check_row_sparse, check_sparse_rows
+from mtrec.optim import check_row_sparse, check_sparse_ddp, check_sparse_rows
 from mtrec.tasks import tasks_of
 from mtrec.weighting.gradient import check_aggregator
 
@@ -142,12 +142,9 @@ def owners_checks(cfg: DictConfig) -> None:
     embedding_l2 = lookup(cfg, "model.embedding_l2")
     if number(embedding_l2):
         Objective.check_settings(embedding_l2, net_class(cfg))
-    weighting_checks(cfg)
+    strategy = weighting_checks(cfg)
     if lookup(cfg, "model.sparse_rows") is True:
-        check_sparse_rows(lookup(cfg, "model.l1") or 0, lookup(cfg, "model.l2") or 0)
-        optimizer = lookup(cfg, "optimizer._target_")
-        if isinstance(optimizer, str):
-            check_row_sparse(optimizer)
+        sparse_rows_checks(cfg, strategy)
     check = getattr(net_class(cfg), "check_settings", None)
     if check is not None:  # the net's own rules, with the values its config gives it
         args = {
@@ -157,12 +154,12 @@ def owners_checks(cfg: DictConfig) -> None:
             check(**args)
 
 
-def weighting_checks(cfg: DictConfig) -> None:
+def weighting_checks(cfg: DictConfig):
     """The weighting's own checks: its solver installed, its parameters (its constructor),
-    and whether it can serve the net's heads."""
+    and whether it can serve the net's heads. Returns the strategy (None without one)."""
     weighting = cfg.get("weighting")
     if weighting is None:
-        return
+        return None
     aggregator = lookup(cfg, "weighting.aggregator._target_")
     if isinstance(aggregator, str):
         check_aggregator(aggregator)
@@ -174,6 +171,22 @@ def weighting_checks(cfg: DictConfig) -> None:
         raise
     heads = tuple(task.name for task in tasks_of(getattr(net_class(cfg), "heads", ())))
     strategy.check(heads, len(heads) == 2)
+    return strategy
+
+
+def sparse_rows_checks(cfg: DictConfig, strategy) -> None:
+    """What sparse row updates cannot take: another optimizer than Adam, penalties on all
+    parameters, per-task gradients (``strategy``'s or the diagnostics') under DDP."""
+    check_sparse_rows(lookup(cfg, "model.l1") or 0, lookup(cfg, "model.l2") or 0)
+    optimizer = lookup(cfg, "optimizer._target_")
+    if isinstance(optimizer, str):
+        check_row_sparse(optimizer)
+    task_gradients = getattr(strategy, "task_gradients", False)
+    task_gradients = task_gradients or lookup(cfg, "model.diagnostics") is True
+    if task_gradients and str(lookup(cfg, "trainer.strategy")).startswith("ddp"):
+        aggregator = lookup(cfg, "weighting.aggregator._target_")
+        named = aggregator if isinstance(aggregator, str) else type(strategy).__name__
+        check_sparse_ddp(named.rsplit(".", 1)[-1])
 
 
 def some_loss_weighs(cfg: DictConfig) -> None:
