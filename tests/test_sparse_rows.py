@@ -124,13 +124,36 @@ def test_later_steps_follow_torch_sparse_adam(compile, monkeypatch):
         assert 1 <= graphs < 6  # compiled, and not again for every new number of rows
 
 
+def autograd_step(module: RecommenderModule) -> None:
+    """One step by a plain backward pass of the weighted loss: every lookup through the
+    tables, each giving its own sparse gradient."""
+    optimizer = module.configure_optimizers()
+    optimizer.zero_grad()
+    module.losses(BATCH)["loss"].backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("sharing", ["shared", "items", "separate", "mmoe"])
+def test_reading_the_shared_rows_once_gives_the_plain_backward_step(sharing):
+    once = RecommenderModule(net(sharing=sharing), sparse_rows=True, compile=False)
+    plain = RecommenderModule(net(sharing=sharing), sparse_rows=True, compile=False)
+    assert once.read_once
+    before = once.net.user_embeddings.weight.detach().clone()
+    one_step(once)
+    autograd_step(plain)
+    # the same sums in another order: equal to float rounding, a thousandth of Adam's step
+    for (name, p), q in zip(once.net.named_parameters(), plain.net.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    assert (once.net.user_embeddings.weight - before).abs().max() > 5e-4  # the rows did move
+
+
 def test_per_task_gradients_reach_sparse_tables_as_the_plain_backward_does():
     """Fixed weights through each task's copy of the shared rows (diagnostics on) give the
     same step as the plain backward pass: the combined gradient is sent back sparse."""
     plain = RecommenderModule(net(), sparse_rows=True, compile=False, diagnostics=False)
     copies = RecommenderModule(net(), sparse_rows=True, compile=False, diagnostics=True)
     assert copies.task_gradients and not plain.task_gradients
-    one_step(plain)
+    autograd_step(plain)
     one_step(copies)
     for (name, p), q in zip(plain.net.named_parameters(), copies.net.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
