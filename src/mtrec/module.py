@@ -208,12 +208,12 @@ class RecommenderModule(L.LightningModule):
         lookup of the step reads them, so each table gets one sparse gradient instead of one
         per lookup, added up by autograd (ML-25M shape, 8,192 rows: 16 -> 13 ms per step)."""
         shared = self.net.shared(batch["users"], batch["items"])
-        one = TaskCopies(shared, ("all",)) if shared else None  # separate tables: nothing
-        rows = dict.fromkeys(self.tasks, one.copies["all"]) if one else None
-        losses = self.step_losses(batch, rows) if one else self.step_losses(batch)
+        single = TaskCopies(shared, ("all",)) if shared else None  # one copy for every task
+        rows = dict.fromkeys(self.tasks, single.copies["all"]) if single else None
+        losses = self.step_losses(batch, rows) if single else self.step_losses(batch)
         self.weighting.backward(losses, losses[LOSS], backward)
-        if one:
-            one.send(one.received[0])
+        if single:
+            single.send(single.received[0])
         losses.pop(WEIGHTS, None)
         return losses
 
