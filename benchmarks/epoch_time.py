@@ -249,7 +249,7 @@ def scale_table(args, note: str) -> None:
         sys.exit(f"--scale {' '.join(unknown)}: unknown rows; known: {' '.join(rows)}")
     print(f"scale: the template, median of epochs 2..{args.epochs}{note}")
     header = f"{'shape':<10}{'recipe':<8}{'batch':>7}{'threads':>8}{'steps':>8}"
-    print(header + f"{'train s':>10}{'eval s':>9}{'peak GB':>9}", flush=True)
+    print(header + f"{'train s':>10}{'eval s':>9}{'peak GiB':>9}", flush=True)
     for name in args.scale:
         shape, recipe, extra = rows[name]
         row = measure_in_subprocess("template", shape, args, tuple(extra))
@@ -267,7 +267,7 @@ def overhead_table(args, note: str) -> None:
     print(
         f"\noverhead: default recipe, batch 256, 1 thread, median of epochs 2..{args.epochs}{note}"
     )
-    header = f"{'shape':<10}{'loop':<10}{'s / epoch':>11}{'ratio':>7}{'eval ms':>9}{'peak GB':>9}"
+    header = f"{'shape':<10}{'loop':<10}{'s / epoch':>11}{'ratio':>7}{'eval ms':>9}{'peak GiB':>9}"
     print(header, flush=True)
     for shape in args.shapes:
         plain = None

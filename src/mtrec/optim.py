@@ -112,7 +112,7 @@ def row_sparse(make_optimizer, compile: bool = True):
     """The optimizer factory for sparse rows: :class:`RowSparseAdam` with the arguments of
     ``make_optimizer`` (a ``functools.partial`` of Adam or AdamW)."""
     target = _target(make_optimizer)
-    check_row_sparse(target)
+    check_sparse_optimizer(target)
     keywords = dict(getattr(make_optimizer, "keywords", {}))
     if target == "torch.optim.AdamW":
         keywords["decoupled_weight_decay"] = True
@@ -124,7 +124,7 @@ def row_sparse(make_optimizer, compile: bool = True):
     return make
 
 
-def check_row_sparse(optimizer_target: str) -> None:
+def check_sparse_optimizer(optimizer_target: str) -> None:
     """Sparse rows pair the tables' row-wise update with Adam for the rest: nothing else."""
     if optimizer_target not in ADAM_LIKE:
         raise ConfigError(

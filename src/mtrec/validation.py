@@ -30,7 +30,7 @@ from mtrec.errors import ConfigError, shown
 from mtrec.losses import factorization_loss
 from mtrec.models.embeddings import embedding_size
 from mtrec.objective import Objective
-from mtrec.optim import check_row_sparse, check_sparse_ddp, check_sparse_rows
+from mtrec.optim import check_sparse_ddp, check_sparse_optimizer, check_sparse_rows
 from mtrec.tasks import tasks_of
 from mtrec.weighting.gradient import check_aggregator
 
@@ -180,7 +180,7 @@ def sparse_rows_checks(cfg: DictConfig, strategy) -> None:
     check_sparse_rows(lookup(cfg, "model.l1") or 0, lookup(cfg, "model.l2") or 0)
     optimizer = lookup(cfg, "optimizer._target_")
     if isinstance(optimizer, str):
-        check_row_sparse(optimizer)
+        check_sparse_optimizer(optimizer)
     task_gradients = getattr(strategy, "task_gradients", False)
     task_gradients = task_gradients or lookup(cfg, "model.diagnostics") is True
     if task_gradients and str(lookup(cfg, "trainer.strategy")).startswith("ddp"):

@@ -352,11 +352,10 @@ def pareto_figure(jobs: list[Job], keys: list[str]):
     def color(setting) -> str:
         return f"C{groups.index(dict(setting).get(group_key)) % 10}" if grouped else "C0"
 
-    fig, ax = plt.subplots(figsize=(10, 6.5) if grouped else (8, 6))
-
     def marker(setting) -> str:
         return MARKERS[rests.index(_setting_label(setting, group_key)) % len(MARKERS)]
 
+    fig, ax = plt.subplots(figsize=(10, 6.5) if grouped else (8, 6))
     for setting, (x, y) in zip(settings, means, strict=True):
         shape = marker(setting) if grouped else "o"
         ax.scatter([x], [y], color=color(setting), marker=shape, zorder=3)
