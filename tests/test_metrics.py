@@ -6,7 +6,7 @@ import torch
 import mtrec.metrics
 from mtrec.data.interactions import Interactions, held_out
 from mtrec.metrics import average_ranks, evaluate, held_out_ranks, ranking_metrics, user_chunks
-from mtrec.tasks import metric_names
+from mtrec.mtl.tasks import metric_names
 
 
 def brute_force(scores, test_pairs, seen_pairs, k=10):

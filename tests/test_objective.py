@@ -10,8 +10,8 @@ from mtrec import losses
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
 from mtrec.models import MultiTaskNet, SequenceLSTM
-from mtrec.objective import Objective
-from mtrec.weighting import FixedWeighting
+from mtrec.mtl.objective import Objective
+from mtrec.mtl.weighting import FixedWeighting
 
 BATCH = {
     "users": torch.tensor([0, 1, 2]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtrec.shared import TableRows, TaskCopies
+from mtrec.mtl.shared import TableRows, TaskCopies
 
 
 def test_table_rows_send_what_the_embedding_backward_gives():

@@ -11,7 +11,7 @@ from mtrec.models import MultiTaskNet
 from mtrec.models.sharing import MMoE, SharedBottom
 from mtrec.models.sharing import softmax as sharing_softmax
 from mtrec.module import RecommenderModule
-from mtrec.weighting import FixedWeighting
+from mtrec.mtl.weighting import FixedWeighting
 
 ARCHITECTURES = [
     "shared",

@@ -10,8 +10,8 @@ from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
 from mtrec.models import MultiTaskNet
 from mtrec.module import RecommenderModule
+from mtrec.mtl.weighting import Aggregation, FixedWeighting
 from mtrec.optim import RowSparseAdam
-from mtrec.weighting import Aggregation, FixedWeighting
 
 NUM_USERS, NUM_ITEMS = 30, 20
 BATCH = {
@@ -183,7 +183,7 @@ def test_sparse_rows_checkpoint_round_trip_keeps_the_row_moments():
 def test_sparse_rows_refuse_what_would_touch_every_row(settings, message):
     from functools import partial
 
-    from mtrec.objective import Objective
+    from mtrec.mtl.objective import Objective
 
     optimizer = partial(torch.optim.SGD, lr=0.1) if "optimizer" in settings else None
     objective = Objective(l2=settings.get("l2", 0.0))

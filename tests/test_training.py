@@ -19,8 +19,8 @@ from mtrec.callbacks import MetricsHistory
 from mtrec.data.datamodule import MovieLensDataModule
 from mtrec.models import MultiTaskNet
 from mtrec.module import RecommenderModule
+from mtrec.mtl.weighting import FixedWeighting
 from mtrec.train import main, train
-from mtrec.weighting import FixedWeighting
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -119,7 +119,7 @@ def test_a_twin_chooses_its_checkpoint_on_the_head_it_trains():
     # wired to the run's weighting: the twin trained on interactions alone (λF = 1)
     from types import SimpleNamespace
 
-    from mtrec.weighting import FixedWeighting
+    from mtrec.mtl.weighting import FixedWeighting
 
     logged = {}
     module = SimpleNamespace(

@@ -10,14 +10,14 @@ import torch
 from torchjd.aggregation import MGDA, PCGrad
 
 from mtrec.data.info import DataInfo
-from mtrec.diagnostics import GradientDiagnostics, step_values
 from mtrec.errors import ConfigError
 from mtrec.models import MatrixFactorization, MultiTaskNet
 from mtrec.module import RecommenderModule
-from mtrec.objective import Objective
-from mtrec.weighting import DWA, RLW, Aggregation, FixedWeighting, GradNorm, Uncertainty
-from mtrec.weighting.gradient import check_aggregator
-from mtrec.weighting.loss_level import dwa_weights, gradnorm_gradient
+from mtrec.mtl.diagnostics import GradientDiagnostics, step_values
+from mtrec.mtl.objective import Objective
+from mtrec.mtl.weighting import DWA, RLW, Aggregation, FixedWeighting, GradNorm, Uncertainty
+from mtrec.mtl.weighting.gradient import check_aggregator
+from mtrec.mtl.weighting.loss_level import dwa_weights, gradnorm_gradient
 
 BATCH = {
     "users": torch.tensor([0, 1, 2, 1]),

@@ -16,7 +16,7 @@ from mtrec.data.info import DataInfo
 from mtrec.data.interactions import Interactions, held_out, index_ratings, last_items
 from mtrec.models import MatrixFactorization, MultiTaskNet
 from mtrec.models.embeddings import embedding_size
-from mtrec.objective import Objective
+from mtrec.mtl.objective import Objective
 from mtrec.train import build
 
 MODELS = [

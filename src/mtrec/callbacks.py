@@ -8,8 +8,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
+from mtrec.mtl.tasks import lower_is_better
 from mtrec.runs.folder import METRICS, write_metrics
-from mtrec.tasks import lower_is_better
 
 
 class MetricsHistory(L.Callback):

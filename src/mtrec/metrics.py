@@ -28,7 +28,7 @@ from torchmetrics import MeanSquaredError, Metric
 
 from mtrec.compile import compile_or_eager
 from mtrec.data.interactions import HeldOut
-from mtrec.tasks import INTERACTION, RATING
+from mtrec.mtl.tasks import INTERACTION, RATING
 
 # Scores per chunk of users: 128 MB of float32. ML-100K (943 × 1,682) fits in one chunk.
 MAX_SCORES = 1 << 25

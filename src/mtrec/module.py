@@ -15,16 +15,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mtrec.compile import compile_or_eager
 from mtrec.data.interactions import HeldOut
-from mtrec.diagnostics import GradientDiagnostics
 from mtrec.errors import ConfigError, TrainingDiverged
 from mtrec.lightning_internals import check_internals, count_optimizer_steps
 from mtrec.metrics import evaluate
-from mtrec.objective import Objective
+from mtrec.mtl.diagnostics import GradientDiagnostics
+from mtrec.mtl.objective import Objective
+from mtrec.mtl.shared import TaskCopies
+from mtrec.mtl.tasks import tasks_of
+from mtrec.mtl.weighting import FixedWeighting, Weighting
+from mtrec.mtl.weighting.base import WEIGHTS
 from mtrec.optim import check_sparse_ddp, check_sparse_rows, row_sparse
-from mtrec.shared import TaskCopies
-from mtrec.tasks import tasks_of
-from mtrec.weighting import FixedWeighting, Weighting
-from mtrec.weighting.base import WEIGHTS
 
 LOSS = "loss"  # the weighted total, beside each task's loss
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import lightning as L
 import torch
 
-from mtrec.tasks import lower_is_better, task_of_metric
+from mtrec.mtl.tasks import lower_is_better, task_of_metric
 
 
 class SelectionScore(L.Callback):

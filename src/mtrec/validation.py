@@ -29,10 +29,10 @@ from mtrec.data.synthetic import SHAPES
 from mtrec.errors import ConfigError, shown
 from mtrec.losses import factorization_loss
 from mtrec.models.embeddings import embedding_size
-from mtrec.objective import Objective
+from mtrec.mtl.objective import Objective
+from mtrec.mtl.tasks import tasks_of
+from mtrec.mtl.weighting.gradient import check_aggregator
 from mtrec.optim import check_sparse_ddp, check_sparse_optimizer, check_sparse_rows
-from mtrec.tasks import tasks_of
-from mtrec.weighting.gradient import check_aggregator
 
 ABSENT = object()  # the key is not in the config (or cannot be resolved: left to its user)
 

@@ -4,7 +4,7 @@ Every network takes a :class:`~mtrec.data.info.DataInfo` as its first argument a
 its ``heads``: ``"interaction"`` (it has ``interaction_logits`` and ``score_all_items``) and/or
 ``"rating"`` (it has ``ratings``). All have ``item_vectors()``. A net with both heads says what
 its tasks share for a batch with ``shared(user_ids, item_ids)``: a dict of
-:class:`~mtrec.shared.TableRows` (embedding rows) or tensors (a shared layer's output), empty
+:class:`~mtrec.mtl.shared.TableRows` (embedding rows) or tensors (a shared layer's output), empty
 when the heads share nothing.
 """
 

@@ -11,7 +11,7 @@ from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError, shown
 from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
 from mtrec.models.sharing import MIXERS, PLE, SHARINGS, CrossStitch, MMoE
-from mtrec.shared import TableRows
+from mtrec.mtl.shared import TableRows
 
 
 class MultiTaskNet(nn.Module):

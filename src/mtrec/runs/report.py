@@ -5,7 +5,7 @@ mean ± sd over the seeds, also ``summary_over_seeds.csv``, when a seed is swept
 when the sweep holds single-task twins) and the PNG
 figures from what the jobs left in their run folders (overrides, job record and metrics, read
 through :mod:`mtrec.runs.folder`), so it works for any finished or interrupted sweep and any
-launcher. Metrics come in the order of :mod:`mtrec.tasks`.
+launcher. Metrics come in the order of :mod:`mtrec.mtl.tasks`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mtrec import tasks
 from mtrec.files import atomic_write_bytes, atomic_write_text
+from mtrec.mtl import tasks
 from mtrec.runs import folder as run_folder
 from mtrec.runs import twins
 from mtrec.runs.naming import is_hidden, parse_overrides, swept_keys
@@ -85,7 +85,7 @@ def _metric_sort_key(name: str) -> tuple[int, int, int, str]:
 
 def metric_names(jobs: list[Job]) -> list[str]:
     """Every metric any job reported, in table order: test before val, then task by task in
-    the order of :func:`mtrec.tasks.metric_names` (metrics of no task, e.g. ``combined``,
+    the order of :func:`mtrec.mtl.tasks.metric_names` (metrics of no task, e.g. ``combined``,
     last). Gate use (``mtl/gate/...``, many values) stays in metrics.json and its figure."""
     names = {m for job in jobs for m in job.metrics.get("final", {}) if "/gate/" not in m}
     return sorted(names, key=_metric_sort_key)

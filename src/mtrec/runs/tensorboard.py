@@ -11,7 +11,7 @@ from tensorboard.plugins.hparams.metadata import EXPERIMENT_TAG
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from mtrec.tasks import metric_names
+from mtrec.mtl.tasks import metric_names
 
 
 def _tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:

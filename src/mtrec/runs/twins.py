@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from mtrec import tasks
+from mtrec.mtl import tasks
 
 WEIGHT_KEY = "model.factorization_weight"  # λF: 1 trains interactions alone, 0 ratings alone
 TWINS = {  # each task's twin: the overrides that train it alone

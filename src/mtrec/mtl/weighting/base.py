@@ -3,7 +3,7 @@
 A weighting owns the backward call of a step. ``combine`` gives the scalar whose gradient is
 taken (traced into the compiled step with the objective) and may record the weight each task
 got under ``losses["weights"]``. When the module hands ``backward`` each task's own copy of
-what the tasks share (:class:`mtrec.shared.TaskCopies`), the gradients the copies received
+what the tasks share (:class:`mtrec.mtl.shared.TaskCopies`), the gradients the copies received
 are combined by :meth:`Weighting.shared_gradient` and sent on to the shared part: the sum
 for loss-level strategies (what one backward would give), another combination for
 gradient-level ones.
@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from mtrec.errors import ConfigError
-from mtrec.objective import PENALTY
-from mtrec.shared import TaskCopies
-from mtrec.tasks import TASKS
+from mtrec.mtl.objective import PENALTY
+from mtrec.mtl.shared import TaskCopies
+from mtrec.mtl.tasks import TASKS
 
 WEIGHTS = "weights"  # where combine records each task's weight, in TASKS order
 

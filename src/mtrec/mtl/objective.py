@@ -1,6 +1,6 @@
 """The training objective: each task's unweighted loss on a batch, penalties apart.
 
-Kept apart from the weighting (how task losses become gradients, :mod:`mtrec.weighting`) and
+Kept apart from the weighting (how task losses become gradients, :mod:`mtrec.mtl.weighting`) and
 from the Lightning glue, so it can be called, tested and compiled on its own.
 """
 
@@ -11,7 +11,7 @@ from torch import nn
 
 from mtrec import losses
 from mtrec.errors import ConfigError
-from mtrec.tasks import INTERACTION, RATING, tasks_of
+from mtrec.mtl.tasks import INTERACTION, RATING, tasks_of
 
 PENALTY = "penalty"  # the key of the penalties in the objective's output
 

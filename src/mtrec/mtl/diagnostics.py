@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtrec.tasks import TASKS
+from mtrec.mtl.tasks import TASKS
 
 PREFIX = "mtl"
 

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from mtrec.errors import ConfigError
-from mtrec.objective import PENALTY
-from mtrec.tasks import RATING, TASKS
-from mtrec.weighting.base import WEIGHTS, Weighting
+from mtrec.mtl.objective import PENALTY
+from mtrec.mtl.tasks import RATING, TASKS
+from mtrec.mtl.weighting.base import WEIGHTS, Weighting
 
 log = logging.getLogger(__name__)
 NUM_TASKS = len(TASKS)
