@@ -45,10 +45,10 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import open_dict
 
-from mtrec import losses
-from mtrec.metrics import evaluate
 from mtrec.models import MultiTaskNet
 from mtrec.models.sharing import SHARINGS
+from mtrec.mtl import losses
+from mtrec.mtl.metrics import evaluate
 from mtrec.train import train
 
 # (shape, recipe name, overrides): the rows of the scale table

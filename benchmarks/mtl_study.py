@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mtrec.runs import report, twins
+from mtrec.runs import tables, twins
 
 SHARING, WEIGHTING, LAMBDA, SPLIT = (
     "model.sharing",
@@ -36,8 +36,8 @@ GOAL_MRR, GOAL_RMSE = 0.130, 0.880
 
 
 def runs(sweep: Path) -> pd.DataFrame:
-    jobs, keys = report.read_sweep(sweep)
-    table = report.summary_table(jobs, keys)
+    jobs, keys = tables.read_sweep(sweep)
+    table = tables.summary_table(jobs, keys)
     table = table[table["status"] == "completed"].copy()
     table["twin"] = [twins.twin_task(job.overrides) for job in jobs if job.status == "completed"]
     table["setting"] = [

@@ -20,10 +20,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from mtrec.runs import report
+from mtrec.runs.tables import (
+    Job,
+    markdown_table,
+    mean_sd_table,
+    over_seeds,
+    read_sweep,
+    summary_table,
+)
 
 
-def diagnostics(job: report.Job) -> dict[str, list[float]]:
+def diagnostics(job: Job) -> dict[str, list[float]]:
     """Each ``mtl/`` value per epoch, from metrics.json, else from the event files."""
     history = job.metrics.get("history", [])
     names = sorted({k for h in history for k in h if k.startswith("mtl/")})
@@ -41,13 +48,16 @@ def diagnostics(job: report.Job) -> dict[str, list[float]]:
 
 
 def job_rows(sweep: Path) -> pd.DataFrame:
-    jobs, keys = report.read_sweep(sweep)
-    table = report.summary_table(jobs, keys)
+    jobs, keys = read_sweep(sweep)
+    table = summary_table(jobs, keys)
     extra = []
     for job in jobs:
         values = diagnostics(job)
-        cosine = values.get("mtl/grad_cosine", [math.nan])
-        conflict = values.get("mtl/grad_conflict_share", [math.nan])
+        pair = "interaction-rating"  # the reference's pair (runs before per-pair names: plain)
+        cosine = values.get(f"mtl/grad_cosine/{pair}", values.get("mtl/grad_cosine", [math.nan]))
+        conflict = values.get(
+            f"mtl/grad_conflict_share/{pair}", values.get("mtl/grad_conflict_share", [math.nan])
+        )
         rating = values.get("mtl/grad_norm/rating", [math.nan])
         interaction = values.get("mtl/grad_norm/interaction", [math.nan])
         ratios = [r / i for r, i in zip(rating, interaction, strict=True) if i > 0]
@@ -81,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     tables, keys = zip(*(job_rows(sweep) for sweep in args.sweeps), strict=True)
     table = pd.concat(tables, ignore_index=True)
-    seeds = report.over_seeds(table, list(keys[0]))
+    seeds = over_seeds(table, list(keys[0]))
     seeds = seeds.sort_values("test/mrr", ascending=False)
     columns = {
         "weighting": "`weighting=`",
@@ -97,14 +107,14 @@ def main() -> None:
     formats = {"test/mrr": ".4f", "test/mrr best": ".4f", "test/mse": ".3f"}
     formats |= {"test/mse best": ".3f", "final cosine": "+.4f", "conflicting steps": ".2f"}
     formats |= {"rating / interaction norm": ".0f"}
-    shown = report.mean_sd_table(seeds, formats)[list(columns)].rename(columns=columns)
+    shown = mean_sd_table(seeds, formats)[list(columns)].rename(columns=columns)
     shown["`weighting=`"] = [f"`{name}`" for name in shown["`weighting=`"]]
     if args.bench:
         ratios = bench_ratios(args.bench)
         shown["s / epoch vs fixed"] = [
             f"{ratios[name]:.2f}" if name in ratios else "" for name in seeds["weighting"]
         ]
-    print(report.markdown_table(shown))
+    print(markdown_table(shown))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ import pytest
 from conftest import synthetic_ratings, write_u_data
 from mtrec.data import sources
 from mtrec.data.formats import RATINGS_LAYOUTS, parse_ratings, sniff
-from mtrec.data.movielens import VARIANTS, DataError, load_movielens, read_path
+from mtrec.data.movielens import DataError, load_movielens, read_path
+from mtrec.data.variants import VARIANTS
 
 GOOD = "1\t10\t4\t881250949\n2\t10\t3\t881250950\n2\t11\t5\t881250951\n"
 HALF_STARS = "userId,movieId,rating,timestamp\n1,10,4.5,881250949\n1,11,0.5,881250950\n"
@@ -304,9 +305,9 @@ def test_truncated_download_is_discarded_and_the_next_source_is_tried(
 
 FETCH = """
 import dataclasses, sys
-from mtrec.data import movielens, sources
+from mtrec.data import movielens, sources, variants
 sources.GROUPLENS_URL = sys.argv[1]
-movielens.VARIANTS["ml-100k"] = dataclasses.replace(movielens.VARIANTS["ml-100k"], md5=sys.argv[2])
+variants.VARIANTS["ml-100k"] = dataclasses.replace(variants.VARIANTS["ml-100k"], md5=sys.argv[2])
 sources.MIRRORS.clear()
 data = movielens.load_movielens("ml-100k", sys.argv[3])
 print(len(data.ratings), data.source.split()[0])

@@ -17,15 +17,20 @@ class FakeTrainer:
 
 
 def test_training_and_held_out_tensors_are_placed_once(ratings_folder):
+    """On the ``meta`` device (shapes only, on any machine): the data loaders' tensors must be
+    copies made there, since the split's own tensors stay on the CPU."""
     dm = MovieLensDataModule(path=str(ratings_folder), batch_size=16)
     dm.setup()
-    dm.trainer = FakeTrainer("cpu")
+    dm.trainer = FakeTrainer("meta")
     first, second = dm.train_dataloader(), dm.train_dataloader()
-    assert first.batches.data is second.batches.data  # the same device copy, reused
+    assert first.batches.data is not dm.split.train  # a copy on the device ...
+    assert first.batches.data is second.batches.data  # ... made once, then reused
     held = next(iter(dm.val_dataloader()))
     assert held is next(iter(dm.val_dataloader()))
+    assert held.users.device.type == "meta" and held.seen_items.device.type == "meta"
     batch = next(iter(first))[0]
-    assert batch["users"].device == torch.device("cpu")
+    assert {name: t.device.type for name, t in batch.items()} == dict.fromkeys(batch, "meta")
+    assert dm.split.train.users.device.type == "cpu"  # the split itself is left where it was
 
 
 def test_batches_are_the_same_wherever_the_data_live(ratings_folder):

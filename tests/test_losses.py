@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mtrec import losses
+from mtrec.mtl import losses
 
 POSITIVE = torch.tensor([2.0, -1.0])
 NEGATIVE = torch.tensor([[0.5, 3.0], [-1.0, -4.0]])  # two negatives per positive

@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
-import mtrec.metrics
+import mtrec.mtl.metrics
 from mtrec.data.interactions import Interactions, held_out
-from mtrec.metrics import average_ranks, evaluate, held_out_ranks, ranking_metrics, user_chunks
+from mtrec.models.protocol import Ranker, Recommender
+from mtrec.mtl.metrics import average_ranks, evaluate, held_out_ranks, ranking_metrics, user_chunks
 from mtrec.mtl.tasks import metric_names
 
 
@@ -30,20 +31,30 @@ def brute_force(scores, test_pairs, seen_pairs, k=10):
     }
 
 
-class FixedScores(torch.nn.Module):
+class FixedScores(Recommender, Ranker):
     """A stand-in net whose scores and ratings are given tables."""
 
     heads = ("interaction", "rating")
 
     def __init__(self, scores, ratings, heads=heads):
         super().__init__()
-        self.scores, self.rating_table, self.heads = scores, ratings, heads
+        self.scores, self.rating_table, self.built = scores, ratings, heads
+
+    @property
+    def tasks(self):
+        return self.built
+
+    def head(self, task):
+        return self.ratings
 
     def score_all_items(self, users):
         return self.scores[users].clone()
 
-    def ratings(self, users, items):
+    def ratings(self, users, items, rows=None, history=None):
         return self.rating_table[users, items]
+
+    def item_vectors(self):
+        return self.scores.T
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -121,7 +132,7 @@ def test_the_compiled_ranking_pass_gives_the_same_ranks(monkeypatch):
     rows = torch.sort(torch.randint(40, (200,), generator=generator)).values
     items = torch.randint(300, (200,), generator=generator)
     eager = average_ranks(scores, rows, items, chunk_size=7)
-    monkeypatch.setattr(mtrec.metrics, "FUSED_ABOVE", 0)
+    monkeypatch.setattr(mtrec.mtl.metrics, "FUSED_ABOVE", 0)
     fused = average_ranks(scores, rows, items)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
     assert torch.equal(fused, eager)
@@ -162,13 +173,19 @@ def test_chunks_cover_every_user_row_and_known_item_once():
             assert all(a.stop == b.start for a, b in zip(spans, spans[1:], strict=False))
 
 
-class FromHistory(torch.nn.Module):
+class FromHistory(Recommender):
     """A rating-only stand-in whose rating reads the row's history of items."""
 
     heads = ("rating",)
 
-    def ratings(self, users, items, history):
+    def head(self, task):
+        return self.ratings
+
+    def ratings(self, users, items, rows=None, history=None):
         return history.float().mean(1) + items
+
+    def item_vectors(self):
+        return torch.zeros(1, 1)
 
 
 def test_histories_follow_their_rows_into_the_chunks():

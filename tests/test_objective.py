@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtrec import losses
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
-from mtrec.models import MultiTaskNet, SequenceLSTM
-from mtrec.mtl.objective import Objective
+from mtrec.models import MatrixFactorization, MultiTaskNet, SequenceLSTM
+from mtrec.mtl import losses
+from mtrec.mtl.objective import Objective, check_settings
+from mtrec.mtl.step import LOSS, StepEngine
+from mtrec.mtl.tasks import INTERACTION, LIKE, Like, Rating
 from mtrec.mtl.weighting import FixedWeighting
 
 BATCH = {
@@ -21,9 +23,9 @@ BATCH = {
 }
 
 
-def net(sharing=True):
+def net(sharing=True, tasks=("interaction", "rating")):
     torch.manual_seed(0)
-    return MultiTaskNet(DataInfo(4, 8), 4, (12, 8), embedding_sharing=sharing)
+    return MultiTaskNet(DataInfo(4, 8), 4, (12, 8), embedding_sharing=sharing, tasks=tasks)
 
 
 def test_the_objective_returns_each_task_loss_unweighted():
@@ -38,34 +40,52 @@ def test_the_objective_returns_each_task_loss_unweighted():
     torch.testing.assert_close(out["rating"], ((predicted - BATCH["ratings"]) ** 2).mean())
 
 
+def test_the_like_task_is_binary_cross_entropy_of_rating_at_least_the_threshold():
+    model = net(tasks=("interaction", "rating", "like"))
+    out = Objective([INTERACTION, Rating(), Like(threshold=4)])(model, BATCH)
+    assert list(out) == ["interaction", "rating", "like"]
+    logits = model.like_logits(BATCH["users"], BATCH["items"])
+    labels = torch.tensor([1.0, 0.0, 1.0])  # ratings 4, 2, 5 against 4
+    by_hand = -(labels * logits.sigmoid().log() + (1 - labels) * (1 - logits.sigmoid()).log())
+    torch.testing.assert_close(out["like"], by_hand.mean())
+    at_five = Objective([Like(threshold=5)])(model, BATCH)["like"]
+    assert not torch.allclose(at_five, out["like"])  # the threshold is read
+
+
 def test_fixed_weighting_is_the_weighted_sum_plus_penalty():
-    task_losses = {"interaction": torch.tensor(0.4), "rating": torch.tensor(2.0)}
-    weighting = FixedWeighting({"interaction": 0.99, "rating": 0.01})
-    assert weighting.combine(task_losses).item() == pytest.approx(0.99 * 0.4 + 0.01 * 2.0)
-    with_penalty = {**task_losses, "penalty": torch.tensor(0.5)}
-    assert weighting.combine(with_penalty).item() == pytest.approx(0.396 + 0.02 + 0.5)
-    assert weighting.effective_weights() == {"interaction": 0.99, "rating": 0.01}
+    model = net()
+    objective = Objective(l2=0.5)
+    weighting = FixedWeighting({"interaction": 0.99, "rating": None})  # null: 1 - the others
+    engine = StepEngine(model, objective, weighting)
+    assert weighting.effective_weights() == {"interaction": 0.99, "rating": pytest.approx(0.01)}
+    out, weights = engine.losses(BATCH)
+    assert weights is None  # plain numbers, summed as the reference does
+    by_hand = 0.99 * out["interaction"] + 0.01 * out["rating"] + out["penalty"]
+    torch.testing.assert_close(out[LOSS], by_hand)
     with pytest.raises(ConfigError, match="weighting.weights has clicks, which is not a task"):
         FixedWeighting({"clicks": 1.0})
+    with pytest.raises(ConfigError, match="interaction, rating are all null"):
+        StepEngine(net(), Objective(), FixedWeighting({"interaction": None, "rating": None}))
 
 
-def test_the_weighting_makes_the_backward_call():
+def test_the_engine_makes_one_backward_call_of_the_weighted_sum():
     model = net()
-    weighting = FixedWeighting({"interaction": 0.5, "rating": 0.5})
-    out = Objective()(model, BATCH)
+    engine = StepEngine(model, Objective(), FixedWeighting({"interaction": 0.5, "rating": 0.5}))
     calls = []
-    weighting.backward(
-        out, weighting.combine(out), lambda loss: calls.append(loss) or loss.backward()
-    )
-    assert len(calls) == 1 and model.mlp[0].weight.grad is not None
+    engine.step(BATCH, lambda loss: calls.append(loss) or loss.backward())
+    assert len(calls) == 1
+    got = model.mlp[0].weight.grad.clone()
     model.zero_grad()
     out = Objective()(model, BATCH)
     (0.5 * out["interaction"] + 0.5 * out["rating"]).backward()  # the same sum, by hand
-    expected = model.mlp[0].weight.grad.clone()
-    model.zero_grad()
-    out = Objective()(model, BATCH)
-    weighting.backward(out, weighting.combine(out), torch.Tensor.backward)
-    torch.testing.assert_close(model.mlp[0].weight.grad, expected)
+    torch.testing.assert_close(got, model.mlp[0].weight.grad)
+
+
+def test_a_task_the_net_has_no_head_for_is_refused_when_the_run_is_built():
+    mf = MatrixFactorization(DataInfo(4, 8), 4)
+    with pytest.raises(ConfigError, match="MatrixFactorization has no head for interaction"):
+        StepEngine(mf, Objective(), FixedWeighting({"interaction": 0.5, "rating": 0.5}))
+    assert MultiTaskNet.heads == ("interaction", "rating", LIKE.name)
 
 
 @pytest.mark.parametrize(
@@ -86,20 +106,25 @@ def test_a_net_says_what_its_tasks_share(sharing, shared):
 def test_a_penalty_the_net_cannot_honour_is_refused():
     lstm = SequenceLSTM(DataInfo(4, 8), embedding_dim=4, hidden_size=4)
     with pytest.raises(ConfigError, match="model.embedding_l2=0.1: SequenceLSTM does not say"):
-        Objective.check_settings(0.1, type(lstm))
+        check_settings(0.1, type(lstm))
 
 
 def test_sequence_model_trains_with_negative_ratings():
     torch.manual_seed(0)
     lstm = SequenceLSTM(DataInfo(4, 8), embedding_dim=4, hidden_size=4)
     batch = {**BATCH, "history": torch.tensor([[0, 1, 2], [0, 0, 3], [4, 5, 6]])}
-    out = Objective(negative_rating_ratio=2)(lstm, batch)
-    negative = lstm.ratings(batch["users"].unsqueeze(-1), batch["negatives"], batch["history"])
+    out = Objective([Rating(negative_rating_ratio=2)])(lstm, batch)
+    negative = lstm.ratings(
+        batch["users"].unsqueeze(-1), batch["negatives"], history=batch["history"]
+    )
     assert negative.shape == (3, 2)
-    one = lstm.ratings(batch["users"][:1], batch["negatives"][0, :1], batch["history"][:1])
+    one = lstm.ratings(batch["users"][:1], batch["negatives"][0, :1], history=batch["history"][:1])
     torch.testing.assert_close(negative[0, 0], one[0])  # each negative read with its history
     predicted = torch.cat(
-        [lstm.ratings(batch["users"], batch["items"], batch["history"]), negative.reshape(-1)]
+        [
+            lstm.ratings(batch["users"], batch["items"], history=batch["history"]),
+            negative.reshape(-1),
+        ]
     )
     observed = torch.cat([batch["ratings"], torch.zeros(6)])
     torch.testing.assert_close(out["rating"], losses.regression_loss(predicted, observed))

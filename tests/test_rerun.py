@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from conftest import run_main
@@ -179,7 +180,7 @@ def make_run(folder: Path, status: str | None = "completed", checkpoint: bool = 
         run_folder.write_metrics(folder / "metrics.json", {"final": {"test/mrr": 0.1}})
     if checkpoint:
         (folder / "checkpoints").mkdir()
-        (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+        torch.save({"epoch": 1, "global_step": 2}, folder / "checkpoints" / "last.ckpt")
     return cfg
 
 

@@ -10,8 +10,8 @@ from mtrec.errors import ConfigError
 from mtrec.models import MultiTaskNet
 from mtrec.models.sharing import MMoE, SharedBottom
 from mtrec.models.sharing import softmax as sharing_softmax
-from mtrec.module import RecommenderModule
 from mtrec.mtl.weighting import FixedWeighting
+from mtrec.training.module import RecommenderModule
 
 ARCHITECTURES = [
     "shared",
@@ -110,7 +110,7 @@ def test_per_task_copies_give_the_gradients_of_one_backward_pass(sharing):
         module = RecommenderModule(
             model, weighting=FixedWeighting(weights), diagnostics=diagnostics
         )
-        module._step(BATCH, torch.Tensor.backward)
+        module.engine.step(BATCH, torch.Tensor.backward)
         grads.append({k: p.grad for k, p in model.named_parameters() if p.grad is not None})
         assert module.task_gradients == diagnostics
     assert grads[0].keys() == grads[1].keys()

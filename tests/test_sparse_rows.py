@@ -9,9 +9,11 @@ from torchjd.aggregation import PCGrad
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
 from mtrec.models import MultiTaskNet
-from mtrec.module import RecommenderModule
+from mtrec.mtl.objective import Objective
+from mtrec.mtl.tasks import INTERACTION
 from mtrec.mtl.weighting import Aggregation, FixedWeighting
-from mtrec.optim import RowSparseAdam
+from mtrec.training.module import RecommenderModule
+from mtrec.training.optim import RowSparseAdam
 
 NUM_USERS, NUM_ITEMS = 30, 20
 BATCH = {
@@ -33,7 +35,7 @@ def one_step(module: RecommenderModule, batch=BATCH) -> None:
     """One optimizer step, as training takes it (the module's own step and optimizer)."""
     optimizer = module.configure_optimizers()
     optimizer.zero_grad()
-    module._step(batch, torch.Tensor.backward)
+    module.engine.step(batch, torch.Tensor.backward)
     optimizer.step()
 
 
@@ -50,7 +52,9 @@ def test_a_sparse_step_leaves_the_rows_no_one_read_bit_identical(sharing, weight
         else Aggregation(PCGrad())
     )
     module = RecommenderModule(net(sharing=sharing), weighting=strategy, sparse_rows=True)
-    module.step_losses = module.losses  # eager: the test is about the update, not the compiler
+    module.engine.losses = (
+        module.engine._losses
+    )  # eager: the test is about the update, not the compiler
     before = {name: p.detach().clone() for name, p in module.net.named_parameters()}
     one_step(module)
     tables = 0
@@ -129,7 +133,7 @@ def autograd_step(module: RecommenderModule) -> None:
     tables, each giving its own sparse gradient."""
     optimizer = module.configure_optimizers()
     optimizer.zero_grad()
-    module.losses(BATCH)["loss"].backward()
+    module.engine.losses(BATCH)[0]["loss"].backward()
     optimizer.step()
 
 
@@ -137,7 +141,7 @@ def autograd_step(module: RecommenderModule) -> None:
 def test_reading_the_shared_rows_once_gives_the_plain_backward_step(sharing):
     once = RecommenderModule(net(sharing=sharing), sparse_rows=True, compile=False)
     plain = RecommenderModule(net(sharing=sharing), sparse_rows=True, compile=False)
-    assert once.read_once
+    assert once.engine.read_once
     before = once.net.user_embeddings.weight.detach().clone()
     one_step(once)
     autograd_step(plain)
@@ -163,7 +167,7 @@ def test_sparse_rows_checkpoint_round_trip_keeps_the_row_moments():
     module = RecommenderModule(net(), sparse_rows=True, compile=False)
     optimizer = module.configure_optimizers()
     optimizer.zero_grad()
-    module._step(BATCH, torch.Tensor.backward)
+    module.engine.step(BATCH, torch.Tensor.backward)
     optimizer.step()
     state = copy.deepcopy(optimizer.state_dict())
     restored = RecommenderModule(net(), sparse_rows=True, compile=False).configure_optimizers()
@@ -202,4 +206,4 @@ def test_sparse_rows_need_embedding_tables():
     train = Interactions(rows, rows, rows.float(), rows, NUM_USERS, NUM_ITEMS)
     data = DataInfo(NUM_USERS, NUM_ITEMS, torch.zeros(NUM_ITEMS, 1, dtype=torch.long), train)
     with pytest.raises(ConfigError, match="has no embedding tables"):
-        RecommenderModule(Popularity(data), sparse_rows=True)
+        RecommenderModule(Popularity(data), Objective([INTERACTION]), sparse_rows=True)

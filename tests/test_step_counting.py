@@ -16,14 +16,14 @@ from lightning.pytorch.loggers import CSVLogger
 
 from mtrec.data.datamodule import MovieLensDataModule
 from mtrec.errors import TrainingDiverged
-from mtrec.lightning_internals import (
+from mtrec.models import MultiTaskNet
+from mtrec.training.lightning_internals import (
     TESTED_LIGHTNING,
     LightningMismatch,
     StepBoundaries,
     StepProgressBar,
 )
-from mtrec.models import MultiTaskNet
-from mtrec.module import RecommenderModule
+from mtrec.training.module import RecommenderModule
 
 
 class BarRecorder(L.Callback):

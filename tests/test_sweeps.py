@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from mtrec import evaluate
-from mtrec.runs import report
+from mtrec.runs import figures, report, tables
 from mtrec.runs.naming import safe_name
 from mtrec.train import main
 
@@ -84,9 +84,31 @@ def test_summary_has_every_job_and_marks_the_failed_ones(sweep):
 
 
 def test_figures_are_written(sweep):
-    for name in ("curve_test_mrr.png", "curve_test_mse.png", "final_metrics.png"):
-        data = (sweep / name).read_bytes()
-        assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+    import matplotlib.pyplot as plt
+
+    jobs, keys = tables.read_sweep(sweep)
+    finished = [j for j in jobs if j.metrics.get("history")]
+    assert len(finished) == 2  # the failed jobs have nothing to draw
+    names = figures.curve_names(finished)
+    assert names[:2] == ["test/mrr", "test/mse"]  # each task's main metric, then gradients
+    for name in [*names, "final_metrics"]:
+        path = sweep / f"{'curve_' if '/' in name else ''}{name.replace('/', '_')}.png"
+        assert path.read_bytes().startswith(PNG_MAGIC)
+    ax = figures.curve_figure(finished, keys, "test/mrr").axes[0]  # one line per run
+    drawn = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    for job in finished:
+        epochs = [h["test/mrr"] for h in job.metrics["history"] if "test/mrr" in h]
+        assert drawn[figures.run_label(job, keys)] == pytest.approx(epochs)
+    fig = figures.final_metrics_figure(finished, keys)  # one panel per metric, task by task
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[:2] == ["test/mrr (higher is better)", "test/mrr_interaction (higher is better)"]
+    assert titles.index("test/mse (lower is better)") > titles.index(
+        "test/ndcg@10 (higher is better)"
+    )
+    panel = fig.axes[titles.index("test/mse (lower is better)")]
+    heights = [bar.get_height() for bar in panel.patches]
+    assert heights == pytest.approx([j.metrics["final"]["test/mse"] for j in finished])
+    plt.close("all")
 
 
 def test_report_command_regenerates_the_summary(sweep, capsys):
@@ -120,7 +142,7 @@ def test_each_run_has_one_hparams_session_with_final_metrics(sweep):
         sharing = hparams["model.embedding_sharing"].string_value
         assert f"sharing={sharing}," in run.name  # categorical, as a string
         assert hparams["model.embedding_dim"].number_value == 8
-        assert hparams["model.regression_weight"].number_value == pytest.approx(0.01)
+        assert hparams["weighting.weights.rating"].number_value == pytest.approx(0.01)
         metric_tags = {m.name.tag for m in experiment.metric_infos}
         assert {
             "test/mrr",
@@ -255,15 +277,45 @@ def test_mean_and_sd_over_seeds_by_hand():
             "error": [""] * 5,
         }
     )
-    seeds = report.over_seeds(table, ["weighting", "seed"])
+    seeds = tables.over_seeds(table, ["weighting", "seed"])
     assert seeds["weighting"].tolist() == ["mgda", "dwa"]  # in order of appearance
     assert seeds["runs"].tolist() == [3, 1]  # the failed run left out
     assert seeds["test/mrr"][0] == pytest.approx(0.12)
     assert seeds["test/mrr sd"][0] == pytest.approx(0.02)  # sample sd of 0.10, 0.12, 0.14
     assert pd.isna(seeds["test/mrr sd"][1])  # one run: no spread
     assert "test/mrr best epoch" not in seeds.columns and "seed" not in seeds.columns
-    shown = report.mean_sd_table(seeds)
+    shown = tables.mean_sd_table(seeds)
     assert shown["test/mrr"].tolist() == ["0.12 ± 0.02", "0.05"]
+
+
+def test_the_summary_orders_metrics_task_by_task_and_diagnostics_by_pair():
+    job = tables.Job(Path("x"), {}, "completed")
+    names = [
+        "mtl/grad_cosine/rating-like",
+        "test/log_loss",
+        "mtl/grad_norm/like",
+        "test/auc",
+        "val/auc",
+        "mtl/grad_cosine/interaction-like",
+        "test/mse",
+        "mtl/grad_norm/interaction",
+        "mtl/grad_cosine/interaction-rating",
+        "test/mrr",
+        "mtl/gate/user/like/0",
+    ]
+    job.metrics = {"final": dict.fromkeys(names, 0.0)}
+    assert tables.metric_names([job]) == [
+        "test/mrr",
+        "test/mse",
+        "test/auc",
+        "test/log_loss",
+        "val/auc",
+        "mtl/grad_cosine/interaction-rating",
+        "mtl/grad_cosine/interaction-like",
+        "mtl/grad_cosine/rating-like",
+        "mtl/grad_norm/interaction",
+        "mtl/grad_norm/like",
+    ]
 
 
 def test_optuna_search_config_returns_a_validation_objective():
@@ -330,6 +382,6 @@ def test_ddp_on_two_cpu_processes_evaluates_the_whole_held_out_set(
     held_out = {k: v for k, v in finals["ddp"].items() if not k.startswith("mtl/")}
     assert json.loads((tmp_path / "ddp" / "eval_last.json").read_text())["metrics"] == held_out
     if weighting != "fixed":  # each rank's diagnostics, of its own tasks' gradients
-        assert -1 <= finals["ddp"]["mtl/grad_cosine"] <= 1
+        assert -1 <= finals["ddp"]["mtl/grad_cosine/interaction-rating"] <= 1
     assert finals["ddp"]["test/mse"] == pytest.approx(finals["single"]["test/mse"], abs=0.1)
     assert finals["ddp"]["test/mrr"] == pytest.approx(finals["single"]["test/mrr"], abs=0.05)

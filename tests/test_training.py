@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,12 +17,14 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 
-from mtrec.callbacks import MetricsHistory
 from mtrec.data.datamodule import MovieLensDataModule
 from mtrec.models import MultiTaskNet
-from mtrec.module import RecommenderModule
+from mtrec.mtl.tasks import INTERACTION, RATING
 from mtrec.mtl.weighting import FixedWeighting
+from mtrec.reference_keys import apply_reference_keys
 from mtrec.train import main, train
+from mtrec.training.callbacks import MetricsHistory
+from mtrec.training.module import RecommenderModule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +59,10 @@ def test_regression_weight_defaults_to_one_minus_factorization_weight():
     def weights(*overrides):
         with initialize_config_module("mtrec.conf", version_base="1.3"):
             cfg = compose("train", overrides=list(overrides))
-        return instantiate(cfg.weighting).weights
+        apply_reference_keys(cfg)  # the reference's keys set the fixed weights
+        weighting = instantiate(cfg.weighting)
+        weighting.bind([INTERACTION, RATING])
+        return weighting.weights
 
     assert weights("model.factorization_weight=0.99") == {"interaction": 0.99, "rating": 0.01}
     assert weights("model.factorization_weight=0.5", "model.regression_weight=2.0") == {
@@ -130,29 +137,51 @@ def test_reference_experiment_is_the_two_by_two_sweep():
 
 
 @pytest.mark.slow
-def test_configs_ship_inside_the_built_wheel(tmp_path):
+def test_the_built_wheel_trains_with_no_source_tree(tmp_path, ratings_folder):
+    """What users install: the wheel, unpacked alone on the path (no editable finder, no
+    source tree), with every package under src/, its configs, and two short runs."""
+    wheels = tmp_path / "wheels"
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(REPO),
-        ],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(wheels), str(REPO)],
         check=True,
     )
-    names = zipfile.ZipFile(next(tmp_path.glob("mtrec-*.whl"))).namelist()
+    wheel = zipfile.ZipFile(next(wheels.glob("mtrec-*.whl")))
+    names = wheel.namelist()
+    packages = {p.relative_to(REPO / "src").as_posix() for p in (REPO / "src").rglob("__init__.py")}
+    assert packages and packages <= set(names)  # found automatically, none left out
     for config in (
         "train.yaml",
+        "tasks/like.yaml",
+        "weighting/pcgrad.yaml",
         "model/multitask.yaml",
-        "experiment/cs330.yaml",
-        "data/movielens.yaml",
-        "hydra/sweeper/twins.yaml",
     ):
         assert f"mtrec/conf/{config}" in names
-    assert "hydra_plugins/mtrec_twins_sweeper/twins_sweeper.py" in names
+    installed = tmp_path / "installed"
+    wheel.extractall(installed)
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    # -S: no site-packages .pth files, so no editable finder; the wheel first, then the deps
+    env = {**os.environ, "PYTHONPATH": f"{installed}{os.pathsep}{site}"}
+    where = subprocess.run(
+        [sys.executable, "-S", "-c", "import mtrec.mtl.weighting, mtrec; print(mtrec.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert where.stdout.strip().startswith(str(installed))
+    for overrides in (["weighting=pcgrad"], ["model.sharing=mmoe"]):
+        done = subprocess.run(
+            [sys.executable, "-S", "-m", "mtrec.train", f"data.path={ratings_folder}", *overrides]
+            + ["trainer.max_epochs=1", "model.compile=false", "hydra.run.dir=run"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
+        assert {"test/mrr", "test/mse"} <= final.keys()
+        shutil.rmtree(tmp_path / "run")

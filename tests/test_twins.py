@@ -1,14 +1,44 @@
-"""Single-task twins, Δm and Pareto fronts: by hand, by brute force, and in a real sweep."""
+"""Single-task twins, Δm and Pareto fronts: by hand, by brute force, and in a real sweep;
+the trade-off figure, read back from what it draws."""
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
+from pathlib import Path
 
+import matplotlib
 import pandas as pd
 import pytest
 
-from mtrec.runs import twins
+from mtrec.runs import figures, tables, twins
+
+matplotlib.use("Agg")
+THREE = "tasks=[interaction,rating,like]"
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def job(name: str, overrides: dict[str, str], final: dict[str, float]) -> tables.Job:
+    made = tables.Job(Path(name), overrides, "completed", "", 1.0)
+    made.metrics = {"final": final}
+    return made
+
+
+def points_of(ax) -> dict[str, tuple[float, float]]:
+    """Each labelled point an axes draws (its ``gid``) at its data coordinates."""
+    return {
+        c.get_gid(): tuple(c.get_offsets()[0])
+        for c in ax.collections
+        if c.get_gid() and len(c.get_offsets()) == 1
+    }
 
 
 def test_delta_m_by_hand():
@@ -43,6 +73,69 @@ def test_pareto_front_equals_brute_force_on_random_points():
         assert [points[i][0] for i in front] == sorted(points[i][0] for i in front)
 
 
+def test_delta_m_of_three_tasks_by_hand():
+    twin_results = {
+        "interaction": {"test/mrr": 0.10},
+        "rating": {"test/mse": 0.80},
+        "like": {"test/auc": 0.75},
+    }
+    run = {"test/mrr": 0.11, "test/mse": 0.84, "test/auc": 0.72}
+    # 100 / 3 * [(0.10 - 0.11) / 0.10 + (0.84 - 0.80) / 0.80 + (0.75 - 0.72) / 0.75]
+    # = 100 / 3 * (-0.1 + 0.05 + 0.04) = -1/3
+    expected = -1 / 3
+    trained = ("interaction", "rating", "like")
+    assert twins.delta_m(run, twin_results, "test", trained) == pytest.approx(expected)
+    assert twins.delta_m(run, twin_results, "test") == pytest.approx(expected)  # all three
+    two = twins.delta_m(run, twin_results, "test", ("interaction", "rating"))
+    assert two == pytest.approx(-2.5)  # like not trained: left out
+    assert math.isnan(twins.delta_m(run, twin_results | {"like": {}}, "test", trained))
+    assert math.isnan(
+        twins.delta_m({"test/mrr": 0.11, "test/mse": 0.84}, twin_results, "test", trained)
+    )
+
+
+def test_pareto_front_of_three_objectives_equals_brute_force():
+    rng = random.Random(2)
+    higher = (True, False, True)
+    for _ in range(50):
+        points = [tuple(rng.choice((0.1, 0.2, 0.3)) for _ in range(3)) for _ in range(9)]
+        better = [tuple(v if up else -v for v, up in zip(p, higher, strict=True)) for p in points]
+        brute = {
+            i
+            for i, p in enumerate(better)
+            if not any(q != p and all(a >= b for a, b in zip(q, p, strict=True)) for q in better)
+        }
+        assert set(twins.pareto_front(points, higher)) == brute
+
+
+def test_delta_ms_of_a_three_task_sweep_by_hand():
+    twin_finals = {
+        "interaction": (0.10, 2.0, 0.5),
+        "rating": (0.01, 0.80, 0.5),
+        "like": (0.01, 2.0, 0.75),
+    }
+    jobs = [
+        job(
+            f"twin {t}",
+            {"tasks": "[interaction,rating,like]", "weighting": "single", "weighting.task": t},
+            {"test/mrr": mrr, "test/mse": mse, "test/auc": auc},
+        )
+        for t, (mrr, mse, auc) in twin_finals.items()
+    ]
+    jobs.append(
+        job(
+            "run",
+            {"tasks": "[interaction,rating,like]", "weighting": "pcgrad"},
+            {"test/mrr": 0.11, "test/mse": 0.84, "test/auc": 0.72},
+        )
+    )
+    jobs.append(job("two tasks", {"weighting": "pcgrad"}, {"test/mrr": 0.11, "test/mse": 0.84}))
+    deltas = tables.delta_ms(jobs)
+    assert all(math.isnan(d) for d in deltas[:3])  # the twins
+    assert deltas[3] == pytest.approx(-1 / 3)  # as in test_delta_m_of_three_tasks_by_hand
+    assert math.isnan(deltas[4])  # another setting (no tasks=): no twins of its own
+
+
 def test_twins_are_added_once_per_setting_and_first():
     jobs = [
         ["model.sharing=mmoe", "weighting=pcgrad", "seed=0"],
@@ -54,10 +147,60 @@ def test_twins_are_added_once_per_setting_and_first():
     assert swept[-4:] == jobs
     added = swept[:-4]
     assert added == [
-        ["model.sharing=mmoe", "seed=0", "weighting=fixed", "model.factorization_weight=1.0"],
-        ["model.sharing=mmoe", "seed=0", "weighting=fixed", "model.factorization_weight=0.0"],
-        ["model.sharing=ple", "seed=0", "weighting=fixed", "model.factorization_weight=0.0"],
-    ]  # ple's interaction twin was already there
+        ["model.sharing=mmoe", "seed=0", "weighting=single", "weighting.task=interaction"],
+        ["model.sharing=mmoe", "seed=0", "weighting=single", "weighting.task=rating"],
+        ["model.sharing=ple", "seed=0", "weighting=single", "weighting.task=rating"],
+    ]  # ple's interaction twin was already there, as older sweeps named it (λF = 1)
+
+
+def test_each_task_a_setting_trains_gets_its_twin():
+    jobs = [
+        [THREE, "model.sharing=mmoe", "weighting=pcgrad"],
+        [THREE, "model.sharing=mmoe", "weighting=nash_mtl"],
+        ["tasks=[interaction,like]", "model.sharing=mmoe", "weighting=pcgrad"],
+        ["model.sharing=mmoe", "weighting=pcgrad"],
+    ]
+    added = twins.with_twins(jobs)[: -len(jobs)]
+    assert added == [
+        [THREE, "model.sharing=mmoe", "weighting=single", f"weighting.task={task}"]
+        for task in ("interaction", "rating", "like")
+    ] + [
+        [
+            "tasks=[interaction,like]",
+            "model.sharing=mmoe",
+            "weighting=single",
+            f"weighting.task={task}",
+        ]
+        for task in ("interaction", "like")
+    ] + [
+        ["model.sharing=mmoe", "weighting=single", f"weighting.task={task}"]
+        for task in ("interaction", "rating")
+    ]
+    for twin in added:
+        values = dict(o.split("=", 1) for o in twin)
+        assert twins.twin_task(values) == values["weighting.task"]
+
+
+def test_twins_are_recognised_old_and_new():
+    assert twins.twin_task({"weighting": "single", "weighting.task": "like"}) == "like"
+    assert twins.twin_task({"weighting": "fixed", "model.factorization_weight": "1.0"}) == (
+        "interaction"
+    )
+    assert twins.twin_task({"model.factorization_weight": "0.0"}) == "rating"
+    # λF = 1 with a third task trained leaves the like task's weight on: not a twin
+    three = {"tasks": "[interaction,rating,like]", "model.factorization_weight": "1.0"}
+    assert twins.twin_task(three) is None
+    assert twins.twin_task({"weighting": "pcgrad"}) is None
+    assert twins.trained({"+tasks": "[like, interaction]"}) == ("interaction", "like")
+    assert twins.trained({}) == ("interaction", "rating")
+    for key in (
+        "weighting",
+        "weighting.task",
+        "model.factorization_weight",
+        "model.regression_weight",
+    ):
+        assert twins.is_weighting_key(key)
+    assert not twins.is_weighting_key("tasks")
 
 
 def test_strategies_other_than_fixed_run_once_whatever_the_swept_weight():
@@ -67,8 +210,8 @@ def test_strategies_other_than_fixed_run_once_whatever_the_swept_weight():
         for f in ("0.99", "0.5")
     ]
     assert twins.with_twins(jobs) == [
-        ["weighting=fixed", "model.factorization_weight=1.0"],
-        ["weighting=fixed", "model.factorization_weight=0.0"],
+        ["weighting=single", "weighting.task=interaction"],
+        ["weighting=single", "weighting.task=rating"],
         ["weighting=fixed", "model.factorization_weight=0.99"],
         ["weighting=fixed", "model.factorization_weight=0.5"],
         ["weighting=pcgrad"],
@@ -90,17 +233,32 @@ def test_a_twins_sweep_reports_delta_m_and_a_pareto_front(ratings_folder, tmp_pa
     table = pd.read_csv(sweep / "summary.csv")
     assert len(table) == 6 and (table.status == "completed").all()
     runs = table.set_index("run")
-    assert "sharing=mmoe,weighting=fixed,weight=1.0" in runs.index  # the twins are named
+    assert "sharing=mmoe,weighting=single,task=interaction" in runs.index  # the twins are named
     assert runs["delta_m"].notna().sum() == 2  # the two multi-task runs; twins have none
     shared = runs.loc["sharing=shared"]
-    alone = runs.loc["sharing=shared,weighting=fixed,weight=1.0"]
-    rating = runs.loc["sharing=shared,weighting=fixed,weight=0.0"]
+    alone = runs.loc["sharing=shared,weighting=single,task=interaction"]
+    rating = runs.loc["sharing=shared,weighting=single,task=rating"]
     expected = 50 * (
         (alone["test/mrr"] - shared["test/mrr"]) / alone["test/mrr"]
         + (shared["test/mse"] - rating["test/mse"]) / rating["test/mse"]
     )
     assert shared["delta_m"] == pytest.approx(expected, rel=1e-6)
-    assert (sweep / "pareto.png").stat().st_size > 10_000
+    assert (sweep / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    ax = figures.pareto_figure(*tables.read_sweep(sweep)).axes[0]  # what pareto.png shows
+    assert (ax.get_xlabel(), ax.get_ylabel()) == (
+        "test/mrr (higher is better)",
+        "test/mse (lower is better)",
+    )
+    drawn = points_of(ax)
+    for sharing in ("shared", "mmoe"):
+        run = runs.loc[f"sharing={sharing}"]
+        assert drawn[f"sharing={sharing}"] == pytest.approx((run["test/mrr"], run["test/mse"]))
+        twin = [
+            runs.loc[f"sharing={sharing},weighting=single,task={t}"]
+            for t in ("interaction", "rating")
+        ]
+        star = (twin[0]["test/mrr"], twin[1]["test/mse"])
+        assert drawn[f"twins: sharing={sharing}"] == pytest.approx(star)
     assert (sweep / "sharing=mmoe" / "gates.png").exists()
     assert not (sweep / "sharing=shared" / "gates.png").exists()
 
@@ -108,7 +266,7 @@ def test_a_twins_sweep_reports_delta_m_and_a_pareto_front(ratings_folder, tmp_pa
 def test_a_twin_chooses_its_checkpoint_on_the_head_it_trains():
     import torch
 
-    from mtrec.selection import SelectionScore
+    from mtrec.training.selection import SelectionScore
 
     selection = SelectionScore({"mrr_interaction": 0.130, "rmse": 0.880})
     metrics = {"val/mrr_interaction": torch.tensor(0.104), "val/rmse": torch.tensor(3.52)}
@@ -119,11 +277,14 @@ def test_a_twin_chooses_its_checkpoint_on_the_head_it_trains():
     # wired to the run's weighting: the twin trained on interactions alone (λF = 1)
     from types import SimpleNamespace
 
+    from mtrec.mtl.tasks import INTERACTION, RATING
     from mtrec.mtl.weighting import FixedWeighting
 
     logged = {}
+    weighting = FixedWeighting({"interaction": 1.0, "rating": None})
+    weighting.bind([INTERACTION, RATING])
     module = SimpleNamespace(
-        weighting=FixedWeighting({"interaction": 1.0, "rating": None}),
+        weighting=weighting,
         log=lambda name, value: logged.update({name: float(value)}),
     )
     selection.on_validation_epoch_end(SimpleNamespace(callback_metrics=metrics), module)
@@ -131,27 +292,23 @@ def test_a_twin_chooses_its_checkpoint_on_the_head_it_trains():
 
 
 def test_a_pareto_figure_of_many_settings_colours_by_the_first_key_and_labels_the_front():
-    from pathlib import Path
-
-    from mtrec.runs import report
-
     rng = random.Random(1)
     jobs = []
     for sharing, weight, seed in itertools.product(("a", "b", "c"), ("0.9", "0.5", "0.1"), "01"):
         overrides = {"model.sharing": sharing, "model.factorization_weight": weight}
         final = {"val/mrr": rng.uniform(0.05, 0.1), "val/mse": rng.uniform(0.8, 1.0)}
-        jobs.append(report.Job(Path(sharing), overrides | {"seed": seed}, "completed", "", 1.0))
+        jobs.append(tables.Job(Path(sharing), overrides | {"seed": seed}, "completed", "", 1.0))
         jobs[-1].metrics = {"final": final}
     keys = ["model.sharing", "model.factorization_weight", "seed"]
-    fig = report.pareto_figure(jobs, keys[:2] + ["seed"])  # 9 settings: each labelled
+    fig = figures.pareto_figure(jobs, keys[:2] + ["seed"])  # 9 settings: each labelled
     assert len(fig.axes[0].texts) == 9
     more = [
-        report.Job(Path("d"), {"model.sharing": "d", "model.factorization_weight": w}, "completed")
+        tables.Job(Path("d"), {"model.sharing": "d", "model.factorization_weight": w}, "completed")
         for w in ("0.9", "0.5", "0.1", "0.05")
     ]
     for job in more:
         job.metrics = {"final": {"val/mrr": rng.uniform(0.05, 0.1), "val/mse": 0.9}}
-    fig = report.pareto_figure(jobs + more, keys)  # 13 settings: colours, markers, the front
+    fig = figures.pareto_figure(jobs + more, keys)  # 13 settings: colours, markers, the front
     means = {}
     for job in jobs + more:
         setting = (job.overrides["model.sharing"], job.overrides["model.factorization_weight"])
@@ -163,3 +320,141 @@ def test_a_pareto_figure_of_many_settings_colours_by_the_first_key_and_labels_th
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert [f"sharing={s}" for s in "abcd"] == [t for t in legend if t.startswith("sharing=")]
     assert "factorization_weight=0.05" in legend  # a marker per other setting
+
+
+def three_task_sweep() -> list[tables.Job]:
+    """Two sharings x two weightings (two seeds each) of three tasks, and each sharing's
+    three twins."""
+    rng = random.Random(4)  # two settings non-dominated, two dominated
+    jobs = []
+    for sharing, weighting, seed in itertools.product(("a", "b"), ("pcgrad", "mgda"), "01"):
+        overrides = {"tasks": "[interaction,rating,like]", "model.sharing": sharing}
+        final = {
+            "val/mrr": rng.uniform(0.05, 0.1),
+            "val/mse": rng.uniform(0.8, 1.0),
+            "val/auc": rng.uniform(0.6, 0.75),
+        }
+        jobs.append(job(sharing, overrides | {"weighting": weighting, "seed": seed}, final))
+    best = {"interaction": ("val/mrr", 0.12), "rating": ("val/mse", 0.78), "like": ("val/auc", 0.8)}
+    for sharing, (task, (name, value)) in itertools.product(("a", "b"), best.items()):
+        overrides = {"tasks": "[interaction,rating,like]", "model.sharing": sharing}
+        twin = overrides | {"weighting": "single", "weighting.task": task, "seed": "0"}
+        jobs.append(job(f"{sharing} {task}", twin, {name: value + (0.01 if sharing == "b" else 0)}))
+    return jobs
+
+
+def test_the_trade_off_of_three_tasks_is_drawn_pair_by_pair():
+    jobs = three_task_sweep()
+    keys = ["model.sharing", "weighting", "seed"]
+    fig = figures.pareto_figure(jobs, keys)
+    panels = [ax for ax in fig.axes if ax.get_xlabel()]
+    assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in panels] == [
+        ("val/mrr (higher is better)", "val/mse (lower is better, reversed)"),
+        ("val/mrr (higher is better)", "val/auc (higher is better)"),
+        ("val/mse (lower is better, reversed)", "val/auc (higher is better)"),
+    ]
+    # better is up and to the right: the axes of the error run downwards
+    assert [(ax.xaxis_inverted(), ax.yaxis_inverted()) for ax in panels] == [
+        (False, True),
+        (False, False),
+        (True, False),
+    ]
+    means = {}  # each setting's mean over its two seeds
+    for j in jobs[:8]:
+        label = f"sharing={j.overrides['model.sharing']}, weighting={j.overrides['weighting']}"
+        means.setdefault(label, []).append(
+            [j.metrics["final"][f"val/{m}"] for m in ("mrr", "mse", "auc")]
+        )
+    means = {label: [sum(v) / 2 for v in zip(*runs, strict=True)] for label, runs in means.items()}
+    values = list(means.values())
+    front = [list(means)[i] for i in twins.pareto_front(values, (True, False, True))]
+    assert len(front) == 2  # on all three tasks together
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    for ax, (a, b) in zip(panels, pairs, strict=True):
+        drawn = points_of(ax)
+        for label, mean in means.items():
+            assert drawn[label] == pytest.approx((mean[a], mean[b]))
+        stars = {"sharing=a": (0.12, 0.78, 0.8), "sharing=b": (0.13, 0.79, 0.81)}
+        for label, best in stars.items():  # each twin's value on its own task
+            assert drawn[f"twins: {label}"] == pytest.approx((best[a], best[b]))
+        ring = next(c for c in ax.collections if c.get_gid() == "non-dominated")
+        ringed = sorted(map(tuple, ring.get_offsets()))
+        expected = sorted((means[label][a], means[label][b]) for label in front)
+        assert ringed == [pytest.approx(point) for point in expected]
+    legend = [t.get_text() for t in panels[-1].get_legend().get_texts()]
+    assert legend == [
+        *means,
+        "non-dominated (3 tasks)",
+        "1: twins of sharing=a",  # numbered beside their stars
+        "2: twins of sharing=b",
+    ]
+    assert sorted(t.get_text() for t in panels[0].texts) == ["1", "2"]
+
+
+def test_two_task_runs_keep_the_one_panel_figure():
+    jobs = [j for j in three_task_sweep() if j.overrides["weighting"] != "single"]
+    for j in jobs:
+        del j.metrics["final"]["val/auc"]
+    fig = figures.pareto_figure(jobs, ["model.sharing", "weighting", "seed"])
+    assert len(fig.axes) == 1
+    assert fig.axes[0].get_ylabel() == "val/mse (lower is better)"
+    assert not fig.axes[0].yaxis_inverted()
+
+
+def test_curves_show_each_task_and_every_pair_of_gradients():
+    runs = []
+    for name in ("a", "b"):
+        made = job(name, {"model.sharing": name}, {})
+        made.metrics["history"] = [
+            {
+                "epoch": e,
+                "test/mrr": 0.1 * e,
+                "test/mse": 1 / e,
+                "test/auc": 0.7,
+                "mtl/grad_cosine/interaction-rating": -0.1,
+                "mtl/grad_cosine/rating-like": 0.2,
+                "mtl/grad_cosine/interaction-like": 0.3 * e,
+            }
+            for e in (1, 2, 3)
+        ]
+        runs.append(made)
+    names = figures.curve_names(runs)
+    assert names == [
+        "test/mrr",
+        "test/mse",
+        "test/auc",
+        "mtl/grad_cosine/interaction-rating",
+        "mtl/grad_cosine/interaction-like",
+        "mtl/grad_cosine/rating-like",
+    ]
+    ax = figures.curve_figure(runs, ["model.sharing"], "mtl/grad_cosine/interaction-like").axes[0]
+    lines = [line for line in ax.get_lines() if line.get_label() in ("sharing=a", "sharing=b")]
+    assert [list(line.get_ydata()) for line in lines] == [pytest.approx([0.3, 0.6, 0.9])] * 2
+    assert "conflict" in ax.get_title()
+    for made in runs:  # sweeps of two tasks logged one cosine
+        for h in made.metrics["history"]:
+            h["mtl/grad_cosine"] = h.pop("mtl/grad_cosine/interaction-rating")
+    assert "mtl/grad_cosine" in figures.curve_names(runs)
+
+
+def test_the_gate_figure_is_drawn_by_the_run_at_the_end_of_fit(tmp_path):
+    from types import SimpleNamespace
+
+    from mtrec.runs.gate_figure import GateFigure
+    from mtrec.training.callbacks import MetricsHistory
+
+    history = MetricsHistory(tmp_path / "metrics.json")
+    history.history = [
+        {"epoch": e, "mtl/gate/user/rating/0": 0.3, "mtl/gate/user/rating/1": 0.7} for e in (1, 2)
+    ]
+    trainer = SimpleNamespace(is_global_zero=True, callbacks=[history])
+    GateFigure(tmp_path).on_fit_end(trainer, None)
+    assert (tmp_path / "gates.png").read_bytes().startswith(b"\x89PNG")
+    fig = figures.gate_figure(history.history)
+    assert fig.axes[0].get_title() == "user/rating"
+    stacked = [c.get_paths()[0].vertices[:, 1].max() for c in fig.axes[0].collections]
+    assert stacked == pytest.approx([0.3, 1.0])  # expert 1 on top of expert 0
+    (tmp_path / "gates.png").unlink()
+    history.history = [{"epoch": 1, "test/mrr": 0.1}]  # no gates: no figure
+    GateFigure(tmp_path).on_fit_end(trainer, None)
+    assert not (tmp_path / "gates.png").exists()

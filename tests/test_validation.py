@@ -14,7 +14,7 @@ import mtrec.train  # noqa: F401  (registers the resolvers that composing needs)
 from mtrec.data.movielens import VARIANTS
 from mtrec.data.synthetic import SHAPES
 from mtrec.errors import ConfigError, UserError
-from mtrec.losses import FACTORIZATION_LOSSES
+from mtrec.mtl.losses import FACTORIZATION_LOSSES
 from mtrec.validation import validate
 
 MODELS = ["multitask", "mf", "dense", "biased_dot", "genre_mf", "genre_dense", "sequence_lstm"]

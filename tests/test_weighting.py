@@ -1,5 +1,5 @@
 """Weighting strategies and gradient diagnostics, each against a hand computation on a toy
-two-task problem with known gradients."""
+problem of two or three tasks with known gradients."""
 
 from __future__ import annotations
 
@@ -12,12 +12,21 @@ from torchjd.aggregation import MGDA, PCGrad
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
 from mtrec.models import MatrixFactorization, MultiTaskNet
-from mtrec.module import RecommenderModule
 from mtrec.mtl.diagnostics import GradientDiagnostics, step_values
 from mtrec.mtl.objective import Objective
-from mtrec.mtl.weighting import DWA, RLW, Aggregation, FixedWeighting, GradNorm, Uncertainty
+from mtrec.mtl.tasks import INTERACTION, LIKE, RATING
+from mtrec.mtl.weighting import (
+    DWA,
+    RLW,
+    Aggregation,
+    FixedWeighting,
+    GradNorm,
+    SingleTask,
+    Uncertainty,
+)
 from mtrec.mtl.weighting.gradient import check_aggregator
 from mtrec.mtl.weighting.loss_level import dwa_weights, gradnorm_gradient
+from mtrec.training.module import RecommenderModule
 
 BATCH = {
     "users": torch.tensor([0, 1, 2, 1]),
@@ -25,6 +34,20 @@ BATCH = {
     "ratings": torch.tensor([4.0, 2.0, 5.0, 3.0]),
     "negatives": torch.tensor([[6], [0], [7], [2]]),
 }
+
+
+TWO, THREE = (INTERACTION, RATING), (INTERACTION, RATING, LIKE)
+PAIR = "interaction-rating"
+
+
+def bound(strategy, tasks=TWO):
+    strategy.bind(tasks)
+    return strategy
+
+
+def combined(strategy, rows: torch.Tensor) -> torch.Tensor:
+    """The shared gradient a strategy makes of these task gradients."""
+    return strategy.shared_gradient(rows, rows @ rows.T)[0]
 
 
 def pcgrad_by_hand(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
@@ -40,23 +63,27 @@ def test_pcgrad_projects_conflicting_gradients_and_leaves_the_others():
     conflicting = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
     expected = torch.tensor([0.5, 1.5])  # [0.5, 0.5] + [0, 1]
     torch.testing.assert_close(pcgrad_by_hand(*conflicting), expected)
-    torch.testing.assert_close(strategy.shared_gradient(conflicting), expected)
+    gradient, weights = strategy.shared_gradient(conflicting, conflicting @ conflicting.T)
+    torch.testing.assert_close(gradient, expected)
     # as weights of the two gradients: g1 + 0.5 g2 and g2 + g1, logged under mtl/weight/...
-    torch.testing.assert_close(strategy.step_weights, torch.tensor([2.0, 1.5]))
+    torch.testing.assert_close(weights, torch.tensor([2.0, 1.5]))
     agreeing = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    torch.testing.assert_close(strategy.shared_gradient(agreeing), torch.tensor([2.0, 1.0]))
-    torch.testing.assert_close(strategy.step_weights, torch.tensor([1.0, 1.0]))
+    gradient, weights = strategy.shared_gradient(agreeing, agreeing @ agreeing.T)
+    torch.testing.assert_close(gradient, torch.tensor([2.0, 1.0]))
+    torch.testing.assert_close(weights, torch.tensor([1.0, 1.0]))
 
 
+@pytest.mark.parametrize("tasks", [2, 3])
 @pytest.mark.parametrize("name", ["UPGrad", "MGDA", "DualProj", "IMTLG", "AlignedMTL", "Mean"])
-def test_weights_from_the_gramian_give_what_the_aggregator_gives(name):
+def test_weights_from_the_gramian_give_what_the_aggregator_gives(name, tasks):
     import torchjd.aggregation
 
-    rows = torch.randn(2, 50, generator=torch.Generator().manual_seed(1))
+    rows = torch.randn(tasks, 50, generator=torch.Generator().manual_seed(1))
     aggregator = getattr(torchjd.aggregation, name)()
     strategy = Aggregation(getattr(torchjd.aggregation, name)())
-    torch.testing.assert_close(strategy.shared_gradient(rows), aggregator(rows))
-    assert strategy.step_weights.shape == (2,)
+    gradient, weights = strategy.shared_gradient(rows, rows @ rows.T)
+    torch.testing.assert_close(gradient, aggregator(rows), atol=1e-5, rtol=1e-4)
+    assert weights.shape == (tasks,)
 
 
 def test_an_aggregator_that_is_no_weighting_is_called_as_it_is():
@@ -64,8 +91,9 @@ def test_an_aggregator_that_is_no_weighting_is_called_as_it_is():
 
     rows = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
     strategy = Aggregation(ConFIG())
-    torch.testing.assert_close(strategy.shared_gradient(rows), ConFIG()(rows))
-    assert strategy.step_weights is None
+    gradient, weights = strategy.shared_gradient(rows, rows @ rows.T)
+    torch.testing.assert_close(gradient, ConFIG()(rows))
+    assert weights is None
 
 
 def test_mgda_equals_the_two_task_closed_form():
@@ -73,33 +101,37 @@ def test_mgda_equals_the_two_task_closed_form():
     alpha = float(((g2 - g1) @ g2) / ((g1 - g2) @ (g1 - g2)))
     alpha = min(max(alpha, 0.0), 1.0)  # 10 / 14 here
     expected = alpha * g1 + (1 - alpha) * g2
-    got = Aggregation(MGDA()).shared_gradient(torch.stack([g1, g2]))
+    got = combined(Aggregation(MGDA()), torch.stack([g1, g2]))
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
 
 
 def test_uncertainty_loss_and_gradients_by_hand():
-    strategy = Uncertainty()
+    strategy = bound(Uncertainty(), THREE)
     with torch.no_grad():
-        strategy.log_variance.copy_(torch.tensor([0.3, -0.2]))
-    losses = {"interaction": torch.tensor(0.4), "rating": torch.tensor(2.0)}
-    total = strategy.combine(losses)
-    s_i, s_r = 0.3, -0.2
-    expected = math.exp(-s_i) * 0.4 + 0.5 * math.exp(-s_r) * 2.0 + 0.5 * (s_i + s_r)
+        strategy.log_variance.copy_(torch.tensor([0.3, -0.2, 0.1]))
+    losses = torch.tensor([0.4, 2.0, 0.7])
+    given = losses.clone()
+    weights = strategy.loss_weights(losses)
+    total = (weights * losses).sum() + strategy.extra_loss()
+    s_i, s_r, s_l = 0.3, -0.2, 0.1
+    # the rating task is a regression (½), interaction and like classification-style
+    expected = math.exp(-s_i) * 0.4 + 0.5 * math.exp(-s_r) * 2.0 + math.exp(-s_l) * 0.7
+    expected += 0.5 * (s_i + s_r + s_l)
     assert total.item() == pytest.approx(expected, rel=1e-6)
     total.backward()
     gradient = strategy.log_variance.grad.tolist()
     assert gradient[0] == pytest.approx(-math.exp(-s_i) * 0.4 + 0.5, rel=1e-6)
     assert gradient[1] == pytest.approx(-0.5 * math.exp(-s_r) * 2.0 + 0.5, rel=1e-6)
-    torch.testing.assert_close(
-        losses["weights"], torch.tensor([math.exp(-s_i), 0.5 * math.exp(-s_r)])
-    )
+    assert gradient[2] == pytest.approx(-math.exp(-s_l) * 0.7 + 0.5, rel=1e-6)
+    torch.testing.assert_close(losses, given)  # what it was handed is unchanged
+    assert set(strategy.logged()) == {
+        f"log_variance/{t}" for t in ("interaction", "rating", "like")
+    }
 
 
 def test_dwa_weights_from_given_loss_histories():
-    strategy = DWA(temperature=2.0)
-    losses = {"interaction": torch.tensor(1.0), "rating": torch.tensor(1.0)}
-    strategy.combine(losses)
-    torch.testing.assert_close(losses["weights"], torch.ones(2))  # first epoch
+    strategy = bound(DWA(temperature=2.0))
+    torch.testing.assert_close(strategy.loss_weights(torch.ones(2)), torch.ones(2))  # epoch 1
     strategy.on_train_epoch_end({"interaction": 1.0, "rating": 2.0})
     torch.testing.assert_close(strategy.weights, torch.ones(2))  # second epoch still 1
     strategy.on_train_epoch_end({"interaction": 0.5, "rating": 1.8})
@@ -110,6 +142,11 @@ def test_dwa_weights_from_given_loss_histories():
         dwa_weights(torch.tensor([0.5, 1.8]), torch.tensor([1.0, 2.0]), 2.0), expected
     )
     assert set(strategy.state_dict()) == {"history", "epochs_seen", "weights"}  # in checkpoints
+    three = bound(DWA(temperature=2.0), THREE)
+    three.on_train_epoch_end({"interaction": 1.0, "rating": 2.0, "like": 0.5})
+    three.on_train_epoch_end({"interaction": 0.5, "rating": 1.8, "like": 0.5})
+    ratios = torch.tensor([0.5, 0.9, 1.0])
+    torch.testing.assert_close(three.weights, 3 * torch.softmax(ratios / 2, dim=0))  # K = 3
 
 
 def test_gradnorm_targets_and_weight_gradient_by_hand():
@@ -133,18 +170,22 @@ def test_gradnorm_targets_and_weight_gradient_by_hand():
 
 def test_rlw_draws_positive_weights_that_sum_to_one():
     torch.manual_seed(0)
-    losses = {"interaction": torch.tensor(1.0), "rating": torch.tensor(3.0)}
-    total = RLW().combine(losses)
-    weights = losses["weights"]
-    assert weights.sum().item() == pytest.approx(1.0) and (weights > 0).all()
-    assert total.item() == pytest.approx(weights[0].item() + 3 * weights[1].item(), rel=1e-6)
+    for tasks in (TWO, THREE):
+        weights = bound(RLW(), tasks).loss_weights(torch.tensor([1.0, 3.0, 2.0][: len(tasks)]))
+        assert weights.shape == (len(tasks),) and (weights > 0).all()
+        assert weights.sum().item() == pytest.approx(1.0)
+    first, second = (bound(RLW()).loss_weights(torch.ones(2)) for _ in range(2))
+    assert not torch.equal(first, second)  # drawn afresh every step
 
 
 def step_gradients(net, weighting, diagnostics):
     """The module's gradients and diagnostics after one step on BATCH."""
-    module = RecommenderModule(net, weighting=weighting, diagnostics=diagnostics)
+    objective = Objective([task for task in THREE if task.name in net.tasks])
+    module = RecommenderModule(
+        net, objective=objective, weighting=weighting, diagnostics=diagnostics
+    )
     net.zero_grad()
-    module._step(BATCH, torch.Tensor.backward)
+    module.engine.step(BATCH, torch.Tensor.backward)
     grads = {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
     return module, grads
 
@@ -178,12 +219,24 @@ def test_logged_cosine_equals_a_direct_computation():
     g1, g2 = direct
     cosine = float(g1 @ g2 / (g1.norm() * g2.norm()))
     module, _ = step_gradients(net, FixedWeighting({"interaction": 0.9, "rating": 0.1}), True)
-    means = module.diagnostics.epoch_means()
-    assert means["mtl/grad_cosine"].item() == pytest.approx(cosine, rel=1e-4, abs=1e-6)
-    assert means["mtl/grad_conflict_share"].item() == float(cosine < 0)
+    means = module.engine.diagnostics.epoch_means()
+    assert means[f"mtl/grad_cosine/{PAIR}"].item() == pytest.approx(cosine, rel=1e-4, abs=1e-6)
+    assert means[f"mtl/grad_conflict_share/{PAIR}"].item() == float(cosine < 0)
     assert means["mtl/grad_norm/interaction"].item() == pytest.approx(float(g1.norm()), rel=1e-4)
     assert means["mtl/weight/rating"].item() == pytest.approx(0.1)
-    assert module.diagnostics.epoch_means() == {}  # read once per epoch, then afresh
+    assert module.engine.diagnostics.epoch_means() == {}  # read once per epoch, then afresh
+
+
+def test_three_tasks_give_a_cosine_per_pair():
+    torch.manual_seed(0)
+    net = MultiTaskNet(DataInfo(4, 8), 4, (12, 8), tasks=("interaction", "rating", "like"))
+    weights = {"interaction": 0.5, "rating": 0.3, "like": 0.2}
+    module, _ = step_gradients(net, FixedWeighting(weights), True)
+    means = module.engine.diagnostics.epoch_means()
+    pairs = {name.split("/", 2)[2] for name in means if name.startswith("mtl/grad_cosine/")}
+    assert pairs == {"interaction-rating", "interaction-like", "rating-like"}
+    assert means["mtl/weight/like"].item() == pytest.approx(0.2)
+    assert all(-1 <= means[f"mtl/grad_cosine/{p}"].item() <= 1 for p in pairs)
 
 
 def test_step_values_by_hand():
@@ -196,16 +249,24 @@ def test_step_values_by_hand():
     received = torch.tensor([[2.0, 0.0], [-1.0, 0.0]])
     diagnostics.update(received @ received.T, torch.tensor([2.0, 1.0]))
     means = diagnostics.epoch_means()
-    assert means["mtl/grad_cosine"].item() == pytest.approx(-1.0)
-    assert means["mtl/grad_conflict_share"].item() == 1.0
+    assert means[f"mtl/grad_cosine/{PAIR}"].item() == pytest.approx(-1.0)
+    assert means[f"mtl/grad_conflict_share/{PAIR}"].item() == 1.0
     assert means["mtl/grad_norm/interaction"].item() == pytest.approx(1.0)  # 2 / weight 2
+    # three tasks: a = (1, 0, 1), b = (-1, 2, 0), c = (0, 0, 3)
+    rows = torch.tensor([[1.0, 0.0, 1.0], [-1.0, 2.0, 0.0], [0.0, 0.0, 3.0]])
+    values = step_values(rows @ rows.T, torch.ones(3)).tolist()
+    cosines, conflicts, similarities, norms = values[0:3], values[3:6], values[6:9], values[9:12]
+    assert cosines == pytest.approx([-1 / math.sqrt(10), 1 / math.sqrt(2), 0.0], abs=1e-6)
+    assert conflicts == [1.0, 0.0, 0.0]
+    assert similarities[0] == pytest.approx(2 * math.sqrt(2) * math.sqrt(5) / 7)
+    assert norms == pytest.approx([math.sqrt(2), math.sqrt(5), 3.0])
 
 
 def test_gradient_level_training_step_uses_the_aggregated_shared_gradient():
     torch.manual_seed(0)
     net = MultiTaskNet(DataInfo(4, 8), 4, (12, 8))
     module, grads = step_gradients(net, Aggregation(PCGrad()), diagnostics="auto")
-    assert module.diagnostics is not None and len(module.diagnostics.steps) == 1
+    assert module.engine.diagnostics is not None and len(module.engine.diagnostics.steps) == 1
     assert grads["user_embeddings.weight"].abs().sum() > 0
     assert grads["mlp.0.weight"].abs().sum() > 0  # the rating head's own gradient
 
@@ -216,10 +277,18 @@ def test_bad_settings_and_nets_a_strategy_cannot_serve():
     with pytest.raises(ConfigError, match="weighting.alpha=-0.5 is not valid"):
         GradNorm(alpha=-0.5)
     one_head = MatrixFactorization(DataInfo(4, 8), 4)
-    with pytest.raises(ConfigError, match="combines the gradients of two tasks"):
-        RecommenderModule(one_head, weighting=Aggregation(PCGrad()))
+    rating = Objective([RATING])
+    with pytest.raises(ConfigError, match="combines the gradients of several tasks"):
+        RecommenderModule(one_head, objective=rating, weighting=Aggregation(PCGrad()))
     with pytest.raises(ConfigError, match="model.diagnostics=often is not valid"):
-        RecommenderModule(one_head, diagnostics="often")
+        RecommenderModule(one_head, objective=rating, diagnostics="often")
+    net = MultiTaskNet(DataInfo(4, 8), 4, (12, 8))
+    with pytest.raises(
+        ConfigError, match="weighting.task=like: this run trains interaction, rating"
+    ):
+        RecommenderModule(net, weighting=SingleTask("like"))
+    single = bound(SingleTask("rating"), THREE)
+    assert single.effective_weights() == {"interaction": 0.0, "rating": 1.0, "like": 0.0}
 
 
 def test_a_missing_solver_names_the_install_command(monkeypatch):
@@ -242,14 +311,23 @@ def test_every_strategy_has_a_config_and_the_study_runs_them_all():
 
     configs = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "weighting").glob("*"))
     assert len(configs) >= 20
+    from hydra.utils import instantiate
+
+    losses = torch.tensor([0.5, 1.5, 0.7])
+    rows = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
     with initialize_config_module("mtrec.conf", version_base="1.3"):
         study = compose("train", overrides=["experiment=weighting"], return_hydra_config=True)
-        for name in configs:  # each composes and builds its strategy
-            cfg = compose("train", overrides=[f"weighting={name}"])
-            from hydra.utils import instantiate
-
-            assert instantiate(cfg.weighting).combine is not None
-    assert sorted(study.hydra.sweeper.params.weighting.split(",")) == configs
+        for name in configs:  # each composes, binds two or three tasks and weighs them
+            for tasks in (TWO, THREE):
+                names = ",".join(task.name for task in tasks)
+                cfg = compose("train", overrides=[f"weighting={name}", f"tasks=[{names}]"])
+                strategy = bound(instantiate(cfg.weighting), tasks)
+                weights = torch.as_tensor(strategy.loss_weights(losses[: len(tasks)]))
+                assert weights.shape == (len(tasks),) and torch.isfinite(weights).all(), name
+                gradient = combined(strategy, rows[: len(tasks)])
+                assert gradient.shape == (6,) and torch.isfinite(gradient).all(), name
+    strategies = [name for name in configs if name != "single"]  # single: a run's twin
+    assert sorted(study.hydra.sweeper.params.weighting.split(",")) == strategies
 
 
 def test_per_task_gradients_under_mixed_precision_are_refused_before_training(ratings_folder):
@@ -294,8 +372,8 @@ def test_a_gradient_level_run_logs_its_diagnostics_every_epoch(ratings_folder, t
     for task in ("interaction", "rating"):
         assert all(h[f"mtl/weight/{task}"] >= 1.0 for h in history)
     assert any(h["mtl/weight/rating"] > 1.0 for h in history)
-    assert all(-1 <= h["mtl/grad_cosine"] <= 1 for h in history)
+    assert all(-1 <= h[f"mtl/grad_cosine/{PAIR}"] <= 1 for h in history)
     events = EventAccumulator(str(run))
     events.Reload()
-    cosine = [e.value for e in events.Scalars("mtl/grad_cosine")]
-    assert cosine == pytest.approx([h["mtl/grad_cosine"] for h in history], rel=1e-6)
+    cosine = [e.value for e in events.Scalars(f"mtl/grad_cosine/{PAIR}")]
+    assert cosine == pytest.approx([h[f"mtl/grad_cosine/{PAIR}"] for h in history], rel=1e-6)

@@ -10,13 +10,15 @@ import torch
 from hydra import compose, initialize_config_module
 
 from conftest import run_main, synthetic_ratings
-from mtrec import explore, losses
+from mtrec import explore
 from mtrec.data.datamodule import ShuffledBatches
 from mtrec.data.info import DataInfo
 from mtrec.data.interactions import Interactions, held_out, index_ratings, last_items
 from mtrec.models import MatrixFactorization, MultiTaskNet
 from mtrec.models.embeddings import embedding_size
+from mtrec.mtl import losses
 from mtrec.mtl.objective import Objective
+from mtrec.mtl.tasks import Rating
 from mtrec.train import build
 
 MODELS = [
@@ -61,7 +63,7 @@ def test_each_model_trains_and_reports_only_its_heads(ratings_folder, tmp_path, 
     )
     datamodule, module = build(cfg)
     batch = next(iter(datamodule.train_dataloader()))[0]  # the first batch of the first chunk
-    terms = module.losses(batch)
+    terms, _ = module.engine.losses(batch)
     assert torch.isfinite(terms["loss"])
     heads = set(module.net.heads)
     assert ("interaction" in terms) == ("interaction" in heads)
@@ -75,7 +77,7 @@ def test_each_model_trains_and_reports_only_its_heads(ratings_folder, tmp_path, 
         RATING if "rating" in heads else set()
     )
     assert logged == expected
-    assert module.losses(batch)["loss"] < terms["loss"]  # it learned something
+    assert module.engine.losses(batch)[0]["loss"] < terms["loss"]  # it learned something
     assert module.net.item_vectors().shape[0] == datamodule.num_items
 
 
@@ -186,13 +188,13 @@ def test_penalties_and_negative_ratings_enter_the_loss():
         "ratings": torch.tensor([4.0, 2.0]),
         "negatives": torch.tensor([[5, 1], [0, 4]]),
     }
-    plain = Objective()(net, batch)
-    with_l2 = Objective(l2=0.1)(net, batch)
+    plain = Objective([Rating()])(net, batch)
+    with_l2 = Objective([Rating()], l2=0.1)(net, batch)
     assert plain.keys() == {"rating"} and with_l2.keys() == {"rating", "penalty"}
     assert with_l2["rating"] == plain["rating"]  # task losses come unweighted, penalties apart
     squares = sum(p.pow(2).sum() for p in net.parameters())
     assert with_l2["penalty"].item() == pytest.approx(0.1 * squares.item(), rel=1e-6)
-    pointwise = Objective(negative_rating_ratio=1)
+    pointwise = Objective([Rating(negative_rating_ratio=1)])
     predicted = torch.cat(
         [
             net.ratings(batch["users"], batch["items"]),

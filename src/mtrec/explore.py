@@ -125,12 +125,12 @@ def similar(trained: Trained, query: str, k: int) -> dict:
 @torch.no_grad()
 def recommend(trained: Trained, query: str, k: int) -> dict:
     user, net = trained.find_user(query), trained.net
-    if "interaction" in net.heads:
+    if "interaction" in net.tasks:
         scores = net.score_all_items(torch.tensor([user]))[0]
         value_name = "score"
-    elif not getattr(net, "needs_history", False):
+    elif not net.needs_history:
         items = torch.arange(trained.datamodule.num_items)
-        scores = net.ratings(torch.full_like(items, user), items)
+        scores = net.head("rating")(torch.full_like(items, user), items)
         value_name = "predicted rating"
     else:
         raise ExploreError(

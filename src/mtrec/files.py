@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +23,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     without an error, removed otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+    tmp = _new_file(path.parent, f".{path.name}.")
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
@@ -32,6 +31,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _new_file(folder: Path, prefix: str) -> str:
+    """An empty file of a fresh name in ``folder``, with the mode the umask gives any new file
+    (``tempfile.mkstemp`` makes it 0600, and the rename would keep that)."""
+    while True:
+        name = os.path.join(folder, f"{prefix}{secrets.token_hex(4)}")
+        try:
+            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return name
+        except FileExistsError:
+            continue
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

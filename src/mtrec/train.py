@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,10 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtrec.errors import ConfigError, UserError
 from mtrec.memory import keep_freed_memory
-from mtrec.runs.folder import completed_metrics, last_checkpoint, read_metrics
+from mtrec.reference_keys import apply_reference_keys
+from mtrec.runs.folder import completed_metrics, last_checkpoint, read_checkpoint
 from mtrec.runs.naming import register_resolvers
-from mtrec.runs.report import write_gate_figure
-from mtrec.runs.rerun import SKIP, check_rerun
+from mtrec.runs.rerun import SKIP, afresh, check_rerun
+from mtrec.runs.sweep import job_interrupted, sweep_stopped
 from mtrec.validation import validate
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     The net gets a :class:`~mtrec.data.info.DataInfo` (counts, item genres, training rows)
     as its first argument.
     """
+    apply_reference_keys(cfg)
     torch.set_num_threads(cfg.threads)
     if cfg.get("keep_freed_memory"):
         keep_freed_memory()
@@ -88,11 +91,6 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
             metrics = held_out_metrics(trainer)
         trainer.test(module, datamodule=datamodule, ckpt_path=selected)
         metrics.update(held_out_metrics(trainer))
-    gates = write_gate_figure(
-        Path(cfg.paths.output_dir), read_metrics(cfg.paths.output_dir).get("history", [])
-    )
-    if gates:
-        log.info("Gate use per epoch: %s", gates)
     log.info(
         "Final metrics: %s",
         {name: round(value, 4) for name, value in metrics.items() if "/gate/" not in name},
@@ -105,7 +103,7 @@ def resumed_logging(logger: DictConfig, checkpoint: str | None) -> dict:
     (``purge_step``), so the epochs it redoes are not shown twice."""
     if checkpoint is None or not logger.get("_target_", "").endswith("TensorBoardLogger"):
         return {}
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved = read_checkpoint(checkpoint, fix=afresh())
     return {"purge_step": saved["global_step"] + 1}  # the checkpoint's own epoch stays
 
 
@@ -144,6 +142,8 @@ def resume_from(cfg: DictConfig) -> str | None:
             f"ckpt_path={cfg.ckpt_path}: {checkpoint} is not a file. Fix: give the path of a "
             "checkpoint (<run folder>/checkpoints/last.ckpt), or leave ckpt_path out."
         )
+    if checkpoint is not None:  # before any work: a damaged file stops the run, untouched
+        read_checkpoint(checkpoint, fix=afresh())
     return checkpoint
 
 
@@ -166,13 +166,21 @@ def main(cfg: DictConfig) -> float | None:
     Into a folder that already holds a run (``hydra.run.dir``, ``ckpt_path=last``, a re-run
     sweep), the same config skips a completed run, a longer one continues it from its last
     checkpoint, and any other is refused before any work (:mod:`mtrec.runs.rerun`).
+
+    Ctrl-C stops the job (a fit after its chunk of steps under way); its ``job.json`` says
+    ``interrupted`` and the run or sweep ends with one line saying how to continue it
+    (:class:`~mtrec.runs.sweep.SweepRecorder`). A job of an interrupted sweep that had not
+    begun does no work.
     """
+    objective = cfg.get("optimized_metric")
     try:
         rerun = check_rerun(cfg.paths.output_dir, cfg)
         if rerun.action == SKIP:
             log.info("%s completed before with this config: skipped", cfg.paths.output_dir)
             metrics = completed_metrics(cfg.paths.output_dir) or {}
-            return metrics.get(cfg.optimized_metric) if cfg.get("optimized_metric") else None
+            return metrics.get(objective) if objective else None
+        if sweep_stopped():
+            return math.nan if objective else None
         validate(cfg)  # before the folder records this config: a mistake leaves it as it was
         rerun.begin()
         metrics = train(cfg)
@@ -181,7 +189,11 @@ def main(cfg: DictConfig) -> float | None:
             raise
         log.error("%s", error)
         raise SystemExit(2) from None
-    return metrics.get(cfg.optimized_metric) if cfg.get("optimized_metric") else None
+    except (KeyboardInterrupt, SystemExit):  # Lightning ends an interrupted fit with exit(1)
+        if not job_interrupted():
+            raise
+        return math.nan if objective else None  # a search counts the trial as failed
+    return metrics.get(objective) if objective else None
 
 
 if __name__ == "__main__":

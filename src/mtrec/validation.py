@@ -27,12 +27,14 @@ from omegaconf.errors import OmegaConfBaseException
 from mtrec.data.movielens import check_variant
 from mtrec.data.synthetic import SHAPES
 from mtrec.errors import ConfigError, shown
-from mtrec.losses import factorization_loss
 from mtrec.models.embeddings import embedding_size
-from mtrec.mtl.objective import Objective
-from mtrec.mtl.tasks import tasks_of
+from mtrec.models.protocol import Recommender, SharesRows
+from mtrec.mtl.losses import factorization_loss
+from mtrec.mtl.objective import check_settings
+from mtrec.mtl.tasks import task_named
 from mtrec.mtl.weighting.gradient import check_aggregator
-from mtrec.optim import check_sparse_ddp, check_sparse_optimizer, check_sparse_rows
+from mtrec.reference_keys import ALIASES, apply_reference_keys
+from mtrec.training.optim import check_sparse_ddp, check_sparse_optimizer, check_sparse_rows
 
 ABSENT = object()  # the key is not in the config (or cannot be resolved: left to its user)
 
@@ -76,6 +78,10 @@ REGRESSION_WEIGHT = (
 )
 
 
+def unset_or(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or ok(v)
+
+
 class Rule(NamedTuple):
     key: str  # as typed on the command line
     ok: Callable[[Any], bool]  # True for an allowed value
@@ -93,8 +99,11 @@ RULES: list[Rule] = [
     Rule("model.hidden_size", positive_int, "a positive integer, e.g. 64"),
     Rule("model.genre_dim", positive_int, "a positive integer, e.g. 8"),
     Rule("model.history_length", positive_int, "a positive integer, e.g. 10"),
-    Rule("model.factorization_weight", non_negative, "a number >= 0, e.g. 0.99"),
-    Rule("model.regression_weight", lambda v: v is None or non_negative(v), REGRESSION_WEIGHT),
+    Rule("model.factorization_weight", unset_or(non_negative), "a number >= 0, e.g. 0.99"),
+    Rule("model.regression_weight", unset_or(non_negative), REGRESSION_WEIGHT),
+    Rule("weighting.weights.interaction", non_negative, "a number >= 0, e.g. 0.99"),
+    Rule("weighting.weights.rating", non_negative, REGRESSION_WEIGHT),
+    Rule("weighting.weights.like", non_negative, "a number >= 0, e.g. 0.01"),
     Rule("model.negative_rating_ratio", lambda v: integer(v) and v >= 0, "an integer >= 0"),
     Rule("model.dropout", fraction(zero_ok=True), "a number in [0, 1), 0 for none"),
     Rule("model.reg", non_negative, "a number >= 0, e.g. 250"),
@@ -107,13 +116,16 @@ RULES: list[Rule] = [
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for the first value of ``cfg`` that cannot work."""
+    """Raise :class:`ConfigError` for the first value of ``cfg`` that cannot work (after the
+    reference's weight keys are applied: :mod:`mtrec.reference_keys`)."""
+    apply_reference_keys(cfg)
     for rule in RULES:
         value = lookup(cfg, rule.key)
         if value is ABSENT or (rule.when is not None and not rule.when(cfg)):
             continue
         if not rule.ok(value):
-            raise ConfigError(f"{rule.key}={shown(value)} is not valid: use {rule.allowed}.")
+            key = typed_key(cfg, rule.key)
+            raise ConfigError(f"{key}={shown(value)} is not valid: use {rule.allowed}.")
     for check in CHECKS:
         check(cfg)
 
@@ -141,7 +153,11 @@ def owners_checks(cfg: DictConfig) -> None:
         factorization_loss(loss)
     embedding_l2 = lookup(cfg, "model.embedding_l2")
     if number(embedding_l2):
-        Objective.check_settings(embedding_l2, net_class(cfg))
+        check_settings(embedding_l2, net_class(cfg))
+    names = task_names(cfg)
+    if issubclass(net_class(cfg), Recommender):
+        net_class(cfg).check_tasks(names)
+    tasks_checks(cfg)
     strategy = weighting_checks(cfg)
     if lookup(cfg, "model.sparse_rows") is True:
         sparse_rows_checks(cfg, strategy)
@@ -169,9 +185,34 @@ def weighting_checks(cfg: DictConfig):
         if isinstance(error.__cause__, ConfigError):
             raise error.__cause__ from None
         raise
-    heads = tuple(task.name for task in tasks_of(getattr(net_class(cfg), "heads", ())))
-    strategy.check(heads, len(heads) == 2)
+    names = task_names(cfg)
+    strategy.check(names, len(names) >= 2 and issubclass(net_class(cfg), SharesRows))
     return strategy
+
+
+def task_names(cfg: DictConfig) -> tuple[str, ...]:
+    """The tasks the run trains (``tasks=[...]``), each a known one."""
+    tasks = lookup(cfg, "tasks")
+    names = tuple(tasks) if isinstance(tasks, dict) else ()
+    for name in names:
+        task_named(name)
+    return names
+
+
+def tasks_checks(cfg: DictConfig) -> None:
+    """Each task's own checks of its settings (its constructor's), before any work."""
+    tasks = cfg.get("tasks")
+    if tasks is None:  # a config without the tasks group (a custom one): nothing to check
+        return
+    if not tasks:
+        raise ConfigError("tasks=[] trains nothing: give at least one, e.g. tasks=[rating].")
+    for name, task in tasks.items():
+        try:
+            instantiate(task)
+        except InstantiationException as error:
+            if isinstance(error.__cause__, ConfigError):
+                raise error.__cause__ from None
+            raise ConfigError(f"tasks.{name}: {error}") from None
 
 
 def sparse_rows_checks(cfg: DictConfig, strategy) -> None:
@@ -189,30 +230,45 @@ def sparse_rows_checks(cfg: DictConfig, strategy) -> None:
         check_sparse_ddp(named.rsplit(".", 1)[-1])
 
 
+def typed_key(cfg: DictConfig, key: str) -> str:
+    """The key a weight was given by: the reference's alias where one set it (or, for the
+    rating task's weight, set λF it derives from), else the key itself."""
+    aliases = {weight: alias for alias, weight in ALIASES.items()}
+    alias = aliases.get(key)
+    if alias is None:
+        return key
+    if lookup(cfg, alias) not in (None, ABSENT):
+        return alias
+    derived = key.endswith(".rating") and OmegaConf.is_interpolation(
+        cfg.weighting.weights, "rating"
+    )
+    if derived and lookup(cfg, "model.factorization_weight") not in (None, ABSENT):
+        return alias
+    return key
+
+
 def some_loss_weighs(cfg: DictConfig) -> None:
-    """At least one head of the net has a positive loss weight: otherwise nothing trains."""
-    heads = [task.head for task in tasks_of(getattr(net_class(cfg), "heads", ()))]
-    weights, derived = {}, ""
-    if "interaction" in heads:
-        weights["model.factorization_weight"] = lookup(cfg, "model.factorization_weight")
-    if "rating" in heads:
-        weight = lookup(cfg, "model.regression_weight")
-        if weight is None or OmegaConf.is_interpolation(cfg.model, "regression_weight"):
-            derived = " (1 - model.factorization_weight)"
-            if weight is None:  # the module's default: 1 - factorization_weight
-                factorization = lookup(cfg, "model.factorization_weight")
-                weight = 1.0 - factorization if number(factorization) else ABSENT
-        weights["model.regression_weight"] = weight
-    if not weights or any(not number(w) or w != 0 for w in weights.values()):
+    """With fixed weights, at least one trained task has a positive weight: otherwise
+    nothing trains."""
+    weights = lookup(cfg, "weighting.weights")
+    names = task_names(cfg)
+    if not isinstance(weights, dict) or not names:
         return
+    given = {name: weights.get(name, 0.0) for name in names}
+    if any(not number(w) or w != 0 for w in given.values()):
+        return
+    parts = []
+    for name, weight in given.items():
+        key = typed_key(cfg, f"weighting.weights.{name}")
+        derived = key == "model.regression_weight" and lookup(cfg, key) in (None, ABSENT)
+        parts.append(f"{key}={shown(weight)}" + (" (1 - model.factorization_weight)" * derived))
     fix = {
         ("interaction",): "model.factorization_weight=1",
         ("rating",): "model.factorization_weight=0 (model.regression_weight is then 1 - 0)",
-    }.get(tuple(heads), "model.factorization_weight=0.99 (model.regression_weight is then 0.01)")
-    given = " and ".join(f"{key}={shown(w)}" for key, w in weights.items())
+    }.get(names, "model.factorization_weight=0.99 (model.regression_weight is then 0.01)")
     raise ConfigError(
-        f"{given}{derived}: every loss of model={lookup(cfg, 'model.name')} has weight 0, so "
-        f"nothing would be trained. Give its {' or '.join(heads)} head a positive weight, "
+        f"{' and '.join(parts)}: every loss of model={lookup(cfg, 'model.name')} has weight 0, "
+        f"so nothing would be trained. Give its {' or '.join(names)} head a positive weight, "
         f"e.g. {fix}."
     )
 

@@ -1,5 +1,5 @@
-"""``hydra/sweeper=twins``: Hydra's basic sweeper, plus each setting's single-task twins
-(:mod:`mtrec.runs.twins`)."""
+"""``hydra/sweeper=twins``: Hydra's basic sweeper, plus each setting's single-task twins, one
+per task the setting trains (:mod:`mtrec.runs.twins`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
 
 class TwinsSweeper(BasicSweeper):
-    """The basic sweeper's jobs, after the single-task twins of every setting they sweep."""
+    """The basic sweeper's jobs, after the single-task twins of every setting they sweep
+    (``weighting=single weighting.task=<task>`` for each task of its ``tasks=[...]``)."""
 
     @staticmethod
     def split_arguments(overrides, max_batch_size):

@@ -5,8 +5,9 @@
 else from the data cache or a download. The work is split along its seams so that each part
 can be read and tested alone: :mod:`mtrec.data.sources` finds and verifies the files (cache,
 GroupLens, the package-index mirror, checksums, locks), :mod:`mtrec.data.formats` parses them
-(layouts, checks, rating scales, duplicates); this module holds what other modules import:
-:data:`VARIANTS`, :class:`MovieLens`, :class:`DataError` and :func:`load_movielens`.
+(layouts, checks, rating scales, duplicates), :mod:`mtrec.data.variants` lists the releases
+(:data:`VARIANTS`, also importable from here); this module holds what other modules import:
+:class:`MovieLens`, :class:`DataError`, :func:`check_variant` and :func:`load_movielens`.
 
 The rating scale. A variant the caller names (``data.variant``) fixes it, and a file that
 contradicts it is refused. With none named, one's own file needs no other setting: its ratings
@@ -35,49 +36,14 @@ from mtrec.data.formats import (
     sniff,
 )
 from mtrec.data.sources import Files, read_bytes
+from mtrec.data.variants import VARIANTS
 from mtrec.errors import ConfigError
 
-__all__ = ["VARIANTS", "DataError", "MovieLens", "Variant", "check_variant", "load_movielens"]
+__all__ = ["VARIANTS", "DataError", "MovieLens", "check_variant", "load_movielens"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VARIANT = "ml-100k"  # read when neither data.variant nor data.path is set
-
-
-@dataclass(frozen=True)
-class Variant:
-    """Where one GroupLens data set lives and how its files are laid out."""
-
-    name: str
-    folder: str  # top folder inside the GroupLens archive
-    ratings_file: str
-    items_file: str
-    rating_scale: tuple[float, float]
-    md5: str | None = None  # of the GroupLens archive, where known
-
-    @property
-    def archive(self) -> str:
-        return f"{self.name}.zip"
-
-    @property
-    def scale(self) -> Scale:
-        return Scale(*self.rating_scale, self.name)
-
-
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant(
-            "ml-100k", "ml-100k", "u.data", "u.item", (1, 5), "0e33842e24a9c977be4e0107933c0723"
-        ),
-        Variant("ml-1m", "ml-1m", "ratings.dat", "movies.dat", (1, 5)),
-        Variant("ml-10m", "ml-10M100K", "ratings.dat", "movies.dat", (0.5, 5)),
-        Variant("ml-20m", "ml-20m", "ratings.csv", "movies.csv", (0.5, 5)),
-        Variant("ml-25m", "ml-25m", "ratings.csv", "movies.csv", (0.5, 5)),
-        Variant("ml-32m", "ml-32m", "ratings.csv", "movies.csv", (0.5, 5)),
-        Variant("ml-latest-small", "ml-latest-small", "ratings.csv", "movies.csv", (0.5, 5)),
-    )
-}
 
 
 @dataclass

@@ -31,14 +31,13 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from filelock import FileLock
 
 from mtrec.data.formats import DataError
-
-if TYPE_CHECKING:
-    from mtrec.data.movielens import Variant
+from mtrec.data.variants import Variant
+from mtrec.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -180,17 +179,10 @@ def read_bytes(path: Path) -> bytes:
 
 def download_url(url: str, target: Path, algorithm: str, expected: str | None) -> Path:
     """Download ``url`` to ``target`` atomically, verifying its checksum before the rename."""
-    with tempfile.NamedTemporaryFile(
-        dir=target.parent, prefix=f".{target.name}.", delete=False
-    ) as tmp:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                shutil.copyfileobj(response, tmp)
-            tmp.close()
-            _check(Path(tmp.name), algorithm, expected, what=url)
-            os.replace(tmp.name, target)
-        finally:
-            Path(tmp.name).unlink(missing_ok=True)
+    with atomic_path(target) as tmp:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out)
+        _check(tmp, algorithm, expected, what=url)
     return target
 
 

@@ -115,12 +115,12 @@ GENERATOR_VERSION = 1
 
 def cached(shape: str, seed: int, cache_dir: str | Path) -> MovieLens:
     """:func:`generate`'s data, from ``cache_dir/synthetic`` if generated before, else
-    generated and cached (compact: int32 ids, int8 ratings; written atomically)."""
+    generated and cached (compact: int32 ids, int8 ratings; written atomically). A cached file
+    that cannot be read is generated again and replaced, with a warning naming it."""
     path = Path(cache_dir) / "synthetic" / f"{shape}-seed{seed}-v{GENERATOR_VERSION}.pt"
-    if path.exists():
-        stored = torch.load(path, weights_only=True)
-        log.info("Read %d synthetic ratings from %s", len(stored["users"]), path)
-        columns = (stored[key].numpy() for key in ("users", "items", "ratings"))
+    columns = _read_cache(path, SHAPES[shape][2] if shape in SHAPES else None)
+    if columns is not None:
+        log.info("Read %d synthetic ratings from %s", len(columns[0]), path)
         return movielens(shape, seed, *columns)
     data = generate(shape, seed)
     ratings = data.ratings
@@ -133,6 +133,28 @@ def cached(shape: str, seed: int, cache_dir: str | Path) -> MovieLens:
         torch.save(compact, tmp)
     log.info("Generated %d ratings (%s), cached in %s", len(ratings), data.source, path)
     return data
+
+
+def _read_cache(path: Path, total: int | None) -> tuple[np.ndarray, ...] | None:
+    """The users, items and ratings cached in ``path``; None when there is no file, or when
+    it is damaged (cut short by a full disk, say): then a warning says it will be replaced."""
+    if not path.exists():
+        return None
+    try:
+        stored = torch.load(path, weights_only=True)
+        columns = tuple(stored[key].numpy() for key in ("users", "items", "ratings"))
+        if {len(column) for column in columns} != {total}:
+            raise ValueError(f"{[len(c) for c in columns]} rows, not {total}")
+        return columns
+    except Exception as error:  # anything unreadable is regenerated: the file is only a cache
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        log.warning(
+            "The synthetic data cache %s is damaged (%s): generating the data again and "
+            "writing it anew in its place.",
+            path,
+            reason,
+        )
+        return None
 
 
 class SyntheticDataModule(MovieLensDataModule):

@@ -8,14 +8,14 @@ part only: validation and test rows are never seen) and have nothing to train;
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
 from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
+from mtrec.models.protocol import EmbeddingNorms, Ranker, Recommender
 
 
-class Popularity(nn.Module):
+class Popularity(Recommender, Ranker):
     """Ranks every item by its number of training interactions, the same for every user."""
 
     heads = ("interaction",)
@@ -26,7 +26,11 @@ class Popularity(nn.Module):
         counts = torch.bincount(train.items, minlength=data.num_items).to(torch.float32)
         self.register_buffer("counts", counts)
 
-    def interaction_logits(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+    def head(self, task: str):
+        self.check_tasks([task])
+        return self.interaction_logits
+
+    def interaction_logits(self, user_ids, item_ids, rows=None, history=None) -> torch.Tensor:
         shape = torch.broadcast_shapes(user_ids.shape, item_ids.shape)
         return self.counts[item_ids].expand(shape)
 
@@ -37,7 +41,7 @@ class Popularity(nn.Module):
         return self.counts.unsqueeze(1)
 
 
-class EASE(nn.Module):
+class EASE(Recommender, Ranker):
     """Embarrassingly Shallow Autoencoder (Steck, 2019): scores ``x_u B`` where ``x_u`` is the
     user's row of the binary training matrix X and, with ``P = (X^T X + reg I)^-1``,
     ``B = I - P / diag(P)`` (zero diagonal: an item never recommends itself).
@@ -73,7 +77,11 @@ class EASE(nn.Module):
         self.register_buffer("interactions", x.to(torch.float32))
         self.register_buffer("weights", weights.to(torch.float32))
 
-    def interaction_logits(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+    def head(self, task: str):
+        self.check_tasks([task])
+        return self.interaction_logits
+
+    def interaction_logits(self, user_ids, item_ids, rows=None, history=None) -> torch.Tensor:
         return (self.interactions[user_ids] * self.weights.T[item_ids]).sum(-1)
 
     def score_all_items(self, user_ids: torch.Tensor) -> torch.Tensor:
@@ -83,7 +91,7 @@ class EASE(nn.Module):
         return self.weights.T
 
 
-class BiasedMatrixFactorization(nn.Module):
+class BiasedMatrixFactorization(Recommender, EmbeddingNorms):
     """Rating baseline: ``r = mu + b_u + b_i + u . q``, ``mu`` the training mean rating.
 
     With ``model.embedding_l2`` (a penalty on the rows each batch uses) this is the classic
@@ -103,7 +111,11 @@ class BiasedMatrixFactorization(nn.Module):
         self.item_biases = ZeroEmbedding(num_items, 1)
         self.register_buffer("mean_rating", train.ratings.mean())
 
-    def ratings(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+    def head(self, task: str):
+        self.check_tasks([task])
+        return self.ratings
+
+    def ratings(self, user_ids, item_ids, rows=None, history=None) -> torch.Tensor:
         dot = (self.user_embeddings(user_ids) * self.item_embeddings(item_ids)).sum(-1)
         biases = self.user_biases(user_ids).squeeze(-1) + self.item_biases(item_ids).squeeze(-1)
         return self.mean_rating + biases + dot

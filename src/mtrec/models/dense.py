@@ -7,9 +7,10 @@ from torch import nn
 
 from mtrec.data.info import DataInfo
 from mtrec.models.embeddings import GenreBag, ScaledEmbedding, embedding_size
+from mtrec.models.protocol import Recommender
 
 
-class DenseNet(nn.Module):
+class DenseNet(Recommender):
     """``[u, q] -> Linear -> ReLU -> Linear(., 1)``: the rating from concatenated embeddings."""
 
     heads = ("rating",)
@@ -30,7 +31,11 @@ class DenseNet(nn.Module):
     def features(self, users: torch.Tensor, items: torch.Tensor) -> list[torch.Tensor]:
         return [self.user_embeddings(users), self.item_embeddings(items)]
 
-    def ratings(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def head(self, task: str):
+        self.check_tasks([task])
+        return self.ratings
+
+    def ratings(self, users, items, rows=None, history=None) -> torch.Tensor:
         users, items = torch.broadcast_tensors(users, items)
         return self.mlp(torch.cat(self.features(users, items), dim=-1)).squeeze(-1)
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from mtrec.data.info import DataInfo
 from mtrec.models.embeddings import GenreBag, ScaledEmbedding, ZeroEmbedding, embedding_size
+from mtrec.models.protocol import Recommender
 
 
-class MatrixFactorization(nn.Module):
+class MatrixFactorization(Recommender):
     """Plain matrix factorization trained on ratings: ``r = u . q``."""
 
     heads = ("rating",)
@@ -24,7 +24,11 @@ class MatrixFactorization(nn.Module):
     def item_factors(self, items: torch.Tensor) -> torch.Tensor:
         return self.item_embeddings(items)
 
-    def ratings(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def head(self, task: str):
+        self.check_tasks([task])
+        return self.ratings
+
+    def ratings(self, users, items, rows=None, history=None) -> torch.Tensor:
         return (self.user_embeddings(users) * self.item_factors(items)).sum(-1)
 
     def item_vectors(self) -> torch.Tensor:
@@ -56,7 +60,7 @@ class BiasedDotProduct(MatrixFactorization):
         self.item_biases = ZeroEmbedding(data.num_items, 1)
         self.low, self.high = (float(x) for x in rating_range)
 
-    def ratings(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def ratings(self, users, items, rows=None, history=None) -> torch.Tensor:
         dot = super().ratings(users, items)
         logit = dot + self.user_biases(users).squeeze(-1) + self.item_biases(items).squeeze(-1)
         return torch.sigmoid(logit) * (self.high - self.low) + self.low

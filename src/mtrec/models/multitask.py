@@ -1,4 +1,4 @@
-"""MultiTaskNet: a factorization head for interactions and an MLP head for ratings."""
+"""MultiTaskNet: a factorization head for interactions, MLP heads for ratings and likes."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ from torch import nn
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError, shown
 from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
+from mtrec.models.protocol import EmbeddingNorms, Gated, Ranker, Recommender, SharesRows
 from mtrec.models.sharing import MIXERS, PLE, SHARINGS, CrossStitch, MMoE
 from mtrec.mtl.shared import TableRows
 
 
-class MultiTaskNet(nn.Module):
-    """Two heads over user and item embeddings.
+class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated):
+    """Heads over user and item embeddings, one per task of ``tasks``.
 
     - interaction head (matrix factorization): ``p_ij = u_i . q_j + b_j``
     - rating head (MLP): ``[u_i, q_j, u_i * q_j] -> Linear -> ReLU -> ... -> Linear(., 1)``
+    - like head (built when ``tasks`` has ``like``): an MLP of the same shape, its own, whose
+      output is the logit of a like; it reads embeddings as the rating head does
 
     With ``embedding_sharing=true`` both heads read one (U, Q) pair; with ``false`` each head
     has its own pair; with ``items`` they share the item table and each has its own user
@@ -30,7 +33,7 @@ class MultiTaskNet(nn.Module):
     false: ``separate``, ``items``): ``shared_bottom``, ``mmoe`` (``experts`` shared experts),
     ``cgc`` (``experts`` shared and ``task_experts`` per task), ``ple`` (``levels`` CGC levels)
     mix a side's shared embedding into each task's vector (:mod:`mtrec.models.sharing`);
-    ``cross_stitch`` mixes the two tasks' own embeddings. The heads read those vectors where
+    ``cross_stitch`` mixes the tasks' own embeddings. The heads read those vectors where
     they read embeddings otherwise, so the interaction score stays ``u . q + b``.
 
     ``rating_biases`` adds ``mu + b_u + b_i`` (``mu`` the training mean rating, the biases
@@ -38,7 +41,7 @@ class MultiTaskNet(nn.Module):
     user and item. ``dropout`` drops MLP activations during training.
     """
 
-    heads = ("interaction", "rating")
+    heads = ("interaction", "rating", "like")
 
     def __init__(
         self,
@@ -52,8 +55,12 @@ class MultiTaskNet(nn.Module):
         experts: int = 4,
         task_experts: int = 1,
         levels: int = 2,
+        tasks: Sequence[str] = ("interaction", "rating"),
     ):
         super().__init__()
+        self.check_tasks(tasks)
+        # the interaction and rating heads are always built (the reference net); like on demand
+        self._tasks = tuple(t for t in self.heads if t in tasks or t != "like")
         self.check_settings(
             embedding_dim, layer_sizes, embedding_sharing, sharing, experts, task_experts, levels
         )
@@ -77,8 +84,8 @@ class MultiTaskNet(nn.Module):
         )
         # each side's mixer (None: the tasks read embeddings as they are)
         settings = {"experts": experts, "task_experts": task_experts, "levels": levels}
-        self.user_mixer = mixer(sharing, embedding_dim, settings)
-        self.item_mixer = mixer(sharing, embedding_dim, settings)
+        self.user_mixer = mixer(sharing, embedding_dim, settings, self._tasks)
+        self.item_mixer = mixer(sharing, embedding_dim, settings, self._tasks)
         if self.user_mixer is not None:  # gate use is weighted by each id's training rows
             train = data.train
             self.register_buffer("user_rows", _counts(train, "users", num_users), False)
@@ -89,12 +96,31 @@ class MultiTaskNet(nn.Module):
             self.register_buffer("mean_rating", mean)
             self.rating_user_biases = ZeroEmbedding(num_users, 1)
             self.rating_item_biases = ZeroEmbedding(num_items, 1)
-        layers: list[nn.Module] = []
-        for width_in, width_out in zip(layer_sizes[:-1], layer_sizes[1:], strict=False):
-            layers += [nn.Linear(width_in, width_out), nn.ReLU()]
-            layers += [nn.Dropout(dropout)] if dropout else []
-        layers.append(nn.Linear(layer_sizes[-1], 1))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = _mlp(layer_sizes, dropout)
+        # each task's table of a side (one object where they share it)
+        self.user_tables = {"interaction": self.user_embeddings}
+        self.user_tables["rating"] = self.rating_user_embeddings
+        self.item_tables = {"interaction": self.item_embeddings}
+        self.item_tables["rating"] = self.rating_item_embeddings
+        if "like" in self._tasks:  # built last: the two reference heads start as they always did
+            self.like_user_embeddings = (
+                ScaledEmbedding(num_users, embedding_dim) if own_users else self.user_embeddings
+            )
+            self.like_item_embeddings = (
+                ScaledEmbedding(num_items, embedding_dim) if own_items else self.item_embeddings
+            )
+            self.like_mlp = _mlp(layer_sizes, dropout)
+            self.user_tables["like"] = self.like_user_embeddings
+            self.item_tables["like"] = self.like_item_embeddings
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self._tasks
+
+    def head(self, task: str):
+        if task == "interaction":
+            return self.interaction_logits
+        return self.ratings if task == "rating" else self.like_logits
 
     @staticmethod
     def check_settings(
@@ -134,7 +160,7 @@ class MultiTaskNet(nn.Module):
             )
 
     def interaction_logits(
-        self, user_ids: torch.Tensor, item_ids: torch.Tensor, rows: Rows | None = None
+        self, user_ids: torch.Tensor, item_ids: torch.Tensor, rows: Rows | None = None, history=None
     ) -> torch.Tensor:
         """Logits ``u . q + b`` for broadcastable id tensors, e.g. (B, 1) users x (B, K) items.
 
@@ -146,45 +172,51 @@ class MultiTaskNet(nn.Module):
         return (users * items).sum(-1) + self.item_biases(item_ids).squeeze(-1)
 
     def ratings(
-        self, user_ids: torch.Tensor, item_ids: torch.Tensor, rows: Rows | None = None
+        self, user_ids: torch.Tensor, item_ids: torch.Tensor, rows: Rows | None = None, history=None
     ) -> torch.Tensor:
-        users = self._vector("user", "rating", user_ids, rows)
-        items = self._vector("item", "rating", item_ids, rows)
-        rating = self.mlp(torch.cat([users, items, users * items], dim=-1)).squeeze(-1)
+        rating = self._mlp_output("rating", self.mlp, user_ids, item_ids, rows)
         if self.rating_biases:
             biases = self.rating_user_biases(user_ids) + self.rating_item_biases(item_ids)
             rating = rating + self.mean_rating + biases.squeeze(-1)
         return rating
 
+    def like_logits(
+        self, user_ids: torch.Tensor, item_ids: torch.Tensor, rows: Rows | None = None, history=None
+    ) -> torch.Tensor:
+        """The logit that the user likes the item (its own MLP over the like task's vectors)."""
+        return self._mlp_output("like", self.like_mlp, user_ids, item_ids, rows)
+
+    def _mlp_output(self, task: str, mlp: nn.Module, user_ids, item_ids, rows) -> torch.Tensor:
+        users = self._vector("user", task, user_ids, rows)
+        items = self._vector("item", task, item_ids, rows)
+        return mlp(torch.cat([users, items, users * items], dim=-1)).squeeze(-1)
+
     def embedding_norms(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         """Squared norms of the embedding and bias rows each (user, item) pair uses."""
-        tables = [(self.user_embeddings, user_ids), (self.item_embeddings, item_ids)]
-        tables += [(self.item_biases, item_ids)]
-        if self.rating_user_embeddings is not self.user_embeddings:
-            tables.append((self.rating_user_embeddings, user_ids))
-        if self.rating_item_embeddings is not self.item_embeddings:
-            tables.append((self.rating_item_embeddings, item_ids))
+        users, items = _distinct(self.user_tables), _distinct(self.item_tables)
+        tables = [(users[0], user_ids), (items[0], item_ids), (self.item_biases, item_ids)]
+        tables += [(table, user_ids) for table in users[1:]]
+        tables += [(table, item_ids) for table in items[1:]]
         if self.rating_biases:
             tables += [(self.rating_user_biases, user_ids), (self.rating_item_biases, item_ids)]
         return sum(table(ids).pow(2).sum(-1) for table, ids in tables)
 
-    def _side(self, side: str):
+    def _side(self, side: str) -> tuple[dict[str, nn.Embedding], nn.Module | None]:
+        """Each task's table of a side (one object where they share it), and its mixer."""
         if side == "user":
-            return self.user_embeddings, self.rating_user_embeddings, self.user_mixer
-        return self.item_embeddings, self.rating_item_embeddings, self.item_mixer
+            return self.user_tables, self.user_mixer
+        return self.item_tables, self.item_mixer
 
     def _vector(self, side: str, task: str, ids: torch.Tensor, rows: Rows | None) -> torch.Tensor:
         """A task's vector of a side for ``ids``; ``rows`` may hold (a copy of) what the tasks
         share, read instead of computing it (keys as :meth:`shared` names them)."""
-        table, rating_table, side_mixer = self._side(side)
+        tables, side_mixer = self._side(side)
         if side_mixer is None:
-            return _row(rows, side, rating_table if task == "rating" else table, ids)
+            return _row(rows, side, tables[task], ids)
         if isinstance(side_mixer, CrossStitch):
-            both = {
-                "interaction": _row(rows, f"{side}/interaction", table, ids),
-                "rating": _row(rows, f"{side}/rating", rating_table, ids),
-            }
-            return side_mixer.vector(task, both)
+            every = {t: _row(rows, f"{side}/{t}", tables[t], ids) for t in self._tasks}
+            return side_mixer.vector(task, every)
+        table = tables[task]  # under a mixer every task reads the side's one table
         if not self.training and rows is None:  # held-out rows repeat ids: each computed once
             ids, position = ids.unique(return_inverse=True)
         copy = rows[side] if rows is not None and side in rows else None  # a task's own copy
@@ -194,24 +226,24 @@ class MultiTaskNet(nn.Module):
     def shared(
         self, user_ids: torch.Tensor, item_ids: torch.Tensor
     ) -> dict[str, TableRows | torch.Tensor]:
-        """What the two tasks share for a batch, where their gradients meet.
+        """What the tasks share for a batch, where their gradients meet.
 
         Shared embeddings: the user and the item rows; ``items``: the item rows; separate:
-        nothing; cross-stitch: both tasks' rows (``user/interaction``, ``user/rating``, ...);
+        nothing; cross-stitch: every task's rows (``user/interaction``, ``user/rating``, ...);
         shared-bottom, MMoE, CGC, PLE: each side's shared layer or shared experts' output.
         Per-task gradients taken with respect to these cost what the batch costs, never the
         size of the catalogue.
         """
         shared: dict[str, TableRows | torch.Tensor] = {}
         for side, ids in (("user", user_ids), ("item", item_ids)):
-            table, rating_table, side_mixer = self._side(side)
+            tables, side_mixer = self._side(side)
             if isinstance(side_mixer, CrossStitch):
-                shared[f"{side}/interaction"] = TableRows(table, ids)
-                shared[f"{side}/rating"] = TableRows(rating_table, ids)
+                for task in self._tasks:
+                    shared[f"{side}/{task}"] = TableRows(tables[task], ids)
             elif side_mixer is not None:
-                shared[side] = side_mixer.shared(table(ids))
-            elif rating_table is table:
-                shared[side] = TableRows(table, ids)
+                shared[side] = side_mixer.shared(tables["interaction"](ids))
+            elif len(_distinct(tables)) == 1:
+                shared[side] = TableRows(tables["interaction"], ids)
         return shared
 
     def gate_use(self) -> dict[str, torch.Tensor]:
@@ -220,7 +252,8 @@ class MultiTaskNet(nn.Module):
         Empty without gates."""
         found = {}
         for side, weights in (("user", "user_rows"), ("item", "item_rows")):
-            table, _, side_mixer = self._side(side)
+            tables, side_mixer = self._side(side)
+            table = tables["interaction"]
             if side_mixer is None or isinstance(side_mixer, CrossStitch):
                 continue
             share = getattr(self, weights) / getattr(self, weights).sum()
@@ -232,11 +265,10 @@ class MultiTaskNet(nn.Module):
                     found[f"gate/{side}/{gate}/entropy"] = share @ entropy
         return found
 
-    def forward(
-        self, user_ids: torch.Tensor, item_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (interaction logits, predicted ratings), each of shape ``user_ids.shape``."""
-        return self.interaction_logits(user_ids, item_ids), self.ratings(user_ids, item_ids)
+    def forward(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every head's output, in ``tasks`` order (interaction logits, predicted ratings,
+        like logits), each of shape ``user_ids.shape``."""
+        return tuple(self.head(task)(user_ids, item_ids) for task in self._tasks)
 
     def score_all_items(self, user_ids: torch.Tensor) -> torch.Tensor:
         """Interaction logits of every item for each user: shape (len(user_ids), num_items)."""
@@ -294,16 +326,31 @@ def sharing_of(
     return sharing
 
 
-def mixer(sharing: str, dim: int, settings: dict[str, int]) -> nn.Module | None:
-    """A side's mixer for architecture ``sharing`` (None: embeddings as they are)."""
+def mixer(sharing: str, dim: int, settings: dict[str, int], tasks) -> nn.Module | None:
+    """A side's mixer for architecture ``sharing`` and these tasks (None: embeddings as
+    they are)."""
     if sharing not in MIXERS:
         return None
     if sharing == "mmoe":
-        return MMoE(dim, settings["experts"])
+        return MMoE(dim, settings["experts"], tasks)
     if sharing in ("cgc", "ple"):
         levels = 1 if sharing == "cgc" else settings["levels"]
-        return PLE(dim, settings["experts"], settings["task_experts"], levels)
-    return MIXERS[sharing](dim)
+        return PLE(dim, settings["experts"], settings["task_experts"], levels, tasks)
+    return MIXERS[sharing](dim, tasks)
+
+
+def _mlp(layer_sizes: Sequence[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width_in, width_out in zip(layer_sizes[:-1], layer_sizes[1:], strict=False):
+        layers += [nn.Linear(width_in, width_out), nn.ReLU()]
+        layers += [nn.Dropout(dropout)] if dropout else []
+    layers.append(nn.Linear(layer_sizes[-1], 1))
+    return nn.Sequential(*layers)
+
+
+def _distinct(tables: dict[str, nn.Embedding]) -> list[nn.Embedding]:
+    """The side's tables, each once, in task order."""
+    return list({id(table): table for table in tables.values()}.values())
 
 
 def _counts(train, field: str, size: int) -> torch.Tensor:

@@ -7,9 +7,10 @@ from torch import nn
 
 from mtrec.data.info import DataInfo
 from mtrec.models.embeddings import ScaledEmbedding, embedding_size
+from mtrec.models.protocol import Recommender
 
 
-class SequenceLSTM(nn.Module):
+class SequenceLSTM(Recommender):
     """LSTM over the user's last k rated items (time order, 0 = padding), then the next item.
 
     ``history`` holds item indices shifted by one so that 0 can pad short histories; the
@@ -29,9 +30,11 @@ class SequenceLSTM(nn.Module):
             nn.Linear(hidden_size + dim, hidden_size), nn.ReLU(), nn.Linear(hidden_size, 1)
         )
 
-    def ratings(
-        self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor
-    ) -> torch.Tensor:
+    def head(self, task: str):
+        self.check_tasks([task])
+        return self.ratings
+
+    def ratings(self, users, items, rows=None, history=None) -> torch.Tensor:
         _, (hidden, _) = self.lstm(self.item_embeddings(history))
         target = self.item_embeddings(items + 1)
         # several items per history, e.g. (B, K) sampled negatives: one summary, broadcast

@@ -1,4 +1,4 @@
-"""Sharing architectures: how the two tasks share one side (the users, or the items) of
+"""Sharing architectures: how the tasks share one side (the users, or the items) of
 :class:`~mtrec.models.multitask.MultiTaskNet` (``model.sharing``).
 
 A mixer turns a side's embedding rows into one vector per task, of the embedding's size, and
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-TASK_NAMES = ("interaction", "rating")
+TASK_NAMES = ("interaction", "rating")  # the reference's tasks: every mixer's default
 
 
 def _expert(dim: int) -> nn.Module:
@@ -44,9 +44,9 @@ def softmax(logits: torch.Tensor) -> torch.Tensor:
     return exp / exp.sum(-1, keepdim=True)
 
 
-def _towers(dim: int) -> nn.ModuleDict:
+def _towers(dim: int, tasks) -> nn.ModuleDict:
     """A linear tower per task over the mixed representation."""
-    return nn.ModuleDict({task: nn.Linear(dim, dim) for task in TASK_NAMES})
+    return nn.ModuleDict({task: nn.Linear(dim, dim) for task in tasks})
 
 
 def _mix(gate_logits: torch.Tensor, *groups: torch.Tensor) -> torch.Tensor:
@@ -65,9 +65,10 @@ def _mix(gate_logits: torch.Tensor, *groups: torch.Tensor) -> torch.Tensor:
 class TowerMixer(nn.Module):
     """A shared part, then a mix of it per task (``mix``), then the task's linear tower."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, tasks=TASK_NAMES):
         super().__init__()
-        self.towers = _towers(dim)
+        self.tasks = tuple(tasks)
+        self.towers = _towers(dim, self.tasks)
 
     def vector(
         self, task: str, rows: torch.Tensor, shared: torch.Tensor | None = None
@@ -82,8 +83,8 @@ class TowerMixer(nn.Module):
 class SharedBottom(TowerMixer):
     """A shared layer under a linear tower per task (Caruana, "Multitask Learning", 1997)."""
 
-    def __init__(self, dim: int):
-        super().__init__(dim)
+    def __init__(self, dim: int, tasks=TASK_NAMES):
+        super().__init__(dim, tasks)
         self.bottom = _expert(dim)
 
     def shared(self, rows: torch.Tensor) -> torch.Tensor:
@@ -99,10 +100,10 @@ class MMoE(TowerMixer):
     softmax gate per task reading the row, a linear tower per task. One expert is a shared
     bottom."""
 
-    def __init__(self, dim: int, experts: int = 4):
-        super().__init__(dim)
+    def __init__(self, dim: int, experts: int = 4, tasks=TASK_NAMES):
+        super().__init__(dim, tasks)
         self.experts = Experts(dim, experts)
-        self.gate_layers = nn.ModuleDict({task: nn.Linear(dim, experts) for task in TASK_NAMES})
+        self.gate_layers = nn.ModuleDict({task: nn.Linear(dim, experts) for task in self.tasks})
 
     def shared(self, rows: torch.Tensor) -> torch.Tensor:
         return self.experts(rows)
@@ -111,7 +112,7 @@ class MMoE(TowerMixer):
         return _mix(self.gate_layers[task](rows), shared)
 
     def gates(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {task: softmax(self.gate_layers[task](rows)) for task in TASK_NAMES}
+        return {task: softmax(self.gate_layers[task](rows)) for task in self.tasks}
 
 
 class ExtractionLevel(nn.Module):
@@ -119,13 +120,16 @@ class ExtractionLevel(nn.Module):
     own and the shared experts, and (below the last level) a shared gate mixes all of them
     into the next level's shared input."""
 
-    def __init__(self, dim: int, shared_experts: int, task_experts: int, last: bool):
+    def __init__(
+        self, dim: int, shared_experts: int, task_experts: int, last: bool, tasks=TASK_NAMES
+    ):
         super().__init__()
+        self.tasks = tuple(tasks)
         self.shared_experts = Experts(dim, shared_experts)
-        self.task_experts = nn.ModuleDict({t: Experts(dim, task_experts) for t in TASK_NAMES})
+        self.task_experts = nn.ModuleDict({t: Experts(dim, task_experts) for t in self.tasks})
         width = task_experts + shared_experts
-        self.task_gates = nn.ModuleDict({t: nn.Linear(dim, width) for t in TASK_NAMES})
-        every = len(TASK_NAMES) * task_experts + shared_experts
+        self.task_gates = nn.ModuleDict({t: nn.Linear(dim, width) for t in self.tasks})
+        every = len(self.tasks) * task_experts + shared_experts
         self.shared_gate = None if last else nn.Linear(dim, every)
 
     def shared(self, shared_input: torch.Tensor) -> torch.Tensor:
@@ -145,8 +149,8 @@ class ExtractionLevel(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor], shared_input: torch.Tensor):
         """The next level's inputs: one per task, and the shared one."""
         shared = self.shared(shared_input)
-        own = {t: self.own(t, inputs[t]) for t in TASK_NAMES}
-        outputs = {t: self.task_output(t, inputs[t], shared, own[t]) for t in TASK_NAMES}
+        own = {t: self.own(t, inputs[t]) for t in self.tasks}
+        outputs = {t: self.task_output(t, inputs[t], shared, own[t]) for t in self.tasks}
         return outputs, _mix(self.shared_gate(shared_input), *own.values(), shared)
 
 
@@ -157,16 +161,24 @@ class PLE(nn.Module):
     tasks share is the last level's shared experts' output; the levels below reach both tasks
     through it and their own gates."""
 
-    def __init__(self, dim: int, shared_experts: int = 2, task_experts: int = 1, levels: int = 2):
+    def __init__(
+        self,
+        dim: int,
+        shared_experts: int = 2,
+        task_experts: int = 1,
+        levels: int = 2,
+        tasks=TASK_NAMES,
+    ):
         super().__init__()
+        self.tasks = tuple(tasks)
         self.levels = nn.ModuleList(
-            ExtractionLevel(dim, shared_experts, task_experts, last=i == levels - 1)
+            ExtractionLevel(dim, shared_experts, task_experts, i == levels - 1, self.tasks)
             for i in range(levels)
         )
-        self.towers = _towers(dim)
+        self.towers = _towers(dim, self.tasks)
 
     def _last_inputs(self, rows: torch.Tensor):
-        inputs, shared_input = dict.fromkeys(TASK_NAMES, rows), rows
+        inputs, shared_input = dict.fromkeys(self.tasks, rows), rows
         for level in self.levels[:-1]:
             inputs, shared_input = level(inputs, shared_input)
         return inputs, shared_input
@@ -185,10 +197,10 @@ class PLE(nn.Module):
     def gates(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each level's task gates (own experts first, then the shared ones) and shared gate."""
         found = {}
-        inputs, shared_input = dict.fromkeys(TASK_NAMES, rows), rows
+        inputs, shared_input = dict.fromkeys(self.tasks, rows), rows
         for number, level in enumerate(self.levels):
             prefix = f"level{number}/" if len(self.levels) > 1 else ""
-            for task in TASK_NAMES:
+            for task in self.tasks:
                 found[prefix + task] = softmax(level.task_gates[task](inputs[task]))
             if level.shared_gate is not None:
                 found[prefix + "shared"] = softmax(level.shared_gate(shared_input))
@@ -199,16 +211,17 @@ class PLE(nn.Module):
 class CrossStitch(nn.Module):
     """Cross-stitch units (Misra et al., "Cross-stitch Networks for Multi-task Learning",
     CVPR 2016) on the embeddings: each task has its own table, and its vector is a learned
-    linear mix of both tasks' rows, ``v_t = a_t1 e_interaction + a_t2 e_rating``, from the
-    identity (separate embeddings) on. Both tables' rows are what the tasks share."""
+    linear mix of every task's rows, ``v_t = sum_s a_ts e_s``, from the identity (separate
+    embeddings) on. Every table's rows are what the tasks share."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, tasks=TASK_NAMES):
         super().__init__()
-        self.units = nn.Parameter(torch.eye(len(TASK_NAMES)))
+        self.tasks = tuple(tasks)
+        self.units = nn.Parameter(torch.eye(len(self.tasks)))
 
     def vector(self, task: str, rows: dict[str, torch.Tensor]) -> torch.Tensor:
-        weights = self.units[TASK_NAMES.index(task)]
-        return sum(weights[i] * rows[name] for i, name in enumerate(TASK_NAMES))
+        weights = self.units[self.tasks.index(task)]
+        return sum(weights[i] * rows[name] for i, name in enumerate(self.tasks))
 
 
 #: the architectures of ``model.sharing`` with a mixer; ``shared``, ``separate`` and ``items``

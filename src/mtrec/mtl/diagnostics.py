@@ -1,36 +1,45 @@
-"""Gradient diagnostics of two tasks on what they share, accumulated on the device.
+"""Gradient diagnostics of the tasks on what they share, accumulated on the device.
 
 Per step, from each task's gradient on the shared rows (Yu et al., "Gradient Surgery for
-Multi-Task Learning", NeurIPS 2020): the cosine between the two, whether they conflict
-(cosine < 0), their magnitude similarity ``2 |g1| |g2| / (|g1|^2 + |g2|^2)``, each norm and
-each task's weight. Sums stay on the device; the epoch means are read once per epoch.
+Multi-Task Learning", NeurIPS 2020), for every pair of tasks ``a-b``: the cosine between
+their gradients, whether they conflict (cosine < 0) and their magnitude similarity
+``2 |g1| |g2| / (|g1|^2 + |g2|^2)``; for every task its gradient's norm and its weight. Sums
+stay on the device; the epoch means are read once per epoch.
 """
 
 from __future__ import annotations
 
+from itertools import combinations
+
 import torch
 from torch import nn
 
-from mtrec.mtl.tasks import TASKS
-
 PREFIX = "mtl"
+PAIRWISE = ("grad_cosine", "grad_conflict_share", "grad_magnitude_similarity")
+
+
+def pairs(tasks: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Every pair of tasks (by index), in task order."""
+    return list(combinations(range(len(tasks)), 2))
 
 
 class GradientDiagnostics(nn.Module):
     """``update`` once per step; ``epoch_means`` (and a reset) once per epoch.
 
-    A step keeps the 2 x 2 Gram matrix of what the tasks' copies of the shared rows received
+    A step keeps the K x K Gram matrix of what the tasks' copies of the shared rows received
     (computed once, for the strategy too) and the weights, on the device; the cosines,
     conflicts and norms of all the epoch's steps are computed together when the epoch ends.
+    Names: ``mtl/grad_cosine/<a>-<b>`` (and the other pairwise values) per pair,
+    ``mtl/grad_norm/<task>`` and ``mtl/weight/<task>`` per task.
     """
 
-    def __init__(self, tasks: tuple[str, ...] = tuple(task.name for task in TASKS)):
+    def __init__(self, tasks: tuple[str, ...] = ("interaction", "rating")):
         super().__init__()
         self.tasks = tuple(tasks)
+        self.pairs = pairs(self.tasks)
+        named = [f"{self.tasks[i]}-{self.tasks[j]}" for i, j in self.pairs]
         self.names = [
-            "grad_cosine",
-            "grad_conflict_share",
-            "grad_magnitude_similarity",
+            *(f"{value}/{pair}" for value in PAIRWISE for pair in named),
             *(f"grad_norm/{task}" for task in self.tasks),
             *(f"weight/{task}" for task in self.tasks),
         ]
@@ -59,17 +68,23 @@ class GradientDiagnostics(nn.Module):
         weights, effective = rows[:, tasks * tasks :].split(tasks, dim=1)
         scale = torch.where(weights > 0, 1.0 / weights.clamp(min=1e-12), 0.0)
         gram = gram * scale.unsqueeze(2) * scale.unsqueeze(1)  # of the unweighted gradients
-        means = step_values(gram, effective).mean(0)  # every step at once
+        means = step_values(gram, effective, self.pairs).mean(0)  # every step at once
         return {f"{PREFIX}/{name}": value for name, value in zip(self.names, means, strict=True)}
 
 
-def step_values(gram: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Cosine, conflict (0/1), magnitude similarity, norms and weights of a step from the Gram
-    matrix of its two task gradients; of many steps at once with leading dimensions."""
+def step_values(
+    gram: torch.Tensor, weights: torch.Tensor, task_pairs: list[tuple[int, int]] | None = None
+) -> torch.Tensor:
+    """Per pair (cosine, conflict 0/1, magnitude similarity), then per task (norm, weight)
+    of a step from the Gram matrix of its task gradients; of many steps at once with leading
+    dimensions. ``task_pairs``: index pairs, default every pair."""
+    task_pairs = pairs(tuple(range(gram.shape[-1]))) if task_pairs is None else task_pairs
     squares = gram.diagonal(dim1=-2, dim2=-1).clamp(min=0)
     norms = squares.sqrt()
-    product = norms[..., 0] * norms[..., 1]
-    cosine = gram[..., 0, 1] / product.clamp(min=1e-20)
-    similarity = 2 * product / (squares[..., 0] + squares[..., 1]).clamp(min=1e-20)
-    head = torch.stack([cosine, (cosine < 0).to(cosine.dtype), similarity], dim=-1)
+    first = torch.tensor([i for i, _ in task_pairs], device=gram.device)
+    second = torch.tensor([j for _, j in task_pairs], device=gram.device)
+    product = norms[..., first] * norms[..., second]
+    cosine = gram[..., first, second] / product.clamp(min=1e-20)
+    similarity = 2 * product / (squares[..., first] + squares[..., second]).clamp(min=1e-20)
+    head = torch.cat([cosine, (cosine < 0).to(cosine.dtype), similarity], dim=-1)
     return torch.cat([head, norms, weights.to(head)], dim=-1)

@@ -20,8 +20,9 @@ from typing import ClassVar, Protocol
 import torch
 import torch.nn.functional as F
 
-from mtrec import losses
 from mtrec.errors import ConfigError
+from mtrec.mtl import losses
+from mtrec.mtl.metrics import BinaryEvaluator, Evaluator, RankingEvaluator, RatingEvaluator
 
 Rows = Mapping[str, torch.Tensor]
 
@@ -76,6 +77,10 @@ class Task(ABC):
         return any(_matches(metric, name) for name in self.lower_is_better)
 
     @abstractmethod
+    def evaluator(self, top_k: int, device: torch.device, sync: bool) -> Evaluator:
+        """What accumulates the task's held-out metrics (``sync``: add up over DDP ranks)."""
+
+    @abstractmethod
     def loss(
         self,
         head: Head,
@@ -108,6 +113,9 @@ class Interaction(Task):
     def __post_init__(self) -> None:
         losses.factorization_loss(self.factorization_loss)  # one clear error for a bad name
 
+    def evaluator(self, top_k, device, sync):
+        return RankingEvaluator(top_k, device, sync)
+
     def loss(self, head, batch, rows=None, user_rows=None):
         users = batch["users"]
         positive = head(users, batch["items"], **_context(batch, rows))
@@ -128,6 +136,9 @@ class Rating(Task):
     regression: ClassVar[bool] = True
 
     negative_rating_ratio: int = 0
+
+    def evaluator(self, top_k, device, sync):
+        return RatingEvaluator(self.head, device, sync)
 
     def loss(self, head, batch, rows=None, user_rows=None):
         users, observed = batch["users"], batch["ratings"]
@@ -161,6 +172,9 @@ class Like(Task):
 
     def labels(self, ratings: torch.Tensor) -> torch.Tensor:
         return (ratings >= self.threshold).to(ratings.dtype)
+
+    def evaluator(self, top_k, device, sync):
+        return BinaryEvaluator(self.head, self.labels, self.metric_names(), device, sync)
 
     def loss(self, head, batch, rows=None, user_rows=None):
         logits = head(batch["users"], batch["items"], **_context(batch, rows))

@@ -6,7 +6,8 @@ A run folder (a single run's, or one job's of a sweep) holds::
     .hydra/hydra.yaml       Hydra's own config of the run (its folder, job number, ...),
     .hydra/overrides.yaml   the command-line overrides;
     .hydra/saved/           a copy of those three, taken when the folder's work began
-    job.json                status (completed / failed / unfinished), error, wall time, overrides
+    job.json                status (completed / failed / interrupted / unfinished), error,
+                            wall time, overrides
     metrics.json            final and best (with epoch) value of every metric, per-epoch history
     checkpoints/last.ckpt   the latest epoch's checkpoint
     eval_<checkpoint>.json  metrics of a checkpoint evaluated again (mtrec-eval)
@@ -23,10 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mtrec.errors import UserError
 from mtrec.files import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -82,11 +85,40 @@ def read_overrides(folder: str | Path) -> list[str]:
     return [str(o) for o in OmegaConf.load(path)] if path.exists() else []
 
 
+_DAMAGED_JSON = {
+    JOB: "read as no record: the run counts as unfinished (running it again continues it from "
+    f"{LAST_CHECKPOINT}, or trains it afresh without one)",
+    METRICS: "read as no metrics: the run counts as unfinished (running it again continues it "
+    f"from {LAST_CHECKPOINT} and writes the file anew)",
+}
+_warned: set[Path] = set()  # damaged files already reported by this process
+
+
 def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``; empty when there is none. A damaged file (cut short, not
+    JSON, unreadable) counts as none, with one warning naming it, and is left as it is until
+    the run's next record replaces it."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
         return {}
+    except OSError as error:
+        reason = error.strerror or str(error)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        reason = f"not valid JSON: {error}"
+    else:
+        if isinstance(record, dict):
+            return record
+        reason = f"a JSON {type(record).__name__}, not an object"
+    if path not in _warned:
+        _warned.add(path)
+        log.warning(
+            "%s cannot be read (%s); %s. To keep the damaged copy, move it aside before then.",
+            path,
+            reason,
+            _DAMAGED_JSON.get(path.name, "read as empty"),
+        )
+    return {}
 
 
 def read_job(folder: str | Path) -> dict:
@@ -119,6 +151,37 @@ def write_eval(folder: str | Path, checkpoint: str | Path, metrics: dict[str, fl
 
 def last_checkpoint(folder: str | Path) -> Path:
     return Path(folder) / LAST_CHECKPOINT
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint to continue from cannot be read (cut short by a full disk or a copy that
+    did not finish): training stops before any work, and the file is left as it is."""
+
+
+def read_checkpoint(path: str | Path, fix: str) -> dict:
+    """The contents of checkpoint ``path``, its tensors mapped from the file rather than read;
+    :class:`DamagedCheckpoint` naming the file and ``fix`` when it cannot be read."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise  # a whole file holding objects other than tensors: not damage
+        failure: Exception = error
+    except Exception:  # mmap needs the zip format: try the file as plain bytes
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as plain:
+            failure = plain
+    size = Path(path).stat().st_size if Path(path).exists() else 0
+    reason = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
+    reason = "it is empty" if size == 0 else f"{size} bytes, {reason}"
+    raise DamagedCheckpoint(
+        f"The checkpoint {path} is damaged ({reason}), so training cannot continue from it: "
+        f"a disk that filled up or a copy that did not finish leaves such a file. mtrec leaves "
+        f"it as it is. Fix: put an intact copy in its place, or {fix}."
+    ) from None
 
 
 def completed_metrics(folder: str | Path) -> dict[str, float] | None:

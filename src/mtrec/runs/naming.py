@@ -187,6 +187,11 @@ def times_three(value: int) -> int:
     return 3 * int(value)
 
 
+def count(node) -> int:
+    """How many entries a list or dict has (``${mtrec.count:${tasks}}``: the number of tasks)."""
+    return len(node)
+
+
 def register_resolvers() -> None:
     resolvers = {
         "mtrec.run_name": (run_name, False),
@@ -195,6 +200,7 @@ def register_resolvers() -> None:
         "mtrec.token": (unique_token, True),  # cached: one token per sweep, shared by its jobs
         "mtrec.one_minus": (one_minus, False),
         "mtrec.times_three": (times_three, False),
+        "mtrec.count": (count, False),
     }
     for name, (function, cache) in resolvers.items():
         if not OmegaConf.has_resolver(name):

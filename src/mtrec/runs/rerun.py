@@ -21,9 +21,11 @@ from mtrec.errors import ConfigError
 from mtrec.runs.folder import (
     CONFIG,
     LAST_CHECKPOINT,
+    DamagedCheckpoint,
     completed_metrics,
     config_dir,
     last_checkpoint,
+    read_checkpoint,
     read_job,
     restore_config_files,
     save_config_copy,
@@ -124,14 +126,22 @@ def plan_rerun(folder: str | Path, cfg: DictConfig) -> Rerun:
 
 
 def check_rerun(folder: str | Path, cfg: DictConfig) -> Rerun:
-    """:func:`plan_rerun`, acted on before any work: a launch that does no work (skipped or
-    refused) puts Hydra's ``.hydra`` files back as they were; a refusal raises
-    :class:`ConfigChanged` with its message. Call :meth:`Rerun.begin` once work starts."""
+    """:func:`plan_rerun`, acted on before any work: a launch that does no work (skipped,
+    refused, or a continuation whose checkpoint is damaged) puts Hydra's ``.hydra`` files back
+    as they were; a refusal raises :class:`ConfigChanged` with its message, a damaged
+    checkpoint :class:`~mtrec.runs.folder.DamagedCheckpoint`. Call :meth:`Rerun.begin` once
+    work starts."""
     rerun = plan_rerun(folder, cfg)
     if rerun.action in (SKIP, REFUSE):
         restore_config_files(folder)
     if rerun.action == REFUSE:
         raise ConfigChanged(rerun.message)
+    if rerun.action == CONTINUE and last_checkpoint(folder).is_file():
+        try:
+            read_checkpoint(last_checkpoint(folder), fix=afresh())
+        except DamagedCheckpoint:
+            restore_config_files(folder)
+            raise
     if rerun.action == CONTINUE and rerun.changes:
         log.info("Continuing %s to the new length: %s", folder, _listing(rerun.changes))
     return rerun
@@ -218,6 +228,13 @@ def _folder_key() -> str:
     multirun = HydraConfig.initialized() and HydraConfig.get().mode is not None
     multirun = multirun and HydraConfig.get().mode.name == "MULTIRUN"
     return "hydra.sweep.dir" if multirun else "hydra.run.dir"
+
+
+def afresh() -> str:
+    """How to train afresh, in a new folder, instead of continuing the run in this one."""
+    if _folder_key() == "hydra.sweep.dir":
+        return "run the sweep afresh in a new folder (leave out hydra.sweep.dir)"
+    return "train afresh in a new folder (leave out ckpt_path and hydra.run.dir)"
 
 
 def _refusal(folder: Path, changes: dict, completed: bool, checkpoint: bool) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import ListConfig
 from tensorboard.plugins.hparams.metadata import EXPERIMENT_TAG
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
@@ -22,6 +23,8 @@ def _hparam_value(value):
     """Numbers stay numbers; every categorical value (booleans too) becomes a string."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return value
+    if isinstance(value, list | tuple | ListConfig):  # e.g. the tasks: "interaction,rating"
+        return ",".join(str(v) for v in value)
     return str(value)
 
 
@@ -65,9 +68,10 @@ class HParamsSession(L.Callback):
         prefixes = ["test"] + (
             ["val"] if getattr(trainer.datamodule, "has_validation", False) else []
         )
-        names = metric_names(pl_module.net.heads, pl_module.hparams.get("top_k", 10))
+        names = metric_names(pl_module.tasks, pl_module.hparams.get("top_k", 10))
         metrics = {f"{prefix}/{name}": 0.0 for prefix in prefixes for name in names}
         values = {key: _hparam_value(value) for key, value in self.hparams.items()}
+        logger.hparams.update(values)  # the run folder's hparams.yaml holds them too
         writer = logger.experiment.file_writer
         for summary in hparams_summaries(values, metrics):
             writer.add_summary(mark_differing(summary, self.swept))

@@ -5,8 +5,17 @@ Loss-level strategies (:mod:`.loss_level`) weight the task losses; gradient-leve
 :class:`Weighting` modules, so their state trains and travels in checkpoints.
 """
 
-from mtrec.mtl.weighting.base import FixedWeighting, Weighting
+from mtrec.mtl.weighting.base import FixedWeighting, SingleTask, Weighting
 from mtrec.mtl.weighting.gradient import Aggregation
 from mtrec.mtl.weighting.loss_level import DWA, RLW, GradNorm, Uncertainty
 
-__all__ = ["DWA", "RLW", "Aggregation", "FixedWeighting", "GradNorm", "Uncertainty", "Weighting"]
+__all__ = [
+    "DWA",
+    "RLW",
+    "Aggregation",
+    "FixedWeighting",
+    "GradNorm",
+    "SingleTask",
+    "Uncertainty",
+    "Weighting",
+]

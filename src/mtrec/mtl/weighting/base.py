@@ -1,66 +1,77 @@
-"""The weighting interface, and fixed weights (the reference study's).
+"""The weighting interface, fixed weights (the reference study's) and one task alone (twins).
 
-A weighting owns the backward call of a step. ``combine`` gives the scalar whose gradient is
-taken (traced into the compiled step with the objective) and may record the weight each task
-got under ``losses["weights"]``. When the module hands ``backward`` each task's own copy of
-what the tasks share (:class:`mtrec.mtl.shared.TaskCopies`), the gradients the copies received
-are combined by :meth:`Weighting.shared_gradient` and sent on to the shared part: the sum
-for loss-level strategies (what one backward would give), another combination for
-gradient-level ones.
+A strategy turns a step's task losses into gradients in two places, as TorchJD's aggregators
+do (Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", 2024):
+
+- :meth:`Weighting.loss_weights`: each task's weight from the stacked losses (traced into the
+  compiled step with the objective); the step's loss is ``sum_t w_t L_t`` plus
+  :meth:`Weighting.extra_loss` (a learned strategy's own term) plus the penalties;
+- :meth:`Weighting.gradient_weights`: where each task's gradient on what the tasks share is
+  taken (:class:`mtrec.mtl.shared.TaskCopies`), the weights that combine them, from their Gram
+  matrix or the gradient rows; ``None``: their sum, what one backward pass gives.
+
+Both work for any number of tasks, in the order :meth:`Weighting.bind` gave them, and never
+change what they are handed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from mtrec.errors import ConfigError
-from mtrec.mtl.objective import PENALTY
-from mtrec.mtl.shared import TaskCopies
-from mtrec.mtl.tasks import TASKS
-
-WEIGHTS = "weights"  # where combine records each task's weight, in TASKS order
+from mtrec.mtl.tasks import BY_NAME, Task
 
 
 class Weighting(nn.Module):
-    """The interface every strategy implements."""
+    """The interface every strategy implements (the default: every weight 1, summed)."""
 
-    #: True when the strategy needs each task's gradient on the shared rows to train
+    #: True when the strategy needs each task's gradient on what the tasks share to train
     #: (gradient-level strategies, GradNorm); others get them only for diagnostics.
     task_gradients = False
-    #: the weight of each task's received gradient in the last ``shared_gradient``, where a
-    #: strategy computes one (most gradient-level ones); ``None``: they are summed
-    step_weights: torch.Tensor | None = None
 
-    def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The scalar training loss of a step from the objective's output (penalty included)."""
-        raise NotImplementedError
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: tuple[Task, ...] = ()
+
+    def bind(self, tasks: Sequence[Task]) -> None:
+        """The tasks the strategy weighs, in order; called once, before training (and before
+        a checkpoint is loaded: state sized by the number of tasks is made here)."""
+        self.tasks = tuple(tasks)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(task.name for task in self.tasks)
+
+    def loss_weights(self, losses: torch.Tensor) -> torch.Tensor | Sequence[float]:
+        """Each task's loss weight from the task losses (one per task, in order)."""
+        return torch.ones_like(losses)
+
+    def extra_loss(self) -> torch.Tensor | float:
+        """A term the strategy adds to the step's loss (e.g. uncertainty's ``½ sum s``)."""
+        return 0.0
+
+    def gradient_weights(self, received: torch.Tensor, gram: torch.Tensor) -> torch.Tensor | None:
+        """The weights of each task's gradient on what the tasks share (``received``: one row
+        per task, each already times its loss weight; ``gram``: their Gram matrix), or
+        ``None`` for their sum."""
+        return None
 
     def shared_gradient(
-        self, received: torch.Tensor, gram: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The gradient for the shared rows from what each task's copy received, one row per
-        task (each task's gradient times the weight ``combine`` gave it); ``gram``: their Gram
-        matrix, if already computed."""
-        return received.sum(0)
+        self, received: torch.Tensor, gram: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The one gradient the shared part gets, and the weights that made it (``None``: not
+        a weighting of the rows; strategies like TorchJD's GradDrop override this)."""
+        weights = self.gradient_weights(received, gram)
+        return (received.sum(0) if weights is None else weights @ received), weights
 
-    def backward(
-        self,
-        losses: Mapping[str, torch.Tensor],
-        total: torch.Tensor,
-        backward: Callable[[torch.Tensor], None],
-        copies: TaskCopies | None = None,
-    ) -> torch.Tensor | None:
-        """Turn a step's losses into gradients; ``backward`` is ``loss.backward`` or
-        Lightning's ``manual_backward``. With ``copies`` (each task's copy of what the tasks
-        share), returns what each copy received, one row per task in TASKS order."""
-        backward(total)
-        if copies is None:
-            return None
-        copies.send(self.shared_gradient(copies.received, copies.gram))
-        return copies.received
+    def after_backward(
+        self, received: torch.Tensor | None, losses: Mapping[str, torch.Tensor]
+    ) -> None:
+        """Called after each backward pass with what each task's copy received (``None``
+        where nothing is shared) and the task losses: learned weights take their gradient."""
 
     def on_train_epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
         """Called once per epoch with each task's mean loss (strategies that keep histories)."""
@@ -69,51 +80,75 @@ class Weighting(nn.Module):
         """Called after each optimizer step (e.g. to renormalise learned weights)."""
 
     def effective_weights(self) -> dict[str, float]:
-        """Each task's weight, for strategies whose ``combine`` does not record them."""
+        """Each task's constant weight, for strategies that have them (fixed weights)."""
         return {}
 
     def logged(self) -> dict[str, torch.Tensor]:
         """The strategy's own values to log each epoch under ``mtl/`` (learned parameters)."""
         return {}
 
-    def check(self, tasks: tuple[str, ...], shares: bool) -> None:
-        """One clear error, before training, for a net this strategy cannot serve."""
+    def check(self, tasks: Sequence[str], shares: bool) -> None:
+        """One clear error, before training, for tasks this strategy cannot serve."""
+
+
+def _known(weights: Mapping[str, float | None], key: str) -> None:
+    unknown = sorted(set(weights) - set(BY_NAME))
+    if unknown:
+        raise ConfigError(
+            f"{key} has {', '.join(unknown)}, which is not a task: use {', '.join(BY_NAME)}."
+        )
 
 
 class FixedWeighting(Weighting):
-    """Constant weights: ``sum_t w_t * L_t + penalty``. The reference study's
-    ``λF · interaction + λR · rating`` (``model.factorization_weight`` and
-    ``model.regression_weight``); one weight may be null: 1 minus the others."""
+    """Constant weights: ``sum_t w_t L_t + penalty``. The reference study's
+    ``λF · interaction + λR · rating`` (also set by the reference's keys
+    ``model.factorization_weight`` and ``model.regression_weight``). One weight of the trained
+    tasks may be null: 1 minus the others. Weights of tasks the run does not train are unused.
+    """
 
-    def __init__(self, weights: Mapping[str, float]):
+    def __init__(self, weights: Mapping[str, float | None]):
         super().__init__()
-        known = {task.name for task in TASKS}
-        unknown = sorted(set(weights) - known)
-        if unknown:
-            raise ConfigError(
-                f"weighting.weights has {', '.join(unknown)}, which is not a task: "
-                f"use {', '.join(sorted(known))}."
-            )
-        unset = [name for name, weight in weights.items() if weight is None]
-        given = sum(float(weight) for weight in weights.values() if weight is not None)
-        # a weight left unset (null) is what the others leave of 1: λR = 1 - λF
-        self.weights = {
-            name: (1.0 - given if weight is None else float(weight))
-            for name, weight in weights.items()
-        }
+        _known(weights, "weighting.weights")
+        self.given = dict(weights)
+        self.weights: dict[str, float] = {}
+
+    def bind(self, tasks: Sequence[Task]) -> None:
+        super().bind(tasks)
+        given = {name: self.given.get(name, 0.0) for name in self.names}
+        unset = [name for name, weight in given.items() if weight is None]
         if len(unset) > 1:
             raise ConfigError(
                 f"weighting.weights: {', '.join(unset)} are all null; give all but one a value."
             )
+        rest = sum(float(weight) for weight in given.values() if weight is not None)
+        # a weight left unset (null) is what the others leave of 1: λR = 1 - λF
+        self.weights = {
+            name: (1.0 - rest if weight is None else float(weight))
+            for name, weight in given.items()
+        }
 
-    def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        total = 0.0
-        for task in TASKS:  # in task order: the sum the reference computes
-            if task.name in losses:
-                total = total + self.weights.get(task.name, 0.0) * losses[task.name]
-        if PENALTY in losses:
-            total = total + losses[PENALTY]
-        return total
+    def loss_weights(self, losses: torch.Tensor) -> list[float]:
+        return [self.weights[name] for name in self.names]  # plain numbers: the reference's sum
 
     def effective_weights(self) -> dict[str, float]:
         return dict(self.weights)
+
+
+class SingleTask(FixedWeighting):
+    """Task ``task`` alone (weight 1, every other task 0): the single-task twin of a run
+    (``hydra/sweeper=twins``), with the same net and data."""
+
+    def __init__(self, task: str):
+        if task not in BY_NAME:
+            raise ConfigError(
+                f"weighting.task={task} is not a task: use one of {', '.join(BY_NAME)}."
+            )
+        super().__init__({task: 1.0})
+        self.task = task
+
+    def check(self, tasks: Sequence[str], shares: bool) -> None:
+        if self.task not in tasks:
+            raise ConfigError(
+                f"weighting.task={self.task}: this run trains {', '.join(tasks)}. Fix: "
+                f"weighting.task=<one of them>, or add {self.task} to tasks=[...]."
+            )

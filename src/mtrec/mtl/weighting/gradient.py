@@ -3,22 +3,22 @@
 Each task's loss sends its gradient to its own copy of the shared rows (never the whole
 embedding tables, so the cost grows with the batch, not the catalogue); an aggregator of
 TorchJD (Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", 2024) turns
-the two rows into the one gradient the shared rows get. Task-specific parameters get their
-own task's gradient. Any ``torchjd.aggregation`` aggregator can be chosen by ``_target_``.
+the rows (one per task, any number of tasks) into the one gradient the shared rows get.
+Task-specific parameters get their own task's gradient. Any ``torchjd.aggregation``
+aggregator can be chosen by ``_target_``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from mtrec.errors import ConfigError
-from mtrec.mtl.objective import PENALTY
-from mtrec.mtl.tasks import TASKS
-from mtrec.mtl.weighting.base import WEIGHTS, Weighting
+from mtrec.mtl.weighting.base import Weighting
 
 log = logging.getLogger(__name__)
 
@@ -71,40 +71,35 @@ class Aggregation(Weighting):
             else None
         )
 
-    def combine(self, losses):
-        present = [losses[task.name] for task in TASKS if task.name in losses]
-        total = torch.stack(present).sum()
-        losses[WEIGHTS] = torch.ones(len(present), device=total.device)
-        return total + losses[PENALTY] if PENALTY in losses else total
-
-    def shared_gradient(
-        self, received: torch.Tensor, gram: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def gradient_weights(self, received: torch.Tensor, gram: torch.Tensor) -> torch.Tensor | None:
         """Most of TorchJD's aggregators weight the rows: their weighting is called directly,
-        on the 2 x 2 Gramian where it reads only that (what the aggregator would do, minus its
+        on the K x K Gramian where it reads only that (what the aggregator would do, minus its
         own checks: a tenth of a step), so the weights each task got can be logged."""
         if self.weights_read == "gramian":
-            gram = received @ received.T if gram is None else gram
-            self.step_weights = self.aggregator.gramian_weighting(gram)
-        elif self.weights_read == "rows":
-            self.step_weights = self.aggregator.weighting(received)
-        else:
-            return self.aggregator(received)
-        return self.step_weights @ received
+            return self.aggregator.gramian_weighting(gram)
+        if self.weights_read == "rows":
+            return self.aggregator.weighting(received)
+        return None
 
-    def backward(self, losses, total, backward, copies=None):
-        if not copies and not self.warned:
+    def shared_gradient(self, received: torch.Tensor, gram: torch.Tensor):
+        if self.weights_read is None:  # an aggregator that does not weight the rows
+            return self.aggregator(received), None
+        return super().shared_gradient(received, gram)
+
+    def after_backward(
+        self, received: torch.Tensor | None, losses: Mapping[str, torch.Tensor]
+    ) -> None:
+        if received is None and not self.warned:
             log.warning(
                 "weighting=%s: the tasks share nothing here (separate embeddings), so there are "
                 "no gradients to combine; training on the sum of the task losses",
                 type(self.aggregator).__name__,
             )
             self.warned = True
-        return super().backward(losses, total, backward, copies)
 
     def check(self, tasks: tuple[str, ...], shares: bool) -> None:
         if len(tasks) < 2:
             raise ConfigError(
-                f"weighting with {type(self.aggregator).__name__} combines the gradients of two "
-                "tasks: this net has one head. Use weighting=fixed."
+                f"weighting with {type(self.aggregator).__name__} combines the gradients of "
+                "several tasks: this run trains one. Use weighting=fixed."
             )

@@ -1,62 +1,53 @@
-"""Loss-level strategies: each task's loss gets a weight, learned, scheduled or drawn.
+"""Loss-level strategies: each task's loss gets a weight, learned, scheduled or drawn, for
+any number of tasks (state sized in :meth:`~mtrec.mtl.weighting.base.Weighting.bind`).
 
-Every one records the weights it used under ``losses["weights"]`` (TASKS order), which the
-gradient diagnostics read as ``mtl/weight/<task>``.
+The step engine logs the weights they return as ``mtl/weight/<task>``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from mtrec.errors import ConfigError
-from mtrec.mtl.objective import PENALTY
-from mtrec.mtl.tasks import RATING, TASKS
-from mtrec.mtl.weighting.base import WEIGHTS, Weighting
+from mtrec.mtl.tasks import Task
+from mtrec.mtl.weighting.base import Weighting
 
 log = logging.getLogger(__name__)
-NUM_TASKS = len(TASKS)
-
-
-def _stacked(losses: Mapping[str, torch.Tensor]) -> tuple[list[str], torch.Tensor]:
-    names = [task.name for task in TASKS if task.name in losses]
-    return names, torch.stack([losses[name] for name in names])
-
-
-def _with_penalty(total: torch.Tensor, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    return total + losses[PENALTY] if PENALTY in losses else total
 
 
 class Uncertainty(Weighting):
     """Homoscedastic uncertainty weighting (Kendall, Gal and Cipolla, "Multi-Task Learning
     Using Uncertainty to Weigh Losses for Scene Geometry and Semantics", CVPR 2018).
 
-    Learned ``s_t = log sigma_t^2`` per task: the rating (regression) term is
-    ``1/2 e^{-s} L + 1/2 s``, the interaction (classification-style) term ``e^{-s} L + 1/2 s``.
-    ``mtl/log_variance/<task>`` logs ``s_t``.
+    Learned ``s_t = log sigma_t^2`` per task: a regression task's term (rating) is
+    ``1/2 e^{-s} L + 1/2 s``, a classification-style one's (interaction, like)
+    ``e^{-s} L + 1/2 s``. ``mtl/log_variance/<task>`` logs ``s_t``.
     """
 
     def __init__(self, initial_log_variance: float = 0.0):
         super().__init__()
-        self.log_variance = nn.Parameter(torch.full((NUM_TASKS,), float(initial_log_variance)))
-        scale = [0.5 if task is RATING else 1.0 for task in TASKS]
+        self.initial = float(initial_log_variance)
+
+    def bind(self, tasks: Sequence[Task]) -> None:
+        super().bind(tasks)
+        self.log_variance = nn.Parameter(torch.full((len(self.tasks),), self.initial))
+        scale = [0.5 if task.regression else 1.0 for task in self.tasks]
         self.register_buffer("scale", torch.tensor(scale))
 
-    def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        index = [i for i, task in enumerate(TASKS) if task.name in losses]
-        _, stacked = _stacked(losses)
-        s = self.log_variance[index]
-        weights = self.scale[index] * torch.exp(-s)
-        losses[WEIGHTS] = weights.detach()
-        return _with_penalty((weights * stacked).sum() + 0.5 * s.sum(), losses)
+    def loss_weights(self, losses: torch.Tensor) -> torch.Tensor:
+        return self.scale * torch.exp(-self.log_variance)
+
+    def extra_loss(self) -> torch.Tensor:
+        return 0.5 * self.log_variance.sum()
 
     def logged(self) -> dict[str, torch.Tensor]:
         return {
-            f"log_variance/{task.name}": self.log_variance[i].detach()
-            for i, task in enumerate(TASKS)
+            f"log_variance/{name}": self.log_variance[i].detach()
+            for i, name in enumerate(self.names)
         }
 
 
@@ -74,19 +65,19 @@ class DWA(Weighting):
                 "(the paper's value)."
             )
         self.temperature = float(temperature)
-        self.register_buffer("history", torch.zeros(2, NUM_TASKS))  # epochs e-2, e-1
-        self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))
-        self.register_buffer("weights", torch.ones(NUM_TASKS))
 
-    def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        index = [i for i, task in enumerate(TASKS) if task.name in losses]
-        _, stacked = _stacked(losses)
-        weights = self.weights[index]
-        losses[WEIGHTS] = weights
-        return _with_penalty((weights * stacked).sum(), losses)
+    def bind(self, tasks: Sequence[Task]) -> None:
+        super().bind(tasks)
+        count = len(self.tasks)
+        self.register_buffer("history", torch.zeros(2, count))  # epochs e-2, e-1
+        self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))
+        self.register_buffer("weights", torch.ones(count))
+
+    def loss_weights(self, losses: torch.Tensor) -> torch.Tensor:
+        return self.weights
 
     def on_train_epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
-        means = [float(epoch_losses.get(task.name, 1.0)) for task in TASKS]
+        means = [float(epoch_losses.get(name, 1.0)) for name in self.names]
         self.history[0] = self.history[1].clone()
         self.history[1] = torch.tensor(means, device=self.history.device)
         self.epochs_seen += 1
@@ -104,11 +95,8 @@ class RLW(Weighting):
     Litmus Test for Multi-Task Learning", TMLR 2022): every step the weights are
     ``softmax`` of standard normal draws, from the run's seeded generator."""
 
-    def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        _, stacked = _stacked(losses)
-        weights = torch.softmax(torch.randn(len(stacked), device=stacked.device), dim=0)
-        losses[WEIGHTS] = weights
-        return _with_penalty((weights * stacked).sum(), losses)
+    def loss_weights(self, losses: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(torch.randn(len(losses), device=losses.device), dim=0)
 
 
 class GradNorm(Weighting):
@@ -131,29 +119,31 @@ class GradNorm(Weighting):
                 "(0: equal gradient norms)."
             )
         self.alpha = float(alpha)
-        self.weights = nn.Parameter(torch.ones(NUM_TASKS))
-        self.register_buffer("initial_losses", torch.zeros(NUM_TASKS))
         self.warned = False
 
-    def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        index = [i for i, task in enumerate(TASKS) if task.name in losses]
-        _, stacked = _stacked(losses)
-        weights = self.weights[index].detach()
-        losses[WEIGHTS] = weights
-        return _with_penalty((weights * stacked).sum(), losses)
+    def bind(self, tasks: Sequence[Task]) -> None:
+        super().bind(tasks)
+        self.weights = nn.Parameter(torch.ones(len(self.tasks)))
+        self.register_buffer("initial_losses", torch.zeros(len(self.tasks)))
 
-    def backward(self, losses, total, backward: Callable, copies=None):
-        received = super().backward(losses, total, backward, copies)
+    def loss_weights(self, losses: torch.Tensor) -> torch.Tensor:
+        return self.weights.detach()
+
+    def after_backward(
+        self, received: torch.Tensor | None, losses: Mapping[str, torch.Tensor]
+    ) -> None:
         if received is None:
             if not self.warned:
                 log.warning("weighting=gradnorm: the tasks share nothing; the weights stay 1")
                 self.warned = True
-            return None
-        _, stacked = _stacked(losses)
+            return
         self.weights.grad = gradnorm_gradient(
-            self.weights.detach(), received, stacked.detach(), self.initial_losses, self.alpha
+            self.weights.detach(),
+            received,
+            torch.stack([losses[name].detach() for name in self.names]),
+            self.initial_losses,
+            self.alpha,
         )
-        return received
 
     def after_step(self) -> None:
         with torch.no_grad():
@@ -161,7 +151,7 @@ class GradNorm(Weighting):
 
     def check(self, tasks: tuple[str, ...], shares: bool) -> None:
         if len(tasks) < 2:
-            raise ConfigError("weighting=gradnorm balances two tasks: this net has one head.")
+            raise ConfigError("weighting=gradnorm balances tasks: this run trains one.")
 
 
 def gradnorm_gradient(

@@ -12,6 +12,10 @@ and leave the user's other held-out items among the candidates; ties take their 
 
 Rating metrics: ``mse``, the mean over held-out rows of (r - r̂)², and ``rmse``, its root.
 
+Like metrics (rating >= the like task's threshold, on the held-out rated pairs): ``auc``, the
+area under the ROC curve of the like head's logits, and ``log_loss``, the mean binary
+cross-entropy of its probabilities.
+
 The held-out users are scored in chunks (:func:`user_chunks`); each chunk's ranks and ratings
 go into torchmetrics metrics that keep running sums, so no users × items table outlives its
 chunk, and the sums of several DDP ranks can be added up (``evaluate(..., rank, world_size)``).
@@ -20,15 +24,21 @@ chunk, and the sums of several DDP ranks can be added up (``evaluate(..., rank, 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torchmetrics import MeanSquaredError, Metric
+import torch.nn.functional as F
+from torchmetrics import MeanMetric, MeanSquaredError, Metric
+from torchmetrics.classification import BinaryAUROC
 
 from mtrec.compile import compile_or_eager
 from mtrec.data.interactions import HeldOut
-from mtrec.mtl.tasks import INTERACTION, RATING
+
+if TYPE_CHECKING:
+    from mtrec.mtl.tasks import Task
 
 # Scores per chunk of users: 128 MB of float32. ML-100K (943 × 1,682) fits in one chunk.
 MAX_SCORES = 1 << 25
@@ -126,12 +136,11 @@ class RankingMetrics(Metric):
         self.gain.add_(torch.where(in_top_k, 1.0 / torch.log2(ranks + 1.0), 0.0).sum())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        mrr, mrr_interaction, hit_rate, ndcg = INTERACTION.metric_names(self.k)
         return {
-            mrr: self.user_reciprocal / self.users,
-            mrr_interaction: self.reciprocal / self.rows,
-            hit_rate: self.hits / self.rows,
-            ndcg: self.gain / self.rows,
+            "mrr": self.user_reciprocal / self.users,
+            "mrr_interaction": self.reciprocal / self.rows,
+            f"hr@{self.k}": self.hits / self.rows,
+            f"ndcg@{self.k}": self.gain / self.rows,
         }
 
 
@@ -151,9 +160,8 @@ def rating_metrics(predicted: torch.Tensor, observed: torch.Tensor) -> dict[str,
 
 
 def _rating_values(metric: MeanSquaredError) -> dict[str, torch.Tensor]:
-    mse_name, rmse_name = RATING.metric_names()
     mse = metric.compute()
-    return {mse_name: mse, rmse_name: mse.sqrt()}
+    return {"mse": mse, "rmse": mse.sqrt()}
 
 
 @dataclass(frozen=True)
@@ -189,9 +197,85 @@ def user_chunks(
 
 
 def all_items_scorer(net: torch.nn.Module):
-    """``net.score_all_items``, or for a net that has one its ``scorer()``: the same scores
-    for many calls in a row, with the item side computed once."""
-    return net.scorer() if hasattr(net, "scorer") else net.score_all_items
+    """The net's ``scorer()`` (:class:`~mtrec.models.protocol.Ranker`): ``score_all_items``
+    for many calls in a row, with the item side computed once where the net can."""
+    return net.scorer()
+
+
+class Evaluator(ABC):
+    """One task's held-out metrics, accumulated chunk by chunk of users (torchmetrics states:
+    DDP ranks add up). A task makes its own (:meth:`mtrec.mtl.tasks.Task.evaluator`)."""
+
+    @abstractmethod
+    def update(self, net: torch.nn.Module, held: HeldOut, chunk: UserChunk) -> None: ...
+
+    @abstractmethod
+    def compute(self) -> dict[str, torch.Tensor]: ...
+
+
+def _pairs(net: torch.nn.Module, task: str, held: HeldOut, chunk: UserChunk) -> torch.Tensor:
+    """The task's head on the chunk's held-out pairs (with their histories, if any)."""
+    history = held.history[chunk.rows] if held.history is not None else None
+    return net.head(task)(held.users[chunk.rows], held.items[chunk.rows], history=history)
+
+
+class RankingEvaluator(Evaluator):
+    """Every held-out row ranked against the whole catalogue (the interaction head's scores,
+    known items pushed to the bottom): MRR per user and per row, HR@k, NDCG@k."""
+
+    def __init__(self, k: int, device: torch.device, sync: bool):
+        self.metric = _on(RankingMetrics(k, sync_on_compute=sync), device)
+        self.score = None
+
+    def update(self, net, held, chunk):
+        self.score = self.score or all_items_scorer(net)  # the item side once per evaluation
+        users = chunk.users.stop - chunk.users.start
+        row_of = held.row_of[chunk.rows] - chunk.users.start
+        self.metric.update(chunk_ranks(self.score, held, chunk), row_of, users)
+
+    def compute(self):
+        return dict(self.metric.compute())
+
+
+class RatingEvaluator(Evaluator):
+    """The rating head's squared error on the held-out rated pairs: MSE and RMSE."""
+
+    def __init__(self, task: str, device: torch.device, sync: bool):
+        self.task = task
+        self.metric = _on(MeanSquaredError(sync_on_compute=sync), device)
+
+    def update(self, net, held, chunk):
+        self.metric.update(_pairs(net, self.task, held, chunk), held.ratings[chunk.rows])
+
+    def compute(self):
+        return _rating_values(self.metric)
+
+
+class BinaryEvaluator(Evaluator):
+    """A binary head's logits against labels made from the held-out ratings: AUC and log
+    loss (mean binary cross-entropy), under ``names``."""
+
+    def __init__(
+        self,
+        task: str,
+        labels: Callable[[torch.Tensor], torch.Tensor],
+        names: tuple[str, str],
+        device: torch.device,
+        sync: bool,
+    ):
+        self.task, self.labels, self.names = task, labels, names
+        self.auc = _on(BinaryAUROC(sync_on_compute=sync), device)
+        self.log_loss = _on(MeanMetric(sync_on_compute=sync), device)
+
+    def update(self, net, held, chunk):
+        logits = _pairs(net, self.task, held, chunk)
+        labels = self.labels(held.ratings[chunk.rows])
+        self.auc.update(logits, labels.long())
+        self.log_loss.update(F.binary_cross_entropy_with_logits(logits, labels, reduction="none"))
+
+    def compute(self):
+        auc, log_loss = self.names
+        return {auc: self.auc.compute(), log_loss: self.log_loss.compute()}
 
 
 def chunk_ranks(score, held: HeldOut, chunk: UserChunk) -> torch.Tensor:
@@ -224,11 +308,13 @@ def evaluate(
     held: HeldOut,
     k: int = 10,
     *,
+    tasks: tuple[Task, ...] | None = None,
     max_scores: int = MAX_SCORES,
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """The metrics of the heads ``net`` has: ranking from interactions, MSE from ratings.
+    """The metrics of ``tasks`` (default: those ``net`` was built for, default settings):
+    ranking from interactions, MSE from ratings, AUC and log loss from likes.
 
     Users are taken in chunks of at most ``max_scores`` scores (see :func:`user_chunks`).
     With ``world_size > 1`` (a ``torch.distributed`` process group of that many processes
@@ -248,23 +334,15 @@ def evaluate(
             f"evaluate(world_size={world_size}) needs a torch.distributed group of that size."
         )
     device, sync = held.items.device, world_size > 1
-    ranking = rating = None
-    if INTERACTION.head in net.heads:
-        ranking = _on(RankingMetrics(k, sync_on_compute=sync), device)
-    if RATING.head in net.heads:
-        rating = _on(MeanSquaredError(sync_on_compute=sync), device)
-    score = all_items_scorer(net) if ranking is not None else None
+    if tasks is None:
+        from mtrec.mtl.tasks import task_named
+
+        tasks = tuple(task_named(name) for name in net.tasks)
+    evaluators = [task.evaluator(k, device, sync) for task in tasks]
     for chunk in user_chunks(held, max_scores, rank, world_size):
-        if ranking is not None:
-            users = chunk.users.stop - chunk.users.start
-            row_of = held.row_of[chunk.rows] - chunk.users.start
-            ranking.update(chunk_ranks(score, held, chunk), row_of, users)
-        if rating is not None:
-            history = held.history
-            context = {"history": history[chunk.rows]} if history is not None else {}
-            predicted = net.ratings(held.users[chunk.rows], held.items[chunk.rows], **context)
-            rating.update(predicted, held.ratings[chunk.rows])
-    metrics = dict(ranking.compute()) if ranking is not None else {}
-    if rating is not None:
-        metrics.update(_rating_values(rating))
+        for evaluator in evaluators:
+            evaluator.update(net, held, chunk)
+    metrics = {}
+    for evaluator in evaluators:
+        metrics.update(evaluator.compute())
     return metrics

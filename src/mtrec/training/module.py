@@ -1,5 +1,5 @@
-"""The LightningModule: the objective's task losses, their weighting into gradients, held-out
-metrics, the optimizer and its schedule."""
+"""The LightningModule, glue between Lightning and the step engine (:mod:`mtrec.mtl.step`):
+chunks of steps, the optimizer and its schedule, DDP, logging, held-out metrics."""
 
 from __future__ import annotations
 
@@ -13,27 +13,24 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mtrec.compile import compile_or_eager
 from mtrec.data.interactions import HeldOut
 from mtrec.errors import ConfigError, TrainingDiverged
-from mtrec.lightning_internals import check_internals, count_optimizer_steps
-from mtrec.metrics import evaluate
-from mtrec.mtl.diagnostics import GradientDiagnostics
+from mtrec.models.protocol import Gated
+from mtrec.mtl.metrics import evaluate
 from mtrec.mtl.objective import Objective
-from mtrec.mtl.shared import TaskCopies
-from mtrec.mtl.tasks import tasks_of
+from mtrec.mtl.step import LOSS, StepEngine
 from mtrec.mtl.weighting import FixedWeighting, Weighting
-from mtrec.mtl.weighting.base import WEIGHTS
-from mtrec.optim import check_sparse_ddp, check_sparse_rows, row_sparse
-
-LOSS = "loss"  # the weighted total, beside each task's loss
+from mtrec.training.lightning_internals import check_internals, count_optimizer_steps
+from mtrec.training.optim import check_sparse_ddp, check_sparse_rows, row_sparse
 
 
 class RecommenderModule(L.LightningModule):
-    """Trains any net of :mod:`mtrec.models` on the tasks its heads declare.
+    """Trains any net of :mod:`mtrec.models` on the ``objective``'s tasks (a head of the net
+    per task, checked once here).
 
-    Each step the ``objective`` gives every task's unweighted loss (and the penalties), and the
-    ``weighting`` turns them into gradients (default: fixed weights 0.99 / 0.01, the reference).
+    Each step (:class:`~mtrec.mtl.step.StepEngine`) the ``objective`` gives every task's
+    unweighted loss (and the penalties), and the ``weighting`` turns them into gradients
+    (default: fixed weights 0.99 / 0.01, the reference).
     ``optimizer`` builds the optimizer from the parameters (default: Adam, learning rate 1e-3);
     ``scheduler``, if given, builds a learning-rate scheduler stepped once per epoch.
 
@@ -50,10 +47,11 @@ class RecommenderModule(L.LightningModule):
     loggers every ``trainer.log_every_n_steps`` optimizer steps (``train_step/...``).
 
     ``sparse_rows``: the net's embedding tables give sparse gradients and are updated row by
-    row (:class:`~mtrec.optim.RowSparseAdam`, built from ``optimizer``'s Adam arguments), so a
-    step costs what its batch reads, not the catalogue; ``compile`` then compiles the row
-    update and the objective runs eagerly. On one device the rows the tasks share are then
-    gathered once per step and read by every lookup (one sparse gradient per table).
+    row (:class:`~mtrec.training.optim.RowSparseAdam`, built from ``optimizer``'s Adam
+    arguments), so a step costs what its batch reads, not the catalogue; ``compile`` then
+    compiles the row update and the objective runs eagerly. On one device the rows the tasks
+    share are then gathered once per step and read by every lookup (one sparse gradient per
+    table).
 
     Per-task gradients on what the tasks share (each task's own copy of the batch's shared
     rows) are taken when the weighting needs them (gradient-level strategies, GradNorm) or
@@ -82,44 +80,34 @@ class RecommenderModule(L.LightningModule):
         self.save_hyperparameters(ignore=ignored, logger=False)
         self.net = net
         self.objective = objective or Objective()
-        self.objective.check_settings(self.objective.embedding_l2, type(net))
         self.weighting = weighting or FixedWeighting({"interaction": 0.99, "rating": 0.01})
-        if diagnostics not in (True, False, "auto"):
-            raise ConfigError(
-                f"model.diagnostics={diagnostics} is not valid: use auto (where per-task "
-                "gradients are taken anyway), true or false."
-            )
-        self.tasks = tuple(task.name for task in tasks_of(net.heads))
-        shares = len(self.tasks) == 2 and hasattr(net, "shared")
-        self.weighting.check(self.tasks, shares)
-        # per-task gradients on the shared rows: what the weighting needs, or asked for
-        self.task_gradients = shares and (self.weighting.task_gradients or diagnostics is True)
+        # sparse gradients cannot be compiled: the tables' row updates are, in the optimizer;
         # sparse rows: the shared rows gathered once per step (one sparse gradient per table)
-        self.read_once = sparse_rows and not self.task_gradients and hasattr(net, "shared")
-        self.diagnostics = (
-            GradientDiagnostics(self.tasks)
-            if self.task_gradients and diagnostics is not False
-            else None
+        self.engine = StepEngine(
+            net,
+            self.objective,
+            self.weighting,
+            compile=compile and not sparse_rows,
+            diagnostics=diagnostics,
+            read_once=sparse_rows,
         )
+        self.tasks = self.engine.tasks
+        self.task_gradients = self.engine.task_gradients
         self.make_optimizer = optimizer or partial(torch.optim.Adam, lr=1e-3)
         if sparse_rows:
             self._sparse_tables(compile)
         self.make_scheduler = scheduler
-        # sparse gradients cannot be compiled: the tables' row updates are, in the optimizer
-        compile_step = compile and not sparse_rows
-        self.step_losses = compile_or_eager(self.losses) if compile_step else self.losses
         # Sums of the loss terms over the epoch, on the device: no host synchronisation per step.
         self.loss_sums: dict[str, torch.Tensor] = {}
         self.steps_in_epoch = 0
         # the epoch's mtl/... values, ready when its training ends (before its evaluation)
         self.epoch_diagnostics: dict[str, torch.Tensor] = {}
-        self._fixed_weights: torch.Tensor | None = None
         # the parameters whose gradients are averaged over DDP ranks by this module, if any
         self.synced_gradients: list[nn.Parameter] | None = None
 
     def _sparse_tables(self, compile: bool) -> None:
         """Sparse row updates: every embedding table gives sparse gradients (the rows the
-        batch read) and is updated row by row (:class:`~mtrec.optim.RowSparseAdam`)."""
+        batch read) and is updated row by row (:class:`~mtrec.training.optim.RowSparseAdam`)."""
         tables = [m for m in self.net.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
         if not tables:
             raise ConfigError(
@@ -150,7 +138,7 @@ class RecommenderModule(L.LightningModule):
         if self.hparams.sparse_rows and self.task_gradients and data_parallel:
             check_sparse_ddp(type(self.weighting).__name__)
         if data_parallel:  # DDP's reducer takes the tables' gradients from the backward pass
-            self.read_once = False
+            self.engine.read_once = False
 
     def on_train_start(self) -> None:
         # Under DDP a step's gradients are averaged over the ranks once, after the tasks'
@@ -177,54 +165,6 @@ class RecommenderModule(L.LightningModule):
         """False for nets fitted in closed form when built (popularity, EASE)."""
         return any(p.requires_grad for p in self.parameters())
 
-    def losses(self, batch: dict[str, torch.Tensor], shared=None) -> dict[str, torch.Tensor]:
-        """Each task's loss, the penalty and the weighted total (``"loss"``) of a batch;
-        ``shared``: each task's copy of the shared rows (see :class:`Objective`)."""
-        losses = self.objective(self.net, batch, shared)
-        losses[LOSS] = self.weighting.combine(losses)
-        return losses
-
-    def _step(self, batch: dict[str, torch.Tensor], backward) -> dict[str, torch.Tensor]:
-        """One step's losses and gradients (the optimizer steps after)."""
-        if self.read_once:
-            return self._step_reading_rows_once(batch, backward)
-        copies = None
-        if self.task_gradients:
-            shared = self.net.shared(batch["users"], batch["items"])
-            copies = TaskCopies(shared, self.tasks) if shared else None  # separate: nothing
-        losses = self.step_losses(batch, copies.copies) if copies else self.step_losses(batch)
-        received = self.weighting.backward(losses, losses[LOSS], backward, copies)
-        weights = losses.pop(WEIGHTS, None)
-        if received is not None and self.diagnostics is not None:
-            if weights is None:
-                weights = self.fixed_weights(received)
-            in_combination = self.weighting.step_weights  # a gradient-level strategy's
-            effective = weights if in_combination is None else weights * in_combination
-            self.diagnostics.update(copies.gram, weights, effective)
-        return losses
-
-    def _step_reading_rows_once(self, batch: dict[str, torch.Tensor], backward):
-        """A step with sparse tables: the rows the tasks share are gathered once and every
-        lookup of the step reads them, so each table gets one sparse gradient instead of one
-        per lookup, added up by autograd (ML-25M shape, 8,192 rows: 16 -> 13 ms per step)."""
-        shared = self.net.shared(batch["users"], batch["items"])
-        single = TaskCopies(shared, ("all",)) if shared else None  # one copy for every task
-        rows = dict.fromkeys(self.tasks, single.copies["all"]) if single else None
-        losses = self.step_losses(batch, rows) if single else self.step_losses(batch)
-        self.weighting.backward(losses, losses[LOSS], backward)
-        if single:
-            single.send(single.received[0])
-        losses.pop(WEIGHTS, None)
-        return losses
-
-    def fixed_weights(self, received: torch.Tensor) -> torch.Tensor:
-        """Weights of a strategy that does not record them: its effective ones, else 1."""
-        if self._fixed_weights is None:  # built once: they do not change
-            known = self.weighting.effective_weights()
-            weights = [float(known.get(task, 1.0)) for task in self.tasks]
-            self._fixed_weights = torch.tensor(weights).to(received)
-        return self._fixed_weights
-
     def training_step(self, chunk: list[dict[str, torch.Tensor]], chunk_idx: int) -> None:
         if not self.trainable:
             return
@@ -235,10 +175,10 @@ class RecommenderModule(L.LightningModule):
         for batch in chunk:
             optimizer.optimizer.zero_grad()
             if self.synced_gradients is None:
-                losses = self._step(batch, backward)
+                losses = self.engine.step(batch, backward)
             else:
                 with self.trainer.strategy.model.no_sync():
-                    losses = self._step(batch, backward)
+                    losses = self.engine.step(batch, backward)
                 self._average_gradients()
             if self.plain_steps:
                 optimizer.optimizer.step()
@@ -258,13 +198,10 @@ class RecommenderModule(L.LightningModule):
             self.epoch_diagnostics = self._diagnostics()
 
     def _diagnostics(self) -> dict[str, torch.Tensor]:
-        """This epoch's ``mtl/...`` values: gradient diagnostics and the strategy's own."""
-        values = self.diagnostics.epoch_means() if self.diagnostics is not None else {}
-        logged = dict(self.weighting.logged())
-        if hasattr(self.net, "gate_use"):  # mixture-of-experts nets: the gates' use
-            logged |= self.net.gate_use()
-        for name, value in logged.items():
-            values[f"mtl/{name}"] = value
+        """This epoch's ``mtl/...`` values: the engine's, and the gates' use of gated nets."""
+        values = self.engine.epoch_diagnostics()
+        if isinstance(self.net, Gated):
+            values |= {f"mtl/{name}": value for name, value in self.net.gate_use().items()}
         return values
 
     def _log_steps(self, per_step: dict[str, torch.Tensor], steps_before: int) -> None:
@@ -326,7 +263,7 @@ class RecommenderModule(L.LightningModule):
         self._evaluate(held)
 
     def _evaluate(self, held: HeldOut) -> None:
-        metrics = evaluate(self.net, held, self.hparams.top_k)
+        metrics = evaluate(self.net, held, self.hparams.top_k, tasks=self.objective.tasks)
         self.log_dict(
             {f"{held.name}/{name}": value for name, value in metrics.items()},
             batch_size=len(held.users),
