@@ -48,7 +48,7 @@ from omegaconf import open_dict
 from mtrec.models import MultiTaskNet
 from mtrec.models.sharing import SHARINGS
 from mtrec.mtl import losses
-from mtrec.mtl.metrics import evaluate
+from mtrec.mtl.evaluation import evaluate
 from mtrec.train import train
 
 # (shape, recipe name, overrides): the rows of the scale table

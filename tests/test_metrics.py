@@ -6,7 +6,8 @@ import torch
 import mtrec.mtl.metrics
 from mtrec.data.interactions import Interactions, held_out
 from mtrec.models.protocol import Ranker, Recommender
-from mtrec.mtl.metrics import average_ranks, evaluate, held_out_ranks, ranking_metrics, user_chunks
+from mtrec.mtl.evaluation import evaluate
+from mtrec.mtl.metrics import average_ranks, held_out_ranks, ranking_metrics, user_chunks
 from mtrec.mtl.tasks import metric_names
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtrec.mtl.shared import TableRows, TaskCopies
+from mtrec.models.protocol import TableRows
+from mtrec.mtl.shared import TaskCopies
 
 
 def test_table_rows_send_what_the_embedding_backward_gives():

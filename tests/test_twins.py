@@ -440,8 +440,8 @@ def test_curves_show_each_task_and_every_pair_of_gradients():
 def test_the_gate_figure_is_drawn_by_the_run_at_the_end_of_fit(tmp_path):
     from types import SimpleNamespace
 
-    from mtrec.runs.gate_figure import GateFigure
     from mtrec.training.callbacks import MetricsHistory
+    from mtrec.training.gate_figure import GateFigure
 
     history = MetricsHistory(tmp_path / "metrics.json")
     history.history = [

@@ -10,9 +10,16 @@ from torch import nn
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError, shown
 from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
-from mtrec.models.protocol import EmbeddingNorms, Gated, Ranker, Recommender, SharesRows
+from mtrec.models.protocol import (
+    EmbeddingNorms,
+    Gated,
+    Ranker,
+    Recommender,
+    Rows,
+    SharesRows,
+    TableRows,
+)
 from mtrec.models.sharing import MIXERS, PLE, SHARINGS, CrossStitch, MMoE
-from mtrec.mtl.shared import TableRows
 
 
 class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated):
@@ -292,9 +299,6 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated):
             return self.item_embeddings.weight
         every = torch.arange(self.num_items, device=self.item_biases.weight.device)
         return self._vector("item", "interaction", every, None)
-
-
-Rows = dict[str, torch.Tensor]
 
 
 def _row(rows: Rows | None, key: str, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:

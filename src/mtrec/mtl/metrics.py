@@ -27,7 +27,6 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +35,6 @@ from torchmetrics.classification import BinaryAUROC
 
 from mtrec.compile import compile_or_eager
 from mtrec.data.interactions import HeldOut
-
-if TYPE_CHECKING:
-    from mtrec.mtl.tasks import Task
 
 # Scores per chunk of users: 128 MB of float32. ML-100K (943 × 1,682) fits in one chunk.
 MAX_SCORES = 1 << 25
@@ -300,49 +296,3 @@ def held_out_ranks(
     for chunk in user_chunks(held, max_scores):
         ranks[chunk.rows] = chunk_ranks(score, held, chunk)
     return ranks
-
-
-@torch.no_grad()
-def evaluate(
-    net: torch.nn.Module,
-    held: HeldOut,
-    k: int = 10,
-    *,
-    tasks: tuple[Task, ...] | None = None,
-    max_scores: int = MAX_SCORES,
-    rank: int = 0,
-    world_size: int = 1,
-) -> dict[str, torch.Tensor]:
-    """The metrics of ``tasks`` (default: those ``net`` was built for, default settings):
-    ranking from interactions, MSE from ratings, AUC and log loss from likes.
-
-    Users are taken in chunks of at most ``max_scores`` scores (see :func:`user_chunks`).
-    With ``world_size > 1`` (a ``torch.distributed`` process group of that many processes
-    must be initialised, and every rank must call this with the same ``held`` and ``net``),
-    this process scores only its ``rank``'s share of the chunks, and the metric sums of all
-    ranks are added up before the division: every rank returns the metrics of the whole set,
-    equal to a one-process evaluation up to float32 rounding (the sums add in another order).
-    With ``world_size=1`` nothing is exchanged between processes, even inside a process
-    group, so one rank may evaluate alone.
-    """
-    if world_size > 1 and not (
-        torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-        and torch.distributed.get_world_size() == world_size
-    ):
-        raise ValueError(
-            f"evaluate(world_size={world_size}) needs a torch.distributed group of that size."
-        )
-    device, sync = held.items.device, world_size > 1
-    if tasks is None:
-        from mtrec.mtl.tasks import task_named
-
-        tasks = tuple(task_named(name) for name in net.tasks)
-    evaluators = [task.evaluator(k, device, sync) for task in tasks]
-    for chunk in user_chunks(held, max_scores, rank, world_size):
-        for evaluator in evaluators:
-            evaluator.update(net, held, chunk)
-    metrics = {}
-    for evaluator in evaluators:
-        metrics.update(evaluator.compute())
-    return metrics

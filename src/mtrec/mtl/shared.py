@@ -10,45 +10,11 @@ The cost grows with the batch, never with the catalogue.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cached_property
 
 import torch
-from torch import nn
 
-
-@dataclass(frozen=True)
-class TableRows:
-    """The rows ``ids`` of embedding ``table`` a batch reads.
-
-    Gathered without autograd; the gradient sent back is added to the table's gradient by
-    index (a sparse gradient for a sparse table), which is what the embedding's backward
-    would do, without a pass of the autograd engine (about a tenth of a step on ML-100K).
-    """
-
-    table: nn.Embedding
-    ids: torch.Tensor
-
-    def gather(self) -> torch.Tensor:
-        with torch.no_grad():
-            return self.table(self.ids)
-
-    def send(self, gradient: torch.Tensor) -> None:
-        weight = self.table.weight
-        rows = gradient.reshape(-1, weight.shape[1])
-        ids = self.ids.reshape(-1)
-        if self.table.padding_idx is not None:  # the padding row never learns
-            rows = rows * (ids != self.table.padding_idx).unsqueeze(1).to(rows)
-        if self.table.sparse:  # as a sparse table's own backward: one row per id, unsummed
-            gradient = torch.sparse_coo_tensor(
-                ids.long().unsqueeze(0), rows, weight.shape, check_invariants=False
-            )
-            weight.grad = gradient if weight.grad is None else weight.grad + gradient
-            return
-        if weight.grad is None:
-            weight.grad = torch.zeros_like(weight)
-        weight.grad.index_add_(0, ids, rows)
-
+from mtrec.models.protocol import TableRows
 
 Shared = Mapping[str, "TableRows | torch.Tensor"]
 

@@ -15,34 +15,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from mtrec.errors import ConfigError
+from mtrec.models.protocol import Head, Rows
 from mtrec.mtl import losses
 from mtrec.mtl.metrics import BinaryEvaluator, Evaluator, RankingEvaluator, RatingEvaluator
-
-Rows = Mapping[str, torch.Tensor]
-
-
-class Head(Protocol):
-    """What a net's head is called with: ``head(users, items, rows=None, history=None)``.
-
-    ``users`` and ``items`` broadcast (e.g. (B, 1) users against (B, K) sampled items);
-    ``rows``: the task's own copy of what the tasks share (read instead of the tables, see
-    :class:`mtrec.mtl.shared.TaskCopies`); ``history``: the users' last rated items, for
-    nets that read them. Returns one score per pair, of the broadcast shape."""
-
-    @abstractmethod
-    def __call__(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        rows: Rows | None = None,
-        history: torch.Tensor | None = None,
-    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mtrec.data.interactions import HeldOut
 from mtrec.errors import ConfigError, TrainingDiverged
 from mtrec.models.protocol import Gated
-from mtrec.mtl.metrics import evaluate
+from mtrec.mtl.evaluation import evaluate
 from mtrec.mtl.objective import Objective
 from mtrec.mtl.step import LOSS, StepEngine
 from mtrec.mtl.weighting import FixedWeighting, Weighting
