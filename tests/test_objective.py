@@ -130,3 +130,11 @@ def test_sequence_model_trains_with_negative_ratings():
     torch.testing.assert_close(out["rating"], losses.regression_loss(predicted, observed))
     out["rating"].backward()
     assert lstm.item_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_a_batch_without_a_tasks_fields_is_refused_with_one_message():
+    engine = StepEngine(net(), Objective(), FixedWeighting({"interaction": 0.5, "rating": 0.5}))
+    unrated = {key: value for key, value in BATCH.items() if key != "ratings"}
+    with pytest.raises(ConfigError, match="rating reads the batch fields ratings, which"):
+        engine.step(unrated, torch.Tensor.backward)
+    engine.step(BATCH, torch.Tensor.backward)  # every field there: it trains

@@ -67,6 +67,7 @@ class StepEngine:
         )
         self.losses = compile_or_eager(self._losses) if compile else self._losses
         self._constant_weights: torch.Tensor | None = None
+        self._fields_checked = False
 
     def _losses(
         self, batch: Mapping[str, torch.Tensor], shared=None
@@ -88,8 +89,23 @@ class StepEngine:
         out[LOSS] = total
         return out, weights.detach() if isinstance(weights, torch.Tensor) else None
 
+    def check_fields(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Each task's batch fields are in the batch: checked on the first step, so a data
+        module that lacks one (ratings, say) gets one message instead of a KeyError."""
+        for task in self.objective.tasks:
+            missing = [field for field in task.fields if field not in batch]
+            if missing:
+                raise ConfigError(
+                    f"tasks: {task.name} reads the batch fields {', '.join(missing)}, which "
+                    f"this data module's batches lack (they have {', '.join(batch)}). Fix: a "
+                    f"data module that gives them, or tasks without {task.name}."
+                )
+        self._fields_checked = True
+
     def step(self, batch: Mapping[str, torch.Tensor], backward: Backward) -> dict:
         """One step's losses and gradients (the caller steps the optimizer)."""
+        if not self._fields_checked:
+            self.check_fields(batch)
         if self.read_once:
             return self._step_reading_rows_once(batch, backward)
         copies = None
