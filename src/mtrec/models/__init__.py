@@ -1,11 +1,10 @@
 """Recommender networks: plain ``nn.Module``s, kept apart from the training loop.
 
-Every network takes a :class:`~mtrec.data.info.DataInfo` as its first argument and declares
-its ``heads``: ``"interaction"`` (it has ``interaction_logits`` and ``score_all_items``) and/or
-``"rating"`` (it has ``ratings``). All have ``item_vectors()``. A net with both heads says what
-its tasks share for a batch with ``shared(user_ids, item_ids)``: a dict of
-:class:`~mtrec.mtl.shared.TableRows` (embedding rows) or tensors (a shared layer's output), empty
-when the heads share nothing.
+Every network takes a :class:`~mtrec.data.info.DataInfo` as its first argument and follows
+:mod:`mtrec.models.protocol`: a :class:`~mtrec.models.protocol.Recommender` with its heads
+keyed by task name (``head(task)``, one call signature), and the capabilities it declares by
+inheriting them (ranking the catalogue, what its tasks share for a batch, embedding norms,
+gates).
 """
 
 from mtrec.models.baselines import EASE, BiasedMatrixFactorization, Popularity

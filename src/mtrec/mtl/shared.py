@@ -1,6 +1,6 @@
 """What the tasks share in a batch: one copy per task, and the combined gradient sent back.
 
-A net with two heads says what its tasks share for a batch (``net.shared``): gathered
+A net of several heads says what its tasks share for a batch (``net.shared``): gathered
 embedding rows (:class:`TableRows`) or any tensor computed from shared parameters (a shared
 layer's output). Each task's head reads its own copy, so each copy receives that task's
 gradient alone; a weighting combines them into the one gradient the shared part gets.
