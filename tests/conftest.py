@@ -18,6 +18,15 @@ import pytest
 # sys.stderr of its first import, which would be a test's capture, closed after that test.
 import mtrec.train  # noqa: F401, E402
 
+SHORT_RUN = [  # two short eager epochs on the tests' synthetic ratings
+    "trainer.max_epochs=2",
+    "model.compile=false",
+    "model.embedding_dim=8",
+    "model.layer_sizes=[24,16]",
+    "data.batch_size=64",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+
 
 def synthetic_ratings(num_users: int = 60, num_items: int = 40, per_user: int = 15, seed: int = 0):
     """Ratings with structure a model can learn: two user groups prefer two item groups."""

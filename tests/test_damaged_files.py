@@ -16,19 +16,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import SHORT_RUN as RUN
 from mtrec import files
 from mtrec.data import synthetic
 from mtrec.runs import folder as run_folder
 from mtrec.runs.rerun import CONTINUE, plan_rerun
-
-RUN = [  # two short eager epochs on the tests' synthetic ratings
-    "trainer.max_epochs=2",
-    "model.compile=false",
-    "model.embedding_dim=8",
-    "model.layer_sizes=[24,16]",
-    "data.batch_size=64",
-    "callbacks.progress_bar.refresh_rate=0",
-]
 
 
 def cut_short(path: Path) -> bytes:
