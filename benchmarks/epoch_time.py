@@ -20,7 +20,7 @@ the measured time per batch (marked ``*``).
 
 ``--weightings [names]`` adds one ML-100K row per loss-weighting strategy (all without names),
 each relative to ``weighting=fixed`` measured just before it; ``--sharings [names]`` one per
-sharing architecture, relative to ``model.sharing=shared``.
+sharing architecture, relative to ``model.net.sharing=shared``.
 
     python benchmarks/epoch_time.py [--scale ml-100k/dense ...] [--shapes ml-100k ml-1m]
         [--epochs 2] [--steps N] [--weightings [fixed pcgrad ...]] [--sharings [mmoe ...]]
@@ -238,7 +238,7 @@ def main() -> None:
     if args.weightings is not None:
         variant_rows(args, "weighting", args.weightings or WEIGHTINGS, "fixed")
     if args.sharings is not None:
-        variant_rows(args, "model.sharing", args.sharings or list(SHARINGS), "shared")
+        variant_rows(args, "model.net.sharing", args.sharings or list(SHARINGS), "shared")
 
 
 def scale_table(args, note: str) -> None:

@@ -21,7 +21,7 @@ import pandas as pd
 from mtrec.runs import tables, twins
 
 SHARING, WEIGHTING, LAMBDA, SPLIT = (
-    "model.sharing",
+    "model.net.sharing",
     "weighting",
     "model.factorization_weight",
     "data.split_seed",
@@ -57,7 +57,7 @@ def _cell(values: pd.Series, spec: str) -> str:
 
 def study_table(table: pd.DataFrame) -> str:
     lines = [
-        "| `model.sharing` | weighting | test MRR | test MRR per interaction | test RMSE "
+        "| `model.net.sharing` | weighting | test MRR | test MRR per interaction | test RMSE "
         "| Δm % (val) | Δm < 0 |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -21,8 +21,8 @@ import mtrec.train  # noqa: F401, E402
 SHORT_RUN = [  # two short eager epochs on the tests' synthetic ratings
     "trainer.max_epochs=2",
     "model.compile=false",
-    "model.embedding_dim=8",
-    "model.layer_sizes=[24,16]",
+    "model.net.embedding_dim=8",
+    "model.net.layer_sizes=[24,16]",
     "data.batch_size=64",
     "callbacks.progress_bar.refresh_rate=0",
 ]

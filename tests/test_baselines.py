@@ -123,8 +123,8 @@ def test_selection_reads_validation_only_and_tests_the_best_epoch_once(ratings_f
         "data.val_fraction=0.2",
         "trainer.max_epochs=6",
         "optimizer.lr=0.02",
-        "model.embedding_dim=8",
-        "model.layer_sizes=[24,8]",
+        "model.net.embedding_dim=8",
+        "model.net.layer_sizes=[24,8]",
     )
     reads = EvaluationReads()
     metrics = train(cfg, extra_callbacks=[reads])

@@ -67,6 +67,6 @@ def test_separate_heads_do_not_share_gradients():
 
 def test_layer_sizes_must_match_embedding_dim():
     with pytest.raises(
-        ValueError, match=r"layer_sizes=\[64,32\] does not fit model.embedding_dim=32"
+        ValueError, match=r"layer_sizes=\[64,32\] does not fit model.net.embedding_dim=32"
     ):
         MultiTaskNet(DataInfo(10, 10), embedding_dim=32, layer_sizes=(64, 32))

@@ -25,8 +25,8 @@ RUN = [  # small and eager, with enough steps per epoch to be killed part-way
     "data.batch_size=8",
     "data.batches_per_chunk=1",
     "model.compile=false",
-    "model.embedding_dim=8",
-    "model.layer_sizes=[24,16]",
+    "model.net.embedding_dim=8",
+    "model.net.layer_sizes=[24,16]",
     "callbacks.progress_bar.refresh_rate=0",
 ]
 

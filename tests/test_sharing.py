@@ -119,9 +119,9 @@ def test_per_task_copies_give_the_gradients_of_one_backward_pass(sharing):
 
 
 def test_bad_architecture_settings_are_refused():
-    with pytest.raises(ConfigError, match="model.sharing=moe is not an architecture"):
+    with pytest.raises(ConfigError, match="model.net.sharing=moe is not an architecture"):
         net("moe")
-    with pytest.raises(ConfigError, match="model.experts=0 is not valid"):
+    with pytest.raises(ConfigError, match="model.net.experts=0 is not valid"):
         net("mmoe", experts=0)
     with pytest.raises(ConfigError, match="contradicts model.embedding_sharing=false"):
         MultiTaskNet(DataInfo(5, 9), 4, (12, 8), embedding_sharing=False, sharing="mmoe")
@@ -136,17 +136,21 @@ def test_the_study_sweeps_every_architecture_and_each_job_passes_validation():
 
     with initialize_config_module("mtrec.conf", version_base="1.3"):
         study = compose("train", overrides=["experiment=mtl_study"], return_hydra_config=True)
-        swept = study.hydra.sweeper.params["model.sharing"].split(",")
+        swept = study.hydra.sweeper.params["model.net.sharing"].split(",")
         assert set(SHARINGS) - set(swept) == {"items"}  # items: a halfway shared, left out
         for sharing in swept:
             cfg = compose(
                 "train",
-                overrides=["experiment=mtl_study", f"model.sharing={sharing}", "weighting=upgrad"],
+                overrides=[
+                    "experiment=mtl_study",
+                    f"model.net.sharing={sharing}",
+                    "weighting=upgrad",
+                ],
             )
             with open_dict(cfg):
                 cfg.paths.output_dir = "unused"
             validate(cfg)
     with initialize_config_module("mtrec.conf", version_base="1.3"):
-        bad = compose("train", overrides=["model.sharing=moe"])
-        with pytest.raises(ConfigError, match="model.sharing=moe is not an architecture"):
+        bad = compose("train", overrides=["model.net.sharing=moe"])
+        with pytest.raises(ConfigError, match="model.net.sharing=moe is not an architecture"):
             validate(bad)

@@ -33,8 +33,8 @@ def sweep(tmp_path_factory, request) -> Path:
         "mtrec-train",
         "-m",
         "model.embedding_sharing=true,false",
-        "model.embedding_dim=8,5",
-        "model.layer_sizes=[24,16]",
+        "model.net.embedding_dim=8,5",
+        "model.net.layer_sizes=[24,16]",
         f"data.path={folder}",
         f"paths.data_dir={out / 'cache'}",
         "trainer.max_epochs=3",
@@ -65,11 +65,11 @@ def test_runs_are_named_by_their_swept_values_only(sweep):
 def test_summary_has_every_job_and_marks_the_failed_ones(sweep):
     table = pd.read_csv(sweep / "summary.csv")
     assert len(table) == 4
-    assert list(table.columns[1:3]) == ["model.embedding_sharing", "model.embedding_dim"]
+    assert list(table.columns[1:3]) == ["model.embedding_sharing", "model.net.embedding_dim"]
     failed = table[table.status == "failed"]
-    assert sorted(failed["model.embedding_dim"]) == [5, 5]
+    assert sorted(failed["model.net.embedding_dim"]) == [5, 5]
     assert failed.error.str.contains(
-        "model.layer_sizes=[24,16] does not fit model.embedding_dim=5", regex=False
+        "model.net.layer_sizes=[24,16] does not fit model.net.embedding_dim=5", regex=False
     ).all()
     for _, row in table[table.status == "completed"].iterrows():
         record = json.loads((sweep / row["run"] / "metrics.json").read_text())
@@ -141,7 +141,7 @@ def test_each_run_has_one_hparams_session_with_final_metrics(sweep):
         key_sets.append(set(hparams))
         sharing = hparams["model.embedding_sharing"].string_value
         assert f"sharing={sharing}," in run.name  # categorical, as a string
-        assert hparams["model.embedding_dim"].number_value == 8
+        assert hparams["model.net.embedding_dim"].number_value == 8
         assert hparams["weighting.weights.rating"].number_value == pytest.approx(0.01)
         metric_tags = {m.name.tag for m in experiment.metric_infos}
         assert {
@@ -326,7 +326,7 @@ def test_optuna_search_config_returns_a_validation_objective():
         cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
     assert cfg.optimized_metric == "val/mrr" and cfg.data.val_fraction > 0
     assert set(cfg.hydra.sweeper.params) == {
-        "model.embedding_dim",
+        "model.net.embedding_dim",
         "optimizer.lr",
         "model.factorization_weight",
         "model.l2",

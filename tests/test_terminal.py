@@ -28,8 +28,8 @@ from mtrec.training.lightning_internals import StepProgressBar, epoch_line
 RUN = [  # a few short eager epochs on the tests' synthetic ratings
     "trainer.max_epochs=4",
     "model.compile=false",
-    "model.embedding_dim=8",
-    "model.layer_sizes=[24,16]",
+    "model.net.embedding_dim=8",
+    "model.net.layer_sizes=[24,16]",
     "data.batch_size=64",
 ]
 JOB_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\]\[seed=[123]\] ")
@@ -211,8 +211,8 @@ def sweep_command(ratings_folder: Path, sweep: Path, *extra: str) -> list[str]:
         "hydra.launcher.n_jobs=2",
         f"hydra.sweep.dir={sweep}",
         "model.compile=false",
-        "model.embedding_dim=8",
-        "model.layer_sizes=[24,16]",
+        "model.net.embedding_dim=8",
+        "model.net.layer_sizes=[24,16]",
         *extra,
     ]
 

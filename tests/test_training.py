@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 
+import mtrec
 from mtrec.data.datamodule import MovieLensDataModule
 from mtrec.models import MultiTaskNet
 from mtrec.mtl.tasks import INTERACTION, RATING
@@ -69,6 +70,26 @@ def test_regression_weight_defaults_to_one_minus_factorization_weight():
         "interaction": 0.5,
         "rating": 2.0,
     }
+
+
+def test_embedding_sharing_is_the_reference_name_for_the_nets_setting():
+    def sharing(*overrides):
+        with initialize_config_module("mtrec.conf", version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides))
+        apply_reference_keys(cfg)
+        return cfg.model.net.embedding_sharing
+
+    assert sharing() is True
+    assert sharing("model.embedding_sharing=false") is False
+    assert sharing("model.net.embedding_sharing=items") == "items"
+    assert sharing("model.embedding_sharing=items", "model.net.embedding_sharing=false") == "items"
+
+
+def test_each_net_argument_is_written_once_under_model_net():
+    """No model config repeats a setting into its net (``net.x: ${..x}``): the net's
+    constructor arguments live under ``model.net`` alone."""
+    for path in sorted((Path(mtrec.__file__).parent / "conf" / "model").glob("*.yaml")):
+        assert "${.." not in path.read_text(), path.name
 
 
 def test_one_run_writes_config_log_metrics_checkpoint_and_events(
@@ -171,7 +192,7 @@ def test_the_built_wheel_trains_with_no_source_tree(tmp_path, ratings_folder):
         check=True,
     )
     assert where.stdout.strip().startswith(str(installed))
-    for overrides in (["weighting=pcgrad"], ["model.sharing=mmoe"]):
+    for overrides in (["weighting=pcgrad"], ["model.net.sharing=mmoe"]):
         done = subprocess.run(
             [sys.executable, "-S", "-m", "mtrec.train", f"data.path={ratings_folder}", *overrides]
             + ["trainer.max_epochs=1", "model.compile=false", "hydra.run.dir=run"],

@@ -138,42 +138,42 @@ def test_delta_ms_of_a_three_task_sweep_by_hand():
 
 def test_twins_are_added_once_per_setting_and_first():
     jobs = [
-        ["model.sharing=mmoe", "weighting=pcgrad", "seed=0"],
-        ["model.sharing=mmoe", "weighting=fixed", "model.factorization_weight=0.5", "seed=0"],
-        ["model.sharing=ple", "weighting=pcgrad", "seed=0"],
-        ["model.sharing=ple", "weighting=fixed", "model.factorization_weight=1.0", "seed=0"],
+        ["model.net.sharing=mmoe", "weighting=pcgrad", "seed=0"],
+        ["model.net.sharing=mmoe", "weighting=fixed", "model.factorization_weight=0.5", "seed=0"],
+        ["model.net.sharing=ple", "weighting=pcgrad", "seed=0"],
+        ["model.net.sharing=ple", "weighting=fixed", "model.factorization_weight=1.0", "seed=0"],
     ]
     swept = twins.with_twins(jobs)
     assert swept[-4:] == jobs
     added = swept[:-4]
     assert added == [
-        ["model.sharing=mmoe", "seed=0", "weighting=single", "weighting.task=interaction"],
-        ["model.sharing=mmoe", "seed=0", "weighting=single", "weighting.task=rating"],
-        ["model.sharing=ple", "seed=0", "weighting=single", "weighting.task=rating"],
+        ["model.net.sharing=mmoe", "seed=0", "weighting=single", "weighting.task=interaction"],
+        ["model.net.sharing=mmoe", "seed=0", "weighting=single", "weighting.task=rating"],
+        ["model.net.sharing=ple", "seed=0", "weighting=single", "weighting.task=rating"],
     ]  # ple's interaction twin was already there, as older sweeps named it (λF = 1)
 
 
 def test_each_task_a_setting_trains_gets_its_twin():
     jobs = [
-        [THREE, "model.sharing=mmoe", "weighting=pcgrad"],
-        [THREE, "model.sharing=mmoe", "weighting=nash_mtl"],
-        ["tasks=[interaction,like]", "model.sharing=mmoe", "weighting=pcgrad"],
-        ["model.sharing=mmoe", "weighting=pcgrad"],
+        [THREE, "model.net.sharing=mmoe", "weighting=pcgrad"],
+        [THREE, "model.net.sharing=mmoe", "weighting=nash_mtl"],
+        ["tasks=[interaction,like]", "model.net.sharing=mmoe", "weighting=pcgrad"],
+        ["model.net.sharing=mmoe", "weighting=pcgrad"],
     ]
     added = twins.with_twins(jobs)[: -len(jobs)]
     assert added == [
-        [THREE, "model.sharing=mmoe", "weighting=single", f"weighting.task={task}"]
+        [THREE, "model.net.sharing=mmoe", "weighting=single", f"weighting.task={task}"]
         for task in ("interaction", "rating", "like")
     ] + [
         [
             "tasks=[interaction,like]",
-            "model.sharing=mmoe",
+            "model.net.sharing=mmoe",
             "weighting=single",
             f"weighting.task={task}",
         ]
         for task in ("interaction", "like")
     ] + [
-        ["model.sharing=mmoe", "weighting=single", f"weighting.task={task}"]
+        ["model.net.sharing=mmoe", "weighting=single", f"weighting.task={task}"]
         for task in ("interaction", "rating")
     ]
     for twin in added:
@@ -223,7 +223,7 @@ def test_a_twins_sweep_reports_delta_m_and_a_pareto_front(ratings_folder, tmp_pa
         "-m",
         "hydra/sweeper=twins",
         f"data.path={ratings_folder}",
-        "model.sharing=shared,mmoe",
+        "model.net.sharing=shared,mmoe",
         "trainer.max_epochs=1",
         "model.compile=false",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
@@ -295,15 +295,17 @@ def test_a_pareto_figure_of_many_settings_colours_by_the_first_key_and_labels_th
     rng = random.Random(1)
     jobs = []
     for sharing, weight, seed in itertools.product(("a", "b", "c"), ("0.9", "0.5", "0.1"), "01"):
-        overrides = {"model.sharing": sharing, "model.factorization_weight": weight}
+        overrides = {"model.net.sharing": sharing, "model.factorization_weight": weight}
         final = {"val/mrr": rng.uniform(0.05, 0.1), "val/mse": rng.uniform(0.8, 1.0)}
         jobs.append(tables.Job(Path(sharing), overrides | {"seed": seed}, "completed", "", 1.0))
         jobs[-1].metrics = {"final": final}
-    keys = ["model.sharing", "model.factorization_weight", "seed"]
+    keys = ["model.net.sharing", "model.factorization_weight", "seed"]
     fig = figures.pareto_figure(jobs, keys[:2] + ["seed"])  # 9 settings: each labelled
     assert len(fig.axes[0].texts) == 9
     more = [
-        tables.Job(Path("d"), {"model.sharing": "d", "model.factorization_weight": w}, "completed")
+        tables.Job(
+            Path("d"), {"model.net.sharing": "d", "model.factorization_weight": w}, "completed"
+        )
         for w in ("0.9", "0.5", "0.1", "0.05")
     ]
     for job in more:
@@ -311,7 +313,7 @@ def test_a_pareto_figure_of_many_settings_colours_by_the_first_key_and_labels_th
     fig = figures.pareto_figure(jobs + more, keys)  # 13 settings: colours, markers, the front
     means = {}
     for job in jobs + more:
-        setting = (job.overrides["model.sharing"], job.overrides["model.factorization_weight"])
+        setting = (job.overrides["model.net.sharing"], job.overrides["model.factorization_weight"])
         means.setdefault(setting, []).append(
             (job.metrics["final"]["val/mrr"], job.metrics["final"]["val/mse"])
         )
@@ -328,7 +330,7 @@ def three_task_sweep() -> list[tables.Job]:
     rng = random.Random(4)  # two settings non-dominated, two dominated
     jobs = []
     for sharing, weighting, seed in itertools.product(("a", "b"), ("pcgrad", "mgda"), "01"):
-        overrides = {"tasks": "[interaction,rating,like]", "model.sharing": sharing}
+        overrides = {"tasks": "[interaction,rating,like]", "model.net.sharing": sharing}
         final = {
             "val/mrr": rng.uniform(0.05, 0.1),
             "val/mse": rng.uniform(0.8, 1.0),
@@ -337,7 +339,7 @@ def three_task_sweep() -> list[tables.Job]:
         jobs.append(job(sharing, overrides | {"weighting": weighting, "seed": seed}, final))
     best = {"interaction": ("val/mrr", 0.12), "rating": ("val/mse", 0.78), "like": ("val/auc", 0.8)}
     for sharing, (task, (name, value)) in itertools.product(("a", "b"), best.items()):
-        overrides = {"tasks": "[interaction,rating,like]", "model.sharing": sharing}
+        overrides = {"tasks": "[interaction,rating,like]", "model.net.sharing": sharing}
         twin = overrides | {"weighting": "single", "weighting.task": task, "seed": "0"}
         jobs.append(job(f"{sharing} {task}", twin, {name: value + (0.01 if sharing == "b" else 0)}))
     return jobs
@@ -345,7 +347,7 @@ def three_task_sweep() -> list[tables.Job]:
 
 def test_the_trade_off_of_three_tasks_is_drawn_pair_by_pair():
     jobs = three_task_sweep()
-    keys = ["model.sharing", "weighting", "seed"]
+    keys = ["model.net.sharing", "weighting", "seed"]
     fig = figures.pareto_figure(jobs, keys)
     panels = [ax for ax in fig.axes if ax.get_xlabel()]
     assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in panels] == [
@@ -361,7 +363,7 @@ def test_the_trade_off_of_three_tasks_is_drawn_pair_by_pair():
     ]
     means = {}  # each setting's mean over its two seeds
     for j in jobs[:8]:
-        label = f"sharing={j.overrides['model.sharing']}, weighting={j.overrides['weighting']}"
+        label = f"sharing={j.overrides['model.net.sharing']}, weighting={j.overrides['weighting']}"
         means.setdefault(label, []).append(
             [j.metrics["final"][f"val/{m}"] for m in ("mrr", "mse", "auc")]
         )
@@ -395,7 +397,7 @@ def test_two_task_runs_keep_the_one_panel_figure():
     jobs = [j for j in three_task_sweep() if j.overrides["weighting"] != "single"]
     for j in jobs:
         del j.metrics["final"]["val/auc"]
-    fig = figures.pareto_figure(jobs, ["model.sharing", "weighting", "seed"])
+    fig = figures.pareto_figure(jobs, ["model.net.sharing", "weighting", "seed"])
     assert len(fig.axes) == 1
     assert fig.axes[0].get_ylabel() == "val/mse (lower is better)"
     assert not fig.axes[0].yaxis_inverted()
@@ -404,7 +406,7 @@ def test_two_task_runs_keep_the_one_panel_figure():
 def test_curves_show_each_task_and_every_pair_of_gradients():
     runs = []
     for name in ("a", "b"):
-        made = job(name, {"model.sharing": name}, {})
+        made = job(name, {"model.net.sharing": name}, {})
         made.metrics["history"] = [
             {
                 "epoch": e,
@@ -427,7 +429,9 @@ def test_curves_show_each_task_and_every_pair_of_gradients():
         "mtl/grad_cosine/interaction-like",
         "mtl/grad_cosine/rating-like",
     ]
-    ax = figures.curve_figure(runs, ["model.sharing"], "mtl/grad_cosine/interaction-like").axes[0]
+    ax = figures.curve_figure(runs, ["model.net.sharing"], "mtl/grad_cosine/interaction-like").axes[
+        0
+    ]
     lines = [line for line in ax.get_lines() if line.get_label() in ("sharing=a", "sharing=b")]
     assert [list(line.get_ydata()) for line in lines] == [pytest.approx([0.3, 0.6, 0.9])] * 2
     assert "conflict" in ax.get_title()

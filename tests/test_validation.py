@@ -19,7 +19,9 @@ from mtrec.validation import validate
 
 MODELS = ["multitask", "mf", "dense", "biased_dot", "genre_mf", "genre_dense", "sequence_lstm"]
 MODELS += ["popularity", "ease", "biased_mf"]
-TIMES_THREE = "model.layer_sizes=['${mtrec.times_three:${model.embedding_dim}}',64]"  # as optuna
+TIMES_THREE = (
+    "model.net.layer_sizes=['${mtrec.times_three:${model.net.embedding_dim}}',64]"  # as optuna
+)
 
 
 def config(*overrides: str):
@@ -51,10 +53,13 @@ def message(*overrides: str) -> str:
         ["debug=fast"],
         ["experiment=zoo"],
         ["experiment=cs330"],
-        ["model.embedding_dim=auto", "model.layer_sizes=[5,3]"],  # the net sizes the MLP itself
-        ["model.embedding_dim=16", "model.layer_sizes=[48,16]"],
-        ["model.embedding_dim=16", TIMES_THREE],
-        ["model.embedding_dim=auto", TIMES_THREE],  # cannot resolve: left to the net
+        [
+            "model.net.embedding_dim=auto",
+            "model.net.layer_sizes=[5,3]",
+        ],  # the net sizes the MLP itself
+        ["model.net.embedding_dim=16", "model.net.layer_sizes=[48,16]"],
+        ["model.net.embedding_dim=16", TIMES_THREE],
+        ["model.net.embedding_dim=auto", TIMES_THREE],  # cannot resolve: left to the net
         ["model.factorization_weight=1"],  # rating weight 0, the interaction head still trains
         ["model.factorization_weight=0"],
         ["model.factorization_weight=1.5", "model.regression_weight=0.2"],
@@ -112,24 +117,24 @@ CASES = {
         ],
     ),
     "layer_sizes[0] != 3 * embedding_dim": (
-        ["model.layer_sizes=[64,32]"],
+        ["model.net.layer_sizes=[64,32]"],
         [
-            "model.layer_sizes=[64,32] does not fit model.embedding_dim=32",
-            "3 * model.embedding_dim = 96",
-            "model.layer_sizes=[96,32]",
+            "model.net.layer_sizes=[64,32] does not fit model.net.embedding_dim=32",
+            "3 * model.net.embedding_dim = 96",
+            "model.net.layer_sizes=[96,32]",
         ],
     ),
     "embedding_dim changed alone": (
-        ["model.embedding_dim=16"],
-        ["model.layer_sizes=[96,64] does not fit model.embedding_dim=16", "[48,64]"],
+        ["model.net.embedding_dim=16"],
+        ["model.net.layer_sizes=[96,64] does not fit model.net.embedding_dim=16", "[48,64]"],
     ),
     "layer_sizes not a list": (
-        ["model.layer_sizes=96"],
-        ["model.layer_sizes=96 is not valid", "a list of positive integers"],
+        ["model.net.layer_sizes=96"],
+        ["model.net.layer_sizes=96 is not valid", "a list of positive integers"],
     ),
     "layer size zero": (
-        ["model.layer_sizes=[96,0]"],
-        ["model.layer_sizes=[96,0] is not valid", "a list of positive integers"],
+        ["model.net.layer_sizes=[96,0]"],
+        ["model.net.layer_sizes=[96,0] is not valid", "a list of positive integers"],
     ),
     "test_fraction zero": (
         ["data.test_fraction=0"],
@@ -188,16 +193,16 @@ CASES = {
         ["trainer.max_epochs=0 is not valid", "an integer >= 1"],
     ),
     "embedding_dim zero": (
-        ["model.embedding_dim=0"],
-        ["model.embedding_dim=0 is not valid", "a positive integer or auto"],
+        ["model.net.embedding_dim=0"],
+        ["model.net.embedding_dim=0 is not valid", "a positive integer or auto"],
     ),
     "embedding_dim misspelt auto": (
-        ["model=mf", "model.embedding_dim=Auto"],
-        ["model.embedding_dim=Auto is not valid", "a positive integer or auto"],
+        ["model=mf", "model.net.embedding_dim=Auto"],
+        ["model.net.embedding_dim=Auto is not valid", "a positive integer or auto"],
     ),
     "hidden_size zero": (
-        ["model=dense", "model.hidden_size=0"],
-        ["model.hidden_size=0 is not valid", "a positive integer"],
+        ["model=dense", "model.net.hidden_size=0"],
+        ["model.net.hidden_size=0 is not valid", "a positive integer"],
     ),
     "history_length zero": (
         ["model=sequence_lstm", "model.history_length=0"],
@@ -282,8 +287,8 @@ CLI_CASES = {
         "data.test_fraction=0.5 and data.val_fraction=0.5 add up to 1",
     ),
     "layer sizes": (
-        ["model.layer_sizes=[64,32]"],
-        "model.layer_sizes=[64,32] does not fit model.embedding_dim=32",
+        ["model.net.layer_sizes=[64,32]"],
+        "model.net.layer_sizes=[64,32] does not fit model.net.embedding_dim=32",
     ),
     "unknown variant": (["data.variant=ml-5m"], "data.variant=ml-5m is not valid: use one of"),
     "unknown shape": (

@@ -52,12 +52,12 @@ def config(ratings_folder, tmp_path, *overrides):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_each_model_trains_and_reports_only_its_heads(ratings_folder, tmp_path, name):
-    sizes = ["model.layer_sizes=[24,16]"] if name == "multitask" else []
+    sizes = ["model.net.layer_sizes=[24,16]"] if name == "multitask" else []
     cfg = config(
         ratings_folder,
         tmp_path,
         f"model={name}",
-        "model.embedding_dim=8",
+        "model.net.embedding_dim=8",
         "optimizer.lr=0.01",
         *sizes,
     )
@@ -84,7 +84,7 @@ def test_each_model_trains_and_reports_only_its_heads(ratings_folder, tmp_path, 
 def test_rating_models_predict_one_rating_per_pair(ratings_folder, tmp_path):
     for name in ("mf", "dense", "biased_dot", "genre_mf", "genre_dense"):
         _, module = build(
-            config(ratings_folder, tmp_path, f"model={name}", "model.embedding_dim=4")
+            config(ratings_folder, tmp_path, f"model={name}", "model.net.embedding_dim=4")
         )
         users, items = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
         assert module.net.ratings(users, items).shape == (3,)
@@ -115,7 +115,7 @@ def test_embedding_size_rule_of_thumb():
     assert MatrixFactorization(DataInfo(943, 1682), "auto").item_embeddings.embedding_dim == 102
     net = MultiTaskNet(DataInfo(943, 1682), "auto", layer_sizes=(96, 64))
     assert net.mlp[0].in_features == 3 * 102
-    with pytest.raises(ValueError, match="model.embedding_dim=-3"):
+    with pytest.raises(ValueError, match="model.net.embedding_dim=-3"):
         embedding_size(-3, 10)
 
 

@@ -7,7 +7,7 @@ gathers those checks and runs them on the config's values before any data is rea
 Settings no code checks on its own (sizes, fractions, learning rates) have their rule in
 :data:`RULES` here. The first problem raises a :class:`~mtrec.errors.ConfigError` naming the
 key as typed on the command line, its value and what is allowed. A key the config lacks
-(``model.layer_sizes`` of a model without an MLP, ``data.shape`` of real data) is skipped.
+(``model.net.layer_sizes`` of a model without an MLP, ``data.shape`` of real data) is skipped.
 To add a rule, add one line to :data:`RULES`, or a check to the code that needs the setting
 and one line to :data:`CHECKS`.
 """
@@ -96,8 +96,8 @@ RULES: list[Rule] = [
     Rule("data.batch_size", positive_int, "a positive integer, e.g. 256"),
     Rule("data.batches_per_chunk", positive_int, "a positive integer, e.g. 64"),
     Rule("data.num_negatives", positive_int, "an integer >= 1, e.g. 1"),
-    Rule("model.hidden_size", positive_int, "a positive integer, e.g. 64"),
-    Rule("model.genre_dim", positive_int, "a positive integer, e.g. 8"),
+    Rule("model.net.hidden_size", positive_int, "a positive integer, e.g. 64"),
+    Rule("model.net.genre_dim", positive_int, "a positive integer, e.g. 8"),
     Rule("model.history_length", positive_int, "a positive integer, e.g. 10"),
     Rule("model.factorization_weight", unset_or(non_negative), "a number >= 0, e.g. 0.99"),
     Rule("model.regression_weight", unset_or(non_negative), REGRESSION_WEIGHT),
@@ -105,8 +105,8 @@ RULES: list[Rule] = [
     Rule("weighting.weights.rating", non_negative, REGRESSION_WEIGHT),
     Rule("weighting.weights.like", non_negative, "a number >= 0, e.g. 0.01"),
     Rule("model.negative_rating_ratio", lambda v: integer(v) and v >= 0, "an integer >= 0"),
-    Rule("model.dropout", fraction(zero_ok=True), "a number in [0, 1), 0 for none"),
-    Rule("model.reg", non_negative, "a number >= 0, e.g. 250"),
+    Rule("model.net.dropout", fraction(zero_ok=True), "a number in [0, 1), 0 for none"),
+    Rule("model.net.reg", non_negative, "a number >= 0, e.g. 250"),
     Rule("model.l1", non_negative, "a number >= 0 (0: no penalty)"),
     Rule("model.l2", non_negative, "a number >= 0 (0: no penalty)"),
     Rule("model.embedding_l2", non_negative, "a number >= 0 (0: no penalty)"),
@@ -145,7 +145,7 @@ def owners_checks(cfg: DictConfig) -> None:
     variant = lookup(cfg, "data.variant")
     if variant is not ABSENT and real_data(cfg):
         check_variant(variant)
-    dim = lookup(cfg, "model.embedding_dim")
+    dim = lookup(cfg, "model.net.embedding_dim")
     if dim is not ABSENT:
         embedding_size(dim, 1)
     loss = lookup(cfg, "model.factorization_loss")

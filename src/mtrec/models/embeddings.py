@@ -25,13 +25,13 @@ class ZeroEmbedding(nn.Embedding):
 
 def embedding_size(setting: int | str, num_categories: int) -> int:
     """``setting`` itself, or for ``"auto"`` the rule of thumb ``min(600, round(1.6 n^0.56))``;
-    the one check of ``model.embedding_dim``."""
+    the one check of ``model.net.embedding_dim``."""
     if setting == "auto":
         return min(600, round(1.6 * num_categories**0.56))
     if isinstance(setting, int) and not isinstance(setting, bool) and setting > 0:
         return setting
     raise ConfigError(
-        f"model.embedding_dim={setting} is not valid: use a positive integer or auto."
+        f"model.net.embedding_dim={setting} is not valid: use a positive integer or auto."
     )
 
 

@@ -154,16 +154,17 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated):
         sizes = list(sizes) if isinstance(sizes, Sequence) else []
         if not sizes or not all(type(s) is int and s > 0 for s in sizes):
             raise ConfigError(
-                f"model.layer_sizes={shown(layer_sizes)} is not valid: use a list of positive "
+                f"model.net.layer_sizes={shown(layer_sizes)} is not valid: use a list of positive "
                 "integers, e.g. [96,64]."
             )
         if sizes[0] != 3 * dim:
             fixed = shown([3 * dim, *sizes[1:]])
             raise ConfigError(
-                f"model.layer_sizes={shown(sizes)} does not fit model.embedding_dim={dim}: its "
-                f"first entry must be 3 * model.embedding_dim = {3 * dim} (the MLP input is "
-                f"[u, q, u * q]). Use model.layer_sizes={fixed}, or model.embedding_dim=auto, "
-                "which sizes it itself."
+                f"model.net.layer_sizes={shown(sizes)} does not fit "
+                f"model.net.embedding_dim={dim}: its first entry must be "
+                f"3 * model.net.embedding_dim = {3 * dim} (the MLP input is [u, q, u * q]). Use "
+                f"model.net.layer_sizes={fixed}, or model.net.embedding_dim=auto, which sizes it "
+                "itself."
             )
 
     def interaction_logits(
@@ -316,17 +317,19 @@ def sharing_of(
         return implied
     if sharing not in SHARINGS:
         raise ConfigError(
-            f"model.sharing={shown(sharing)} is not an architecture: use one of "
+            f"model.net.sharing={shown(sharing)} is not an architecture: use one of "
             f"{', '.join(SHARINGS)}."
         )
     if embedding_sharing is not True and sharing != implied:
         raise ConfigError(
-            f"model.sharing={sharing} contradicts model.embedding_sharing="
+            f"model.net.sharing={sharing} contradicts model.embedding_sharing="
             f"{shown(embedding_sharing)} (which means sharing={implied}): set one of the two."
         )
     for name, value in (("experts", experts), ("task_experts", task_experts), ("levels", levels)):
         if type(value) is not int or value < 1:
-            raise ConfigError(f"model.{name}={shown(value)} is not valid: use a positive integer.")
+            raise ConfigError(
+                f"model.net.{name}={shown(value)} is not valid: use a positive integer."
+            )
     return sharing
 
 

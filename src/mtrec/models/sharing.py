@@ -1,5 +1,5 @@
 """Sharing architectures: how the tasks share one side (the users, or the items) of
-:class:`~mtrec.models.multitask.MultiTaskNet` (``model.sharing``).
+:class:`~mtrec.models.multitask.MultiTaskNet` (``model.net.sharing``).
 
 A mixer turns a side's embedding rows into one vector per task, of the embedding's size, and
 reads nothing but that side (the user side's gates read the user): so the interaction score
@@ -224,7 +224,7 @@ class CrossStitch(nn.Module):
         return sum(weights[i] * rows[name] for i, name in enumerate(self.tasks))
 
 
-#: the architectures of ``model.sharing`` with a mixer; ``shared``, ``separate`` and ``items``
+#: the architectures of ``model.net.sharing`` with a mixer; ``shared``, ``separate`` and ``items``
 #: choose embedding tables only
 MIXERS = {
     "shared_bottom": SharedBottom,
