@@ -1,8 +1,10 @@
 """The README's trade-off study table, from the sweep folder of ``experiment=mtl_study``.
 
 Per architecture and weighting, over the split seeds (mean ± sd): test MRR (per user and per
-interaction), test RMSE, Δm against the architecture's single-task twins (validation
-metrics, as the summary computes it) and on how many splits it is below 0; each
+interaction), test RMSE, the effective rank of the user vectors the interaction head reads (the
+last epoch's), Δm against the architecture's single-task twins and ``delta_m_best`` against
+the best twin of each task in the sweep (validation metrics, as the summary computes them)
+and on how many splits each is below 0; each
 architecture's twins as one row (the interaction twin's MRR, the rating twin's RMSE). Then
 the runs that meet the standing goal on test, and the setting with the best mean
 ``val/combined`` (the checkpoint criterion).
@@ -26,11 +28,14 @@ SHARING, WEIGHTING, LAMBDA, SPLIT = (
     "model.factorization_weight",
     "data.split_seed",
 )
+RANK = "mtl/effective_rank/user/interaction"  # the last epoch's, of the selected run
 COLUMNS = {
     "test/mrr": ".4f",
     "test/mrr_interaction": ".4f",
     "test/rmse": ".3f",
+    RANK: ".1f",
     "delta_m": "+.1f",
+    "delta_m_best": "+.1f",
 }
 GOAL_MRR, GOAL_RMSE = 0.130, 0.880
 
@@ -58,8 +63,8 @@ def _cell(values: pd.Series, spec: str) -> str:
 def study_table(table: pd.DataFrame) -> str:
     lines = [
         "| `model.net.sharing` | weighting | test MRR | test MRR per interaction | test RMSE "
-        "| Δm % (val) | Δm < 0 |",
-        "|---|---|---|---|---|---|---|",
+        "| effective rank (users) | Δm % (val) | Δm best % (val) | Δm < 0 | Δm best < 0 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for sharing in dict.fromkeys(table[SHARING]):
         mine = table[table[SHARING] == sharing]
@@ -68,13 +73,16 @@ def study_table(table: pd.DataFrame) -> str:
         lines.append(
             f"| `{sharing}` | *single-task twins* | {_cell(alone['test/mrr'], '.4f')} "
             f"| {_cell(alone['test/mrr_interaction'], '.4f')} "
-            f"| {_cell(rating['test/rmse'], '.3f')} | 0 | |"
+            f"| {_cell(rating['test/rmse'], '.3f')} | {_cell(alone[RANK], '.1f')} | 0 | | | |"
         )
         multi = mine[mine["twin"].isna()]
         for setting, rows in multi.groupby("setting", sort=False):
             cells = [_cell(rows[c], spec) for c, spec in COLUMNS.items()]
-            below = f"{(rows['delta_m'] < 0).sum()} / {rows['delta_m'].notna().sum()}"
-            lines.append(f"| `{sharing}` | {setting} | {' | '.join(cells)} | {below} |")
+            below = [
+                f"{(rows[c] < 0).sum()} / {rows[c].notna().sum()}"
+                for c in ("delta_m", "delta_m_best")
+            ]
+            lines.append(f"| `{sharing}` | {setting} | {' | '.join(cells + below)} |")
     return "\n".join(lines)
 
 

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
 from mtrec.models import MultiTaskNet
-from mtrec.models.sharing import MMoE, SharedBottom
+from mtrec.models.sharing import SHARINGS, MMoE, SharedBottom
 from mtrec.models.sharing import softmax as sharing_softmax
+from mtrec.mtl.objective import Objective
+from mtrec.mtl.tasks import task_named
 from mtrec.mtl.weighting import FixedWeighting
 from mtrec.training.module import RecommenderModule
 
-ARCHITECTURES = [
-    "shared",
-    "separate",
-    "items",
-    "shared_bottom",
-    "mmoe",
-    "cgc",
-    "ple",
-    "cross_stitch",
-]
+ARCHITECTURES = [*SHARINGS, "mmoe_mlp+norm", "ple_mlp+residual"]
+
+
+def settings_of(architecture: str) -> dict:
+    """``ple_mlp+residual`` -> sharing ple_mlp with residual=true."""
+    sharing, _, fix = architecture.partition("+")
+    return (
+        {"sharing": sharing}
+        | ({"expert_norm": True} if fix == "norm" else {})
+        | ({"residual": True} if fix == "residual" else {})
+    )
+
+
+TWO, THREE = ("interaction", "rating"), ("interaction", "rating", "like")
 BATCH = {
     "users": torch.tensor([0, 1, 2, 1]),
     "items": torch.tensor([3, 4, 5, 6]),
@@ -33,7 +41,8 @@ BATCH = {
 
 def net(sharing: str, seed: int = 0, **settings) -> MultiTaskNet:
     torch.manual_seed(seed)
-    return MultiTaskNet(DataInfo(5, 9), 4, (12, 8), sharing=sharing, **settings)
+    settings = settings_of(sharing) | settings
+    return MultiTaskNet(DataInfo(5, 9), 4, (12, 8), **settings)
 
 
 @pytest.mark.parametrize("sharing", ARCHITECTURES)
@@ -52,13 +61,14 @@ def test_all_items_scores_equal_the_pairwise_scores(sharing):
     torch.testing.assert_close(model.ratings(BATCH["users"], BATCH["items"]), training)
 
 
-@pytest.mark.parametrize("sharing", ["mmoe", "cgc", "ple"])
+@pytest.mark.parametrize("sharing", ["mmoe", "cgc", "ple", "stem", "mmoe_mlp", "ple_mlp"])
 def test_gates_sum_to_one_and_their_use_is_a_distribution(sharing):
     logits = torch.randn(7, 3) * 10
     torch.testing.assert_close(sharing_softmax(logits), torch.softmax(logits, -1))
     model = net(sharing, experts=3)
-    for mixer in (model.user_mixer, model.item_mixer):
-        for probabilities in mixer.gates(torch.randn(6, 4)).values():
+    sides = ((model.user_mixer, model.user_embeddings), (model.item_mixer, model.item_embeddings))
+    for mixer, table in sides:
+        for probabilities in mixer.gates(torch.randn(6, table.embedding_dim)).values():
             torch.testing.assert_close(probabilities.sum(-1), torch.ones(6))
     use = model.gate_use()
     gates = {name.rsplit("/", 1)[0] for name in use}
@@ -70,7 +80,7 @@ def test_gates_sum_to_one_and_their_use_is_a_distribution(sharing):
 
 def test_mmoe_with_one_expert_is_a_shared_bottom():
     mmoe, bottom = MMoE(4, experts=1), SharedBottom(4)
-    bottom.bottom[0].load_state_dict(mmoe.experts.layer.state_dict())
+    bottom.bottom.load_state_dict(mmoe.experts.state_dict())
     bottom.towers.load_state_dict(mmoe.towers.state_dict())
     rows = torch.randn(5, 4)
     for task in ("interaction", "rating"):
@@ -90,25 +100,30 @@ def test_cross_stitch_from_the_identity_is_separate_embeddings():
     torch.testing.assert_close(stitched(users, items)[1], separate(users, items)[1])
 
 
-def test_ple_with_one_level_is_cgc():
-    cgc, ple = net("cgc", experts=2), net("ple", seed=1, experts=2, levels=1)
+@pytest.mark.parametrize("form", ["", "_mlp"])
+def test_ple_with_one_level_is_cgc(form):
+    cgc, ple = net("cgc" + form, experts=2), net("ple" + form, seed=1, experts=2, levels=1)
     ple.load_state_dict(cgc.state_dict())
     torch.testing.assert_close(
         cgc(BATCH["users"], BATCH["items"])[1], ple(BATCH["users"], BATCH["items"])[1]
     )
-    assert len(net("ple", levels=3).user_mixer.levels) == 3
+    assert len(net("ple_mlp", levels=3).user_mixer.levels) == 3
 
 
 @pytest.mark.parametrize("sharing", ARCHITECTURES)
-def test_per_task_copies_give_the_gradients_of_one_backward_pass(sharing):
+@pytest.mark.parametrize("tasks", [TWO, THREE], ids=["2 tasks", "3 tasks"])
+def test_per_task_copies_give_the_gradients_of_one_backward_pass(sharing, tasks):
     """With fixed weights, taking each task's gradient on what the tasks share and summing
     them changes nothing: every architecture's shared part is wired through the copies."""
-    weights = {"interaction": 0.7, "rating": 0.3}
+    weights = dict(zip(tasks, (0.7, 0.2, 0.1), strict=False))
     grads = []
     for diagnostics in (False, True):
-        model = net(sharing)
+        model = net(sharing, tasks=tasks)
         module = RecommenderModule(
-            model, weighting=FixedWeighting(weights), diagnostics=diagnostics
+            model,
+            objective=Objective(tuple(task_named(t) for t in tasks)),
+            weighting=FixedWeighting(weights),
+            diagnostics=diagnostics,
         )
         module.engine.step(BATCH, torch.Tensor.backward)
         grads.append({k: p.grad for k, p in model.named_parameters() if p.grad is not None})
@@ -154,3 +169,26 @@ def test_the_study_sweeps_every_architecture_and_each_job_passes_validation():
         bad = compose("train", overrides=["model.net.sharing=moe"])
         with pytest.raises(ConfigError, match="model.net.sharing=moe is not an architecture"):
             validate(bad)
+
+
+def test_the_dense_experts_fixes_by_hand():
+    """HoME's expert normalisation (a layer norm, then Swish) and PEPNet's gate unit
+    2 sigmoid(W e) * e, on rows small enough to compute by hand."""
+    from mtrec.models.sharing import Experts, GatedResidual
+
+    experts = Experts(2, 1, normalised=True)
+    with torch.no_grad():
+        experts.layer.weight.copy_(torch.eye(2))
+        experts.layer.bias.zero_()
+    # (3, 1): mean 2, deviation 1, normalised (1, -1) (eps aside); silu(x) = x sigmoid(x)
+    out = experts(torch.tensor([[3.0, 1.0]]))[0, 0]
+    silu = [1 / (1 + math.exp(-1)), -1 / (1 + math.exp(1))]
+    assert out.tolist() == pytest.approx(silu, abs=1e-4)
+    residual = GatedResidual(2, ("interaction",))
+    with torch.no_grad():
+        residual.gates["interaction"].weight.zero_()
+        residual.gates["interaction"].bias.copy_(torch.tensor([0.0, math.log(3.0)]))
+    # 2 sigmoid(0) = 1 and 2 sigmoid(log 3) = 2 * 3/4 = 1.5
+    assert residual("interaction", torch.tensor([[2.0, 4.0]]))[0].tolist() == pytest.approx(
+        [2.0, 6.0]
+    )

@@ -43,7 +43,9 @@ def changed_rows(before: torch.Tensor, after: torch.Tensor) -> set[int]:
     return set((before != after).any(1).nonzero().flatten().tolist())
 
 
-@pytest.mark.parametrize("sharing", ["shared", "separate", "items", "cross_stitch", "mmoe"])
+@pytest.mark.parametrize(
+    "sharing", ["shared", "separate", "items", "cross_stitch", "mmoe", "stem", "mmoe_mlp"]
+)
 @pytest.mark.parametrize("weighting", ["fixed", "pcgrad"])
 def test_a_sparse_step_leaves_the_rows_no_one_read_bit_identical(sharing, weighting):
     strategy = (

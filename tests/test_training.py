@@ -54,6 +54,10 @@ def test_training_lowers_the_loss(ratings_folder, tmp_path, sharing):
     assert len(record["history"]) == 30 and record["history"][-1]["epoch"] == 30
     assert record["final"]["test/mse"] < record["history"][0]["test/mse"]
     assert record["best"]["test/mse"]["value"] == min(h["test/mse"] for h in record["history"])
+    for side in ("user", "item"):  # collapse diagnostics, every epoch: 8 dimensions at most
+        ranks = [h[f"mtl/effective_rank/{side}/interaction"] for h in record["history"]]
+        assert len(ranks) == 30 and all(1.0 < rank <= 8.0 for rank in ranks)
+        assert 1.0 < record["final"][f"mtl/abundance/{side}/rating"] <= 8.0
 
 
 def test_regression_weight_defaults_to_one_minus_factorization_weight():
@@ -119,9 +123,14 @@ def test_one_run_writes_config_log_metrics_checkpoint_and_events(
     assert list(run.glob("events.out.tfevents.*"))
     assert (run / "job.json").exists()
     record = json.loads((run / "metrics.json").read_text())
-    assert set(record["final"]) == {
-        f"test/{m}" for m in ("mrr", "mrr_interaction", "hr@10", "ndcg@10", "mse", "rmse")
+    held_out = {f"test/{m}" for m in ("mrr", "mrr_interaction", "hr@10", "ndcg@10", "mse", "rmse")}
+    collapse = {
+        f"mtl/{measure}/{side}/{task}"
+        for measure in ("effective_rank", "abundance")
+        for side in ("user", "item")
+        for task in ("interaction", "rating")
     }
+    assert set(record["final"]) == held_out | collapse
 
 
 def test_validation_carve_out_logs_val_every_epoch_and_test_once(ratings_folder, tmp_path):

@@ -134,6 +134,114 @@ def test_delta_ms_of_a_three_task_sweep_by_hand():
     assert all(math.isnan(d) for d in deltas[:3])  # the twins
     assert deltas[3] == pytest.approx(-1 / 3)  # as in test_delta_m_of_three_tasks_by_hand
     assert math.isnan(deltas[4])  # another setting (no tasks=): no twins of its own
+    best = tables.delta_ms_best(jobs)
+    assert all(math.isnan(d) for d in best[:3])
+    assert best[3] == pytest.approx(-1 / 3)  # its own twins are the only ones
+    assert best[4] == pytest.approx(-2.5)  # the best twins of its two tasks, of any setting
+
+
+def weak_twin_sweep() -> list[tables.Job]:
+    """Two architectures of two tasks, each with its twins: mmoe's twins are weak on both
+    tasks, shared's strong; and a better interaction twin that did not finish."""
+    found = {
+        ("shared", "interaction"): 0.10,
+        ("shared", "rating"): 0.80,
+        ("mmoe", "interaction"): 0.08,
+        ("mmoe", "rating"): 0.90,  # the largest MSE: the worst rating twin, not the best
+    }
+    jobs = []
+    for (sharing, task), value in found.items():
+        overrides = {"model.net.sharing": sharing, "weighting": "single", "weighting.task": task}
+        other = {"val/mse": 3.0} if task == "interaction" else {"val/mrr": 0.01}  # untrained
+        main = {"val/mrr": value} if task == "interaction" else {"val/mse": value}
+        jobs.append(job(f"{sharing} {task}", overrides | {"seed": "0"}, main | other))
+    interrupted = jobs[0].overrides | {"model.net.sharing": "ple"}
+    jobs.append(job("interrupted", interrupted, {"val/mrr": 0.5}))  # the best MRR, unfinished
+    jobs[-1].status = "unfinished"
+    for sharing, mrr, mse in (("shared", 0.105, 0.82), ("mmoe", 0.09, 0.85)):
+        overrides = {"model.net.sharing": sharing, "weighting": "pcgrad", "seed": "0"}
+        jobs.append(job(sharing, overrides, {"val/mrr": mrr, "val/mse": mse}))
+    return jobs
+
+
+def test_delta_m_best_compares_with_the_best_twin_of_each_task_in_the_sweep():
+    jobs = weak_twin_sweep()
+    best = tables.best_twins(jobs)
+    assert {task: [j.name for j in by_seed.values()] for task, by_seed in best.items()} == {
+        "interaction": ["shared interaction"],  # not the unfinished run's 0.5
+        "rating": ["shared rating"],  # the lowest MSE
+    }
+    keys = ["model.net.sharing", "weighting", "weighting.task", "seed"]
+    table = tables.summary_table(jobs, keys).set_index("run")
+    assert list(table.columns[-3:]) == ["delta_m", "delta_m_best", "error"]
+    twin_rows = table[table["weighting"] == "single"]
+    assert twin_rows[["delta_m", "delta_m_best"]].isna().all().all()
+    # mmoe against its own twins: 50 * [(0.08 - 0.09) / 0.08 + (0.85 - 0.90) / 0.90]
+    assert table.loc["mmoe", "delta_m"] == pytest.approx(50 * (-0.125 - 0.05 / 0.9))
+    # against the best twins, shared's: 50 * [(0.10 - 0.09) / 0.10 + (0.85 - 0.80) / 0.80]
+    assert table.loc["mmoe", "delta_m_best"] == pytest.approx(50 * (0.1 + 0.0625))
+    # shared's own twins are the best: 50 * [(0.10 - 0.105) / 0.10 + (0.82 - 0.80) / 0.80]
+    assert table.loc["shared", "delta_m"] == pytest.approx(-1.25)
+    assert table.loc["shared", "delta_m_best"] == pytest.approx(-1.25)
+    grouped = tables.over_seeds(table.reset_index(), keys).set_index("model.net.sharing")
+    mmoe = grouped[grouped["weighting"] == "pcgrad"].loc["mmoe"]
+    assert mmoe["delta_m_best"] == pytest.approx(8.125) and math.isnan(mmoe["delta_m_best sd"])
+
+
+def test_delta_m_best_takes_the_best_setting_over_the_seeds_and_compares_split_by_split():
+    """The best twins are those of the setting best on average over the splits; a run is
+    compared with that setting's twin on its own split, never with a luckier split's."""
+    values = {  # (sharing, split) -> (interaction twin's MRR, rating twin's MSE)
+        ("shared", "0"): (0.10, 0.80),
+        ("shared", "1"): (0.12, 0.90),
+        ("mmoe", "0"): (0.13, 0.85),  # the best single MRR, on split 0 only
+        ("mmoe", "1"): (0.08, 0.95),
+    }
+    jobs = []
+    for (sharing, split), (mrr, mse) in values.items():
+        base = {"model.net.sharing": sharing, "data.split_seed": split, "weighting": "single"}
+        jobs.append(
+            job(
+                f"{sharing} {split} i",
+                base | {"weighting.task": "interaction"},
+                {"val/mrr": mrr, "val/mse": 3.0},
+            )
+        )
+        jobs.append(
+            job(
+                f"{sharing} {split} r",
+                base | {"weighting.task": "rating"},
+                {"val/mrr": 0.01, "val/mse": mse},
+            )
+        )
+    run = {"model.net.sharing": "mmoe", "data.split_seed": "1", "weighting": "pcgrad"}
+    jobs.append(job("mmoe 1", run, {"val/mrr": 0.11, "val/mse": 0.90}))
+    best = tables.best_twins(jobs)
+    # mean MRR: shared 0.11, mmoe 0.105; mean MSE: shared 0.85, mmoe 0.90
+    assert [j.name for j in best["interaction"].values()] == ["shared 0 i", "shared 1 i"]
+    assert [j.name for j in best["rating"].values()] == ["shared 0 r", "shared 1 r"]
+    # split 1 against shared's split-1 twins: 50 * [(0.12 - 0.11) / 0.12 + (0.90 - 0.90) / 0.90]
+    assert tables.delta_ms_best(jobs)[-1] == pytest.approx(50 * 0.01 / 0.12)
+
+
+def test_delta_m_best_of_a_sweep_without_twins_leaves_both_columns_out():
+    jobs = [j for j in weak_twin_sweep() if j.overrides["weighting"] != "single"]
+    assert all(math.isnan(d) for d in tables.delta_ms_best(jobs))
+    assert "delta_m_best" not in tables.summary_table(jobs, ["model.net.sharing"]).columns
+
+
+def test_the_trade_off_marks_the_best_twins_apart_from_each_settings():
+    jobs = weak_twin_sweep()
+    fig = figures.pareto_figure(jobs, ["model.net.sharing", "weighting", "seed"])
+    ax = fig.axes[0]
+    drawn = points_of(ax)
+    assert drawn["best twins"] == pytest.approx((0.10, 0.80))  # the best of each task
+    assert drawn["twins: sharing=mmoe"] == pytest.approx((0.08, 0.90))
+    assert drawn["twins: sharing=shared"] == pytest.approx((0.10, 0.80))
+    best = next(c for c in ax.collections if c.get_gid() == "best twins")
+    own = next(c for c in ax.collections if c.get_gid() == "twins: sharing=shared")
+    assert best.get_sizes()[0] > own.get_sizes()[0]  # around a setting's star where they meet
+    assert "best single-task twins" in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def test_twins_are_added_once_per_setting_and_first():
@@ -243,6 +351,15 @@ def test_a_twins_sweep_reports_delta_m_and_a_pareto_front(ratings_folder, tmp_pa
         + (shared["test/mse"] - rating["test/mse"]) / rating["test/mse"]
     )
     assert shared["delta_m"] == pytest.approx(expected, rel=1e-6)
+    assert runs["delta_m_best"].notna().sum() == 2
+    twin_rows = [f"sharing={s},weighting=single,task=" for s in ("shared", "mmoe")]
+    best_mrr = max(runs.loc[f"{row}interaction", "test/mrr"] for row in twin_rows)
+    best_mse = min(runs.loc[f"{row}rating", "test/mse"] for row in twin_rows)
+    expected = 50 * (
+        (best_mrr - shared["test/mrr"]) / best_mrr + (shared["test/mse"] - best_mse) / best_mse
+    )
+    assert shared["delta_m_best"] == pytest.approx(expected, rel=1e-6)
+    assert (runs["delta_m_best"] >= runs["delta_m"] - 1e-9).sum() == 2  # never below delta_m
     assert (sweep / "pareto.png").read_bytes().startswith(b"\x89PNG")
     ax = figures.pareto_figure(*tables.read_sweep(sweep)).axes[0]  # what pareto.png shows
     assert (ax.get_xlabel(), ax.get_ylabel()) == (
@@ -259,6 +376,7 @@ def test_a_twins_sweep_reports_delta_m_and_a_pareto_front(ratings_folder, tmp_pa
         ]
         star = (twin[0]["test/mrr"], twin[1]["test/mse"])
         assert drawn[f"twins: sharing={sharing}"] == pytest.approx(star)
+    assert drawn["best twins"] == pytest.approx((best_mrr, best_mse))
     assert (sweep / "sharing=mmoe" / "gates.png").exists()
     assert not (sweep / "sharing=shared" / "gates.png").exists()
 
@@ -379,6 +497,8 @@ def test_the_trade_off_of_three_tasks_is_drawn_pair_by_pair():
         stars = {"sharing=a": (0.12, 0.78, 0.8), "sharing=b": (0.13, 0.79, 0.81)}
         for label, best in stars.items():  # each twin's value on its own task
             assert drawn[f"twins: {label}"] == pytest.approx((best[a], best[b]))
+        best_of_each = (0.13, 0.78, 0.81)  # b's MRR and AUC, a's MSE: the lower is the better
+        assert drawn["best twins"] == pytest.approx((best_of_each[a], best_of_each[b]))
         ring = next(c for c in ax.collections if c.get_gid() == "non-dominated")
         ringed = sorted(map(tuple, ring.get_offsets()))
         expected = sorted((means[label][a], means[label][b]) for label in front)
@@ -389,6 +509,7 @@ def test_the_trade_off_of_three_tasks_is_drawn_pair_by_pair():
         "non-dominated (3 tasks)",
         "1: twins of sharing=a",  # numbered beside their stars
         "2: twins of sharing=b",
+        "best single-task twins",
     ]
     assert sorted(t.get_text() for t in panels[0].texts) == ["1", "2"]
 

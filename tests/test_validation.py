@@ -53,6 +53,7 @@ def message(*overrides: str) -> str:
         ["debug=fast"],
         ["experiment=zoo"],
         ["experiment=cs330"],
+        ["experiment=collapse"],
         [
             "model.net.embedding_dim=auto",
             "model.net.layer_sizes=[5,3]",
@@ -254,6 +255,14 @@ CASES = {
     "sparse rows with diagnostics under ddp": (
         ["model.sparse_rows=true", "trainer=ddp", "model.diagnostics=true"],
         ["model.sparse_rows=true with FixedWeighting", "weighting=fixed, or trainer=default"],
+    ),
+    "a fix of dense experts without them": (
+        ["model.net.residual=true", "model.net.sharing=mmoe"],
+        ["model.net.residual=true changes dense experts", "shared_bottom, mmoe_mlp"],
+    ),
+    "expert_norm not a boolean": (
+        ["model.net.expert_norm=2", "model.net.sharing=mmoe_mlp"],
+        ["model.net.expert_norm=2 is not valid", "true or false"],
     ),
     "synthetic shape from the variant": (
         ["data=synthetic", "data.variant=ml-5k"],

@@ -9,20 +9,30 @@ from torch import nn
 
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError, shown
+from mtrec.models.embedding_experts import EmbeddingExperts
 from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
 from mtrec.models.protocol import (
     EmbeddingNorms,
     Gated,
     Ranker,
     Recommender,
+    Represents,
     Rows,
     SharesRows,
     TableRows,
 )
-from mtrec.models.sharing import MIXERS, PLE, SHARINGS, CrossStitch, MMoE
+from mtrec.models.sharing import (
+    DENSE_MIXERS,
+    PLE,
+    SHARINGS,
+    TABLE_MIXERS,
+    CrossStitch,
+    MMoE,
+    SharedBottom,
+)
 
 
-class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated):
+class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Represents):
     """Heads over user and item embeddings, one per task of ``tasks``.
 
     - interaction head (matrix factorization): ``p_ij = u_i . q_j + b_j``
@@ -37,11 +47,16 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated):
     of thumb for the larger vocabulary and the first layer size follows it (3 * size).
 
     ``sharing`` names the architecture (default: from ``embedding_sharing``, true: ``shared``,
-    false: ``separate``, ``items``): ``shared_bottom``, ``mmoe`` (``experts`` shared experts),
-    ``cgc`` (``experts`` shared and ``task_experts`` per task), ``ple`` (``levels`` CGC levels)
-    mix a side's shared embedding into each task's vector (:mod:`mtrec.models.sharing`);
-    ``cross_stitch`` mixes the tasks' own embeddings. The heads read those vectors where
-    they read embeddings otherwise, so the interaction score stays ``u . q + b``.
+    false: ``separate``, ``items``). ``mmoe`` (``experts`` shared experts), ``cgc``
+    (``experts`` shared and ``task_experts`` per task), ``ple`` (``levels`` levels of gates)
+    and ``stem`` (as ``cgc``, every gate seeing every table, a task's gradient reaching the
+    shared tables and its own) mix embedding tables per id
+    (:mod:`mtrec.models.embedding_experts`): a side's table then holds every expert's row side
+    by side. ``shared_bottom``, ``mmoe_mlp``, ``cgc_mlp``, ``ple_mlp`` map a side's shared
+    embedding through dense experts into each task's vector (:mod:`mtrec.models.sharing`;
+    ``expert_norm``: normalised experts with Swish, ``residual``: a gated residual to the
+    embedding). ``cross_stitch`` mixes the tasks' own embeddings. The heads read those vectors
+    where they read embeddings otherwise, so the interaction score stays ``u . q + b``.
 
     ``rating_biases`` adds ``mu + b_u + b_i`` (``mu`` the training mean rating, the biases
     the rating head's own) to the MLP's output, so the MLP models only the interaction of
@@ -62,6 +77,8 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated):
         experts: int = 4,
         task_experts: int = 1,
         levels: int = 2,
+        expert_norm: bool = False,
+        residual: bool = False,
         tasks: Sequence[str] = ("interaction", "rating"),
     ):
         super().__init__()
@@ -69,7 +86,15 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated):
         # the interaction and rating heads are always built (the reference net); like on demand
         self._tasks = tuple(t for t in self.heads if t in tasks or t != "like")
         self.check_settings(
-            embedding_dim, layer_sizes, embedding_sharing, sharing, experts, task_experts, levels
+            embedding_dim,
+            layer_sizes,
+            embedding_sharing,
+            sharing,
+            experts,
+            task_experts,
+            levels,
+            expert_norm,
+            residual,
         )
         sharing = sharing_of(sharing, embedding_sharing, experts, task_experts, levels)
         num_users, num_items = data.num_users, data.num_items
@@ -78,8 +103,13 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated):
             layer_sizes = (3 * embedding_dim, *layer_sizes[1:])
         self.num_users, self.num_items = num_users, num_items
         self.sharing = sharing
-        self.user_embeddings = ScaledEmbedding(num_users, embedding_dim)
-        self.item_embeddings = ScaledEmbedding(num_items, embedding_dim)
+        # a row per id holds every expert table's row of that id, side by side
+        width = embedding_dim * table_experts(sharing, experts, task_experts, len(self._tasks))
+        self.user_embeddings = ScaledEmbedding(num_users, width)
+        self.item_embeddings = ScaledEmbedding(num_items, width)
+        if width != embedding_dim:  # each expert's row starts as a table of its own would
+            for table in (self.user_embeddings, self.item_embeddings):
+                nn.init.normal_(table.weight, 0.0, 1.0 / embedding_dim)
         self.item_biases = ZeroEmbedding(num_items, 1)
         own_users = sharing in ("separate", "items", "cross_stitch")  # a user table per task
         own_items = sharing in ("separate", "cross_stitch")
@@ -91,6 +121,7 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated):
         )
         # each side's mixer (None: the tasks read embeddings as they are)
         settings = {"experts": experts, "task_experts": task_experts, "levels": levels}
+        settings |= {"normalised": expert_norm, "residual": residual}
         self.user_mixer = mixer(sharing, embedding_dim, settings, self._tasks)
         self.item_mixer = mixer(sharing, embedding_dim, settings, self._tasks)
         if self.user_mixer is not None:  # gate use is weighted by each id's training rows
@@ -138,6 +169,8 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated):
         experts=4,
         task_experts=1,
         levels=2,
+        expert_norm=False,
+        residual=False,
     ) -> None:
         """The rules of these settings, checked once: when the net is built, and by config
         validation before any work (it calls this with the config's values)."""
@@ -146,7 +179,18 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated):
                 f"model.embedding_sharing={shown(embedding_sharing)} is not valid: "
                 "use true, false or items."
             )
-        sharing_of(sharing, embedding_sharing, experts, task_experts, levels)
+        chosen = sharing_of(sharing, embedding_sharing, experts, task_experts, levels)
+        for name, value in (("expert_norm", expert_norm), ("residual", residual)):
+            if not isinstance(value, bool):
+                raise ConfigError(
+                    f"model.net.{name}={shown(value)} is not valid: use true or false."
+                )
+            if value and chosen not in DENSE_MIXERS:
+                raise ConfigError(
+                    f"model.net.{name}=true changes dense experts, and "
+                    f"model.net.sharing={chosen} has none: use it with one of "
+                    f"{', '.join(DENSE_MIXERS)}, or model.net.{name}=false."
+                )
         if embedding_dim == "auto":  # the net sizes the MLP's input itself
             return
         dim = embedding_size(embedding_dim, 1)
@@ -301,6 +345,16 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated):
         every = torch.arange(self.num_items, device=self.item_biases.weight.device)
         return self._vector("item", "interaction", every, None)
 
+    def vectors(self) -> dict[tuple[str, str], torch.Tensor]:
+        """Every user's and every item's vector as each task reads it."""
+        found = {}
+        with torch.no_grad():
+            for side, count in (("user", self.num_users), ("item", self.num_items)):
+                every = torch.arange(count, device=self.item_biases.weight.device)
+                for task in self._tasks:
+                    found[side, task] = self._vector(side, task, every, None)
+        return found
+
 
 def _row(rows: Rows | None, key: str, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """The given shared rows, else the table's rows of ``ids``."""
@@ -333,17 +387,30 @@ def sharing_of(
     return sharing
 
 
-def mixer(sharing: str, dim: int, settings: dict[str, int], tasks) -> nn.Module | None:
+def table_experts(sharing: str, experts: int, task_experts: int, tasks: int) -> int:
+    """How many expert tables' rows a side's table row holds (1: one embedding)."""
+    if sharing not in TABLE_MIXERS:
+        return 1
+    return EmbeddingExperts.width(experts, 0 if sharing == "mmoe" else task_experts, tasks)
+
+
+def mixer(sharing: str, dim: int, settings: dict, tasks) -> nn.Module | None:
     """A side's mixer for architecture ``sharing`` and these tasks (None: embeddings as
     they are)."""
-    if sharing not in MIXERS:
-        return None
-    if sharing == "mmoe":
-        return MMoE(dim, settings["experts"], tasks)
-    if sharing in ("cgc", "ple"):
-        levels = 1 if sharing == "cgc" else settings["levels"]
-        return PLE(dim, settings["experts"], settings["task_experts"], levels, tasks)
-    return MIXERS[sharing](dim, tasks)
+    shared, own, levels = settings["experts"], settings["task_experts"], settings["levels"]
+    dense = {"normalised": settings["normalised"], "residual": settings["residual"]}
+    if sharing in TABLE_MIXERS:
+        own = 0 if sharing == "mmoe" else own
+        levels = levels if sharing == "ple" else 1
+        return EmbeddingExperts(dim, shared, own, tasks, levels, stop_gradient=sharing == "stem")
+    if sharing == "shared_bottom":
+        return SharedBottom(dim, tasks, **dense)
+    if sharing == "mmoe_mlp":
+        return MMoE(dim, shared, tasks, **dense)
+    if sharing in ("cgc_mlp", "ple_mlp"):
+        levels = 1 if sharing == "cgc_mlp" else levels
+        return PLE(dim, shared, own, levels, tasks, **dense)
+    return CrossStitch(dim, tasks) if sharing == "cross_stitch" else None
 
 
 def _mlp(layer_sizes: Sequence[int], dropout: float) -> nn.Sequential:

@@ -9,6 +9,8 @@ are capabilities a net takes on by inheriting them, checked once when a run is b
   rows, :class:`TableRows`, or a shared layer's output): where per-task gradients are taken.
 - :class:`EmbeddingNorms`: ``embedding_norms(users, items)``, for the SVD-style penalty.
 - :class:`Gated`: ``gate_use()``, mixture-of-experts gate shares to log.
+- :class:`Represents`: ``vectors()``, every id's vector as each task reads it, whose
+  collapse (effective rank, information abundance) is logged every epoch.
 """
 
 from __future__ import annotations
@@ -140,3 +142,10 @@ class Gated(ABC):
     @abstractmethod
     def gate_use(self) -> dict[str, torch.Tensor]:
         """Each gate's mean share per expert (``gate/<side>/<gate>/<expert>``)."""
+
+
+class Represents(ABC):
+    @abstractmethod
+    def vectors(self) -> dict[tuple[str, str], torch.Tensor]:
+        """Every id's vector (n × d) as each task reads it, keyed ``(side, task)``, side
+        ``user`` or ``item``; computed without gradients."""

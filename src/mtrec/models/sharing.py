@@ -20,21 +20,40 @@ from torch import nn
 TASK_NAMES = ("interaction", "rating")  # the reference's tasks: every mixer's default
 
 
-def _expert(dim: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
-
-
 class Experts(nn.Module):
     """``count`` experts (Linear + ReLU each) computed as one layer, initialised as separate
-    ones would be: output (..., count, dim)."""
+    ones would be: output (..., count, dim).
 
-    def __init__(self, dim: int, count: int):
+    ``normalised``: each expert's output normalised, then Swish instead of ReLU (expert
+    normalisation, HoME, Wang et al., "HoME: Hierarchy of Multi-Gate Experts for Multi-Task
+    Learning at Kuaishou", 2024; a layer norm here, where HoME uses batch statistics, so
+    training and scoring every id agree): no expert's scale can starve the others."""
+
+    def __init__(self, dim: int, count: int, normalised: bool = False):
         super().__init__()
         self.count = count
         self.layer = nn.Linear(dim, count * dim)
+        self.norm = nn.LayerNorm(dim) if normalised else None
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.layer(rows)).unflatten(-1, (self.count, -1))
+        out = self.layer(rows).unflatten(-1, (self.count, -1))
+        if self.norm is None:
+            return torch.relu(out)
+        return nn.functional.silu(self.norm(out))
+
+
+class GatedResidual(nn.Module):
+    """``2 sigmoid(W e) * e``, added to a task's mixed vector (the gate neural unit of PEPNet,
+    Chang et al., "PEPNet: Parameter and Embedding Personalized Network for Infusing with
+    Personalized Prior Information", KDD 2023): the id's own row reaches the head scaled per
+    dimension, so the free per-id rows keep a path past the shared maps."""
+
+    def __init__(self, dim: int, tasks):
+        super().__init__()
+        self.gates = nn.ModuleDict({task: nn.Linear(dim, dim) for task in tasks})
+
+    def forward(self, task: str, rows: torch.Tensor) -> torch.Tensor:
+        return 2 * torch.sigmoid(self.gates[task](rows)) * rows
 
 
 def softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -63,18 +82,21 @@ def _mix(gate_logits: torch.Tensor, *groups: torch.Tensor) -> torch.Tensor:
 
 
 class TowerMixer(nn.Module):
-    """A shared part, then a mix of it per task (``mix``), then the task's linear tower."""
+    """A shared part, then a mix of it per task (``mix``), then the task's linear tower
+    (``residual``: plus a :class:`GatedResidual` of the row)."""
 
-    def __init__(self, dim: int, tasks=TASK_NAMES):
+    def __init__(self, dim: int, tasks=TASK_NAMES, residual: bool = False):
         super().__init__()
         self.tasks = tuple(tasks)
         self.towers = _towers(dim, self.tasks)
+        self.residual = GatedResidual(dim, self.tasks) if residual else None
 
     def vector(
         self, task: str, rows: torch.Tensor, shared: torch.Tensor | None = None
     ) -> torch.Tensor:
         shared = self.shared(rows) if shared is None else shared
-        return self.towers[task](self.mix(task, rows, shared))
+        vector = self.towers[task](self.mix(task, rows, shared))
+        return vector if self.residual is None else vector + self.residual(task, rows)
 
     def gates(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
@@ -83,12 +105,12 @@ class TowerMixer(nn.Module):
 class SharedBottom(TowerMixer):
     """A shared layer under a linear tower per task (Caruana, "Multitask Learning", 1997)."""
 
-    def __init__(self, dim: int, tasks=TASK_NAMES):
-        super().__init__(dim, tasks)
-        self.bottom = _expert(dim)
+    def __init__(self, dim: int, tasks=TASK_NAMES, normalised: bool = False, residual=False):
+        super().__init__(dim, tasks, residual)
+        self.bottom = Experts(dim, 1, normalised)
 
     def shared(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.bottom(rows)
+        return self.bottom(rows).squeeze(-2)
 
     def mix(self, task: str, rows: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         return shared
@@ -100,9 +122,16 @@ class MMoE(TowerMixer):
     softmax gate per task reading the row, a linear tower per task. One expert is a shared
     bottom."""
 
-    def __init__(self, dim: int, experts: int = 4, tasks=TASK_NAMES):
-        super().__init__(dim, tasks)
-        self.experts = Experts(dim, experts)
+    def __init__(
+        self,
+        dim: int,
+        experts: int = 4,
+        tasks=TASK_NAMES,
+        normalised: bool = False,
+        residual: bool = False,
+    ):
+        super().__init__(dim, tasks, residual)
+        self.experts = Experts(dim, experts, normalised)
         self.gate_layers = nn.ModuleDict({task: nn.Linear(dim, experts) for task in self.tasks})
 
     def shared(self, rows: torch.Tensor) -> torch.Tensor:
@@ -121,12 +150,20 @@ class ExtractionLevel(nn.Module):
     into the next level's shared input."""
 
     def __init__(
-        self, dim: int, shared_experts: int, task_experts: int, last: bool, tasks=TASK_NAMES
+        self,
+        dim: int,
+        shared_experts: int,
+        task_experts: int,
+        last: bool,
+        tasks=TASK_NAMES,
+        normalised: bool = False,
     ):
         super().__init__()
         self.tasks = tuple(tasks)
-        self.shared_experts = Experts(dim, shared_experts)
-        self.task_experts = nn.ModuleDict({t: Experts(dim, task_experts) for t in self.tasks})
+        self.shared_experts = Experts(dim, shared_experts, normalised)
+        self.task_experts = nn.ModuleDict(
+            {t: Experts(dim, task_experts, normalised) for t in self.tasks}
+        )
         width = task_experts + shared_experts
         self.task_gates = nn.ModuleDict({t: nn.Linear(dim, width) for t in self.tasks})
         every = len(self.tasks) * task_experts + shared_experts
@@ -168,14 +205,19 @@ class PLE(nn.Module):
         task_experts: int = 1,
         levels: int = 2,
         tasks=TASK_NAMES,
+        normalised: bool = False,
+        residual: bool = False,
     ):
         super().__init__()
         self.tasks = tuple(tasks)
         self.levels = nn.ModuleList(
-            ExtractionLevel(dim, shared_experts, task_experts, i == levels - 1, self.tasks)
+            ExtractionLevel(
+                dim, shared_experts, task_experts, i == levels - 1, self.tasks, normalised
+            )
             for i in range(levels)
         )
         self.towers = _towers(dim, self.tasks)
+        self.residual = GatedResidual(dim, self.tasks) if residual else None
 
     def _last_inputs(self, rows: torch.Tensor):
         inputs, shared_input = dict.fromkeys(self.tasks, rows), rows
@@ -192,7 +234,8 @@ class PLE(nn.Module):
         inputs, shared_input = self._last_inputs(rows)
         if shared is None:
             shared = self.levels[-1].shared(shared_input)
-        return self.towers[task](self.levels[-1].task_output(task, inputs[task], shared))
+        vector = self.towers[task](self.levels[-1].task_output(task, inputs[task], shared))
+        return vector if self.residual is None else vector + self.residual(task, rows)
 
     def gates(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each level's task gates (own experts first, then the shared ones) and shared gate."""
@@ -224,13 +267,9 @@ class CrossStitch(nn.Module):
         return sum(weights[i] * rows[name] for i, name in enumerate(self.tasks))
 
 
-#: the architectures of ``model.net.sharing`` with a mixer; ``shared``, ``separate`` and ``items``
-#: choose embedding tables only
-MIXERS = {
-    "shared_bottom": SharedBottom,
-    "mmoe": MMoE,
-    "cgc": PLE,
-    "ple": PLE,
-    "cross_stitch": CrossStitch,
-}
-SHARINGS = ("shared", "separate", "items", *MIXERS)
+#: the architectures of ``model.net.sharing`` whose experts are dense maps shared by every id
+DENSE_MIXERS = ("shared_bottom", "mmoe_mlp", "cgc_mlp", "ple_mlp")
+#: those whose experts are embedding tables (:mod:`mtrec.models.embedding_experts`)
+TABLE_MIXERS = ("mmoe", "cgc", "ple", "stem")
+#: every architecture; ``shared``, ``separate`` and ``items`` choose embedding tables only
+SHARINGS = ("shared", "separate", "items", *TABLE_MIXERS, *DENSE_MIXERS, "cross_stitch")

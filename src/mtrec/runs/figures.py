@@ -1,5 +1,6 @@
 """A sweep's figures: curves per epoch, final metrics per run, the trade-off between the
-tasks, and each mixture-of-experts run's gate use.
+tasks, the effective rank of each task's vectors per epoch, and each mixture-of-experts run's
+gate use.
 
 Each ``*_figure`` function returns the matplotlib figure (``None`` when there is nothing to
 draw), so what it draws can be read back; :func:`write_figures` saves them as PNG files.
@@ -17,7 +18,15 @@ import pandas as pd
 from mtrec.files import atomic_write_bytes
 from mtrec.mtl import tasks
 from mtrec.runs import twins
-from mtrec.runs.tables import Job, compared_prefix, metric_names, metric_sort_key, seed_keys, shown
+from mtrec.runs.tables import (
+    Job,
+    best_twins,
+    compared_prefix,
+    metric_names,
+    metric_sort_key,
+    seed_keys,
+    shown,
+)
 
 #: more settings than this and the trade-off figure colours and marks instead of labelling
 LABELLED_POINTS = 12
@@ -26,6 +35,8 @@ LINESTYLES = ("-", "--", ":", "-.")  # runs 1-10, 11-20, ...: one per ten colour
 HATCHES = ("", "//", "..", "xx")
 LEGEND_INSIDE = 8  # more runs than this and a curve's legend goes beside the axes
 COSINE = "mtl/grad_cosine"  # one per pair of tasks (mtl/grad_cosine/<a>-<b>), or one of two
+EFFECTIVE_RANK = "mtl/effective_rank"  # one per side and task: mtl/effective_rank/user/rating
+BEST_TWINS = "best single-task twins"  # the legend's name of the best twins' star
 
 
 def _pyplot():
@@ -67,6 +78,7 @@ def write_figures(jobs: list[Job], keys: list[str], sweep_dir: Path) -> list[Pat
         written.append(_save(curve_figure(finished, keys, name), path))
     figures = {"final_metrics.png": final_metrics_figure(finished, keys)}
     figures["pareto.png"] = pareto_figure(finished, keys)
+    figures["effective_rank.png"] = effective_rank_figure(finished, keys)
     written += [_save(fig, sweep_dir / name) for name, fig in figures.items() if fig is not None]
     for job in finished:
         gates = write_gate_figure(job.folder, job.metrics["history"])
@@ -138,6 +150,72 @@ def curve_figure(jobs: list[Job], keys: list[str], name: str):
     return fig
 
 
+def effective_rank_panels(jobs: list[Job]) -> list[tuple[str, str]]:
+    """The (side, task) pairs whose effective rank some run logged, users first, tasks in
+    task order."""
+    logged = {k for j in jobs for h in j.metrics.get("history", []) for k in h}
+    names = sorted((n for n in logged if n.startswith(f"{EFFECTIVE_RANK}/")), key=metric_sort_key)
+    parts = [n.removeprefix(f"{EFFECTIVE_RANK}/").split("/") for n in names]
+    return [(p[0], p[1]) for p in parts if len(p) == 2]
+
+
+def effective_rank_figure(jobs: list[Job], keys: list[str]):
+    """The effective rank of each side's vectors per task (``mtl/effective_rank/<side>/<task>``)
+    per epoch, one line per run: a shared map collapsing to a few directions shows as a rank
+    that falls. A row per side (users, items), a column per task; ``None`` when no run logged
+    it. Each panel's title is its ``<side>/<task>``; the runs are named once, beside them."""
+    panels = effective_rank_panels(jobs)
+    if not panels:
+        return None
+    plt = _pyplot()
+    sides = list(dict.fromkeys(side for side, _ in panels))
+    names = list(dict.fromkeys(task for _, task in panels))
+    columns = {task: i for i, task in enumerate(names)}
+    legend_columns = math.ceil(len(jobs) / 30)  # about 30 runs to a column of the legend
+    longest = max(len(run_label(job, keys)) for job in jobs)
+    legend = legend_columns * (0.06 * longest + 0.8)  # inches beside the panels
+    width = 4.2 * len(names) + legend
+    fig, axes = plt.subplots(
+        len(sides), len(names), figsize=(width, 3.3 * len(sides) + 0.6), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")  # until it gets a curve: a side may not read every task's vectors
+    handles = {}
+    for side, task in panels:
+        ax = axes[sides.index(side), columns[task]]
+        ax.axis("on")
+        name = f"{EFFECTIVE_RANK}/{side}/{task}"
+        for i, job in enumerate(jobs):
+            points = [(h["epoch"], h[name]) for h in job.metrics.get("history", []) if name in h]
+            if points:
+                (line,) = ax.plot(
+                    *zip(*points, strict=True),
+                    label=run_label(job, keys),
+                    linewidth=1.5,
+                    color=f"C{i % 10}",
+                    linestyle=LINESTYLES[i // 10 % len(LINESTYLES)],  # past ten colours
+                    marker="o" if len(points) == 1 else None,
+                )
+                handles.setdefault(i, line)
+        ax.set_title(f"{side}/{task}", fontsize=10)
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.set_ylabel("effective rank", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    ordered = [handles[i] for i in sorted(handles)]
+    fig.legend(
+        ordered,
+        [line.get_label() for line in ordered],
+        loc="upper right",
+        bbox_to_anchor=(1, 0.95),  # level with the panels, below the title
+        ncol=legend_columns,
+        fontsize=8 if len(ordered) <= LEGEND_INSIDE else 7,
+    )
+    fig.suptitle("effective rank of each task's vectors per epoch (falling: collapsing)")
+    fig.tight_layout(rect=(0, 0, 1 - legend / width, 0.97))
+    return fig
+
+
 def final_metrics_figure(jobs: list[Job], keys: list[str]):
     """One bar chart per held-out metric (task by task), one bar per run; ``None`` without
     metrics. The gradient diagnostics have their own curves."""
@@ -205,8 +283,10 @@ def _mean(values: list[float]) -> float:
 def pareto_figure(jobs: list[Job], keys: list[str]):
     """The trade-off between the tasks' main metrics: each run (or setting: mean over seeds),
     the non-dominated ones marked, each setting's single-task twins as one star (each twin's
-    value on its own task: what separate single-task models give). ``None`` unless two
-    settings have two tasks' metrics.
+    value on its own task: what separate single-task models give), and the best twin of each
+    task, whatever its setting, as one larger gold star (``gid`` ``best twins``: the ideal of
+    the best single-task models, the twins ``delta_m_best`` compares with). ``None`` unless
+    two settings have two tasks' metrics.
 
     Two tasks: MSE against MRR (:func:`_two_task_figure`); more: one panel per pair of
     tasks, better up and to the right in each (:func:`_pairwise_figure`)."""
@@ -229,11 +309,27 @@ def pareto_figure(jobs: list[Job], keys: list[str]):
         s: {task: _mean(values) for task, values in found.items()}
         for s, found in twin_values.items()
     }
+    best = {
+        task: _mean(
+            [j.metrics["final"][f"{prefix}/{tasks.task_named(task).main_metric}"] for j in found]
+        )
+        for task, found in ((t, list(by_seed.values())) for t, by_seed in best_twins(jobs).items())
+    }
     title = "Trade-off between the tasks" + (" (mean over seeds)" if seed_keys(keys) else "")
     style = _Style(settings, label_keys)
-    if len(compared) == 2:
-        return _two_task_figure(settings, means, twin_means, compared, prefix, style, title)
-    return _pairwise_figure(settings, means, twin_means, compared, prefix, style, title)
+    figure = _two_task_figure if len(compared) == 2 else _pairwise_figure
+    return figure(settings, means, twin_means, best, compared, prefix, style, title)
+
+
+def _best_twins_star(ax, x: float, y: float, in_legend: bool = False) -> None:
+    """The best twins' star: larger than each setting's twins' and gold, drawn under them
+    (where a setting's twins are the best ones, their star sits inside it)."""
+    ax.scatter(
+        [x], [y], marker="*", s=420, color="gold", edgecolors="0.2", linewidths=0.8, zorder=3.5
+    )
+    ax.collections[-1].set_gid("best twins")
+    if in_legend:
+        ax.collections[-1].set_label(BEST_TWINS)
 
 
 class _Style:
@@ -257,13 +353,17 @@ class _Style:
             return "o"
         return MARKERS[self.rests.index(_setting_label(setting, self.key)) % len(MARKERS)]
 
-    def legend(self, ax) -> None:
-        """Front, twins and the colours and markers (grouped), beside the axes."""
+    def legend(self, ax, best: bool = False) -> None:
+        """Front, twins (``best``: and the best twins) and the colours and markers (grouped),
+        beside the axes."""
         from matplotlib.lines import Line2D
 
         handles = [Line2D([], [], color="0.2", marker="o", markerfacecolor="none", markersize=11)]
         handles += [Line2D([], [], color="0.4", marker="*", markersize=12, linestyle="")]
         names = ["non-dominated", "single-task twins"]
+        if best:
+            handles += [_best_twins_handle()]
+            names += [BEST_TWINS]
         handles += [
             Line2D([], [], color=f"C{i % 10}", marker="s", linestyle="")
             for i in range(len(self.groups))
@@ -277,6 +377,14 @@ class _Style:
         ax.legend(handles, names, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
 
 
+def _best_twins_handle():
+    from matplotlib.lines import Line2D
+
+    return Line2D(
+        [], [], marker="*", markersize=17, color="gold", markeredgecolor="0.2", linestyle=""
+    )
+
+
 def _axis_label(prefix: str, task: tasks.Task, reversed_axis: bool = False) -> str:
     if task.higher_is_better:
         return f"{prefix}/{task.main_metric} (higher is better)"
@@ -285,7 +393,7 @@ def _axis_label(prefix: str, task: tasks.Task, reversed_axis: bool = False) -> s
     )
 
 
-def _two_task_figure(settings, means, twin_means, compared, prefix, style, title):
+def _two_task_figure(settings, means, twin_means, best, compared, prefix, style, title):
     """The second task's main metric against the first's (MSE against MRR): each setting
     one point (``gid``: its label), the non-dominated ones joined. Up to
     :data:`LABELLED_POINTS` points each carry their label; past that only the front's."""
@@ -334,23 +442,27 @@ def _two_task_figure(settings, means, twin_means, compared, prefix, style, title
                     xytext=(4, -9),
                     textcoords="offset points",
                 )
+    has_best = first.name in best and second.name in best
+    if has_best:
+        _best_twins_star(ax, best[first.name], best[second.name], in_legend=True)
     ax.set(xlabel=_axis_label(prefix, first), ylabel=_axis_label(prefix, second), title=title)
     ax.grid(alpha=0.3)
     ax.margins(0.12)  # room for the labels at the edges
     if style.grouped:
-        style.legend(ax)
+        style.legend(ax, best=has_best)
     else:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
 
 
-def _pairwise_figure(settings, means, twin_means, compared, prefix, style, title):
+def _pairwise_figure(settings, means, twin_means, best, compared, prefix, style, title):
     """One panel per pair of tasks' main metrics, each axis of an error reversed so better
     is up and to the right everywhere. A setting keeps its colour and marker in every panel
     (the legend names them); the settings non-dominated on all the tasks together are
     ringed (a setting can look dominated in one panel and not be: the rings tell).
-    Each point's ``gid`` is its label; each star's ``twins: <label>``."""
+    Each point's ``gid`` is its label; each star's ``twins: <label>``, the best twins'
+    ``best twins``."""
     from matplotlib.lines import Line2D
 
     plt = _pyplot()
@@ -382,6 +494,9 @@ def _pairwise_figure(settings, means, twin_means, compared, prefix, style, title
             ax.collections[-1].set_gid("non-dominated")
         shown = [m for m in means if a.name in m and b.name in m]
         shown += [f for f in twin_means.values() if a.name in f and b.name in f]
+        if a.name in best and b.name in best:
+            _best_twins_star(ax, best[a.name], best[b.name])
+            shown.append(best)
         for number, (setting, found) in enumerate(twin_means.items(), 1):
             if a.name in found and b.name in found:
                 ax.scatter(
@@ -418,8 +533,9 @@ def _pairwise_figure(settings, means, twin_means, compared, prefix, style, title
     for ax in list(axes.flat)[len(pairs) :]:
         ax.axis("off")
     corner = axes.flat[columns - 1]
+    has_best = sum(t.name in best for t in compared) > 1  # drawn in one panel at least
     if style.grouped:
-        style.legend(corner)
+        style.legend(corner, best=has_best)
     else:
         handles = [
             Line2D([], [], color=color(i), marker=marker(i), linestyle="")
@@ -439,6 +555,9 @@ def _pairwise_figure(settings, means, twin_means, compared, prefix, style, title
         for number, setting in enumerate(twin_means, 1) if len(twin_means) > 1 else ():
             handles.append(star)
             names.append(f"{number}: twins of {_setting_label(setting) or 'single-task'}")
+        if has_best:
+            handles.append(_best_twins_handle())
+            names.append(BEST_TWINS)
         corner.legend(handles, names, fontsize=8, loc="upper left", bbox_to_anchor=(1.03, 1))
     fig.suptitle(f"{title}: better is up and to the right in each panel")
     fig.tight_layout()

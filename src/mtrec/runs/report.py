@@ -1,10 +1,16 @@
 """The report of a sweep: its summary tables and figures, and the ``mtrec-report`` command.
 
 ``mtrec-report <sweep folder>`` (re)writes ``summary.csv``, ``summary.md`` (with a table of
-mean ± sd over the seeds, also ``summary_over_seeds.csv``, when a seed is swept; ``delta_m``
-when the sweep holds single-task twins) and the PNG figures from what the jobs left in their
-run folders, so it works for any finished or interrupted sweep and any launcher. The tables
-are :mod:`mtrec.runs.tables`, the figures :mod:`mtrec.runs.figures`.
+mean ± sd over the seeds, also ``summary_over_seeds.csv``, when a seed is swept) and the PNG
+figures from what the jobs left in their run folders, so it works for any finished or
+interrupted sweep and any launcher. The tables are :mod:`mtrec.runs.tables`, the figures
+:mod:`mtrec.runs.figures`.
+
+The summary has one row per job: its swept values, ``status``, ``wall_seconds``, ``epochs``,
+then each metric's final value, best value and best epoch (the ``mtl/`` diagnostics too, e.g.
+``mtl/effective_rank/<side>/<task>``), then, when the sweep holds single-task twins,
+``delta_m`` (Δm against the twins of the run's setting) and ``delta_m_best`` (against the
+best twin of each task anywhere in the sweep), and ``error``.
 """
 
 from __future__ import annotations

@@ -4,11 +4,16 @@ The jobs are read from what they left in their run folders (overrides, job recor
 metrics, through :mod:`mtrec.runs.folder`), so this works for any finished or interrupted
 sweep and any launcher. Metrics come in the order of :mod:`mtrec.mtl.tasks`: task by task,
 each task's main metric first.
+
+Δm comes twice: ``delta_m`` against the twins of the run's own setting, and ``delta_m_best``
+against the best twin of each task anywhere in the sweep (:func:`best_twins`), so a twin of
+a weak architecture cannot flatter the multi-task runs of that architecture.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,12 +86,17 @@ def _task_order(names: str) -> tuple[int, ...]:
     return tuple(order.get(name, len(order)) for name in names.split("-"))
 
 
+SIDES = ("user", "item")  # the sides of the vectors a diagnostic may read, in table order
+
+
 def metric_sort_key(name: str) -> tuple:
     """Where a metric comes in tables and figures (see :func:`metric_names`)."""
     prefix, _, metric = name.partition("/")
-    if prefix == "mtl":  # a diagnostic, then its task or pair: mtl/grad_cosine/rating-like
-        diagnostic, _, of = metric.partition("/")
-        return (2, diagnostic, _task_order(of) if of else (), name)
+    if prefix == "mtl":  # a diagnostic, then its side and its task or pair of tasks:
+        diagnostic, _, of = metric.partition("/")  # mtl/grad_cosine/rating-like,
+        side, _, of = of.rpartition("/")  # mtl/effective_rank/user/interaction
+        side_order = SIDES.index(side) if side in SIDES else len(SIDES) if side else -1
+        return (2, diagnostic, side_order, _task_order(of) if of else (), name)
     task = tasks.task_of_metric(metric)
     if task is None:  # metrics of no task (val/combined) after every task's
         return ({"test": 0, "val": 1}.get(prefix, 3), len(tasks.TASKS), 0, name)
@@ -101,8 +111,9 @@ def metric_sort_key(name: str) -> tuple:
 def metric_names(jobs: list[Job]) -> list[str]:
     """Every metric any job reported, in table order: test before val, then task by task in
     the order of :data:`mtrec.mtl.tasks.TASKS` (metrics of no task, e.g. ``combined``, last),
-    then the ``mtl/`` diagnostics, each by pair of tasks in task order. Gate use
-    (``mtl/gate/...``, many values) stays in metrics.json and its figure."""
+    then the ``mtl/`` diagnostics, each by side (user, item) and by task or pair of tasks in
+    task order. Gate use (``mtl/gate/...``, many values) stays in metrics.json and its
+    figure."""
     names = {m for job in jobs for m in job.metrics.get("final", {}) if "/gate/" not in m}
     return sorted(names, key=metric_sort_key)
 
@@ -130,19 +141,86 @@ def twin_finals(jobs: list[Job]) -> dict[tuple, dict[str, float]]:
     return finals
 
 
-def delta_ms(jobs: list[Job]) -> list[float]:
-    """Each job's Δm against the single-task twins of its setting, one per task it trains
-    (NaN for the twins, and for runs missing a twin); see :mod:`mtrec.runs.twins`."""
-    prefix, finals = compared_prefix(jobs), twin_finals(jobs)
-    values = []
+def _is_seed(key: str) -> bool:
+    return key.rsplit(".", 1)[-1].endswith("seed")
+
+
+def _split_setting(job: Job) -> tuple[tuple, tuple]:
+    """A job's setting (:func:`mtrec.runs.twins.setting`) as (what it is, how it is seeded)."""
+    pairs = twins.setting(shown(job.overrides))
+    return (
+        tuple(p for p in pairs if not _is_seed(p[0])),
+        tuple(p for p in pairs if _is_seed(p[0])),
+    )
+
+
+def best_twins(jobs: list[Job]) -> dict[str, dict[tuple, Job]]:
+    """Per task, the twins of the setting whose completed single-task twins of that task are
+    best on its main metric (under :func:`compared_prefix`, in the task's direction, the mean
+    over the seeds), whatever the setting: the strongest model of that task alone the sweep
+    found, one twin per seeding (``{seeds: job}``), so a run is compared on its own split."""
+    prefix = compared_prefix(jobs)
+    found: dict[str, dict[tuple, dict[tuple, Job]]] = {}
+    for job in jobs:
+        name = twins.twin_task(job.overrides)
+        if name is None or job.status != "completed":
+            continue
+        metric = f"{prefix}/{tasks.task_named(name).main_metric}"
+        if math.isnan(job.metrics.get("final", {}).get(metric, math.nan)):
+            continue
+        setting, seeds = _split_setting(job)
+        found.setdefault(name, {}).setdefault(setting, {})[seeds] = job
+    best = {}
+    for name, settings in found.items():
+        task = tasks.task_named(name)
+        metric = f"{prefix}/{task.main_metric}"
+
+        def score(by_seed: dict[tuple, Job], task=task, metric=metric) -> float:
+            mean = sum(j.metrics["final"][metric] for j in by_seed.values()) / len(by_seed)
+            return mean if task.higher_is_better else -mean
+
+        best[name] = max(settings.values(), key=score)
+    return best
+
+
+def _delta_ms(
+    jobs: list[Job], twins_of: Callable[[Job], Mapping[str, Mapping[str, float]]]
+) -> list[float]:
+    """Each job's Δm against ``twins_of(job)`` (``{task: final metrics}``); NaN for twins."""
+    prefix, values = compared_prefix(jobs), []
     for job in jobs:
         if twins.twin_task(job.overrides) is not None:
             values.append(math.nan)
             continue
-        setting, trained = twins.setting(shown(job.overrides)), twins.trained(job.overrides)
-        found = {task: finals.get((setting, task), {}) for task in trained}
-        values.append(twins.delta_m(job.metrics.get("final", {}), found, prefix, trained))
+        trained = twins.trained(job.overrides)
+        values.append(twins.delta_m(job.metrics.get("final", {}), twins_of(job), prefix, trained))
     return values
+
+
+def delta_ms(jobs: list[Job]) -> list[float]:
+    """Each job's Δm against the single-task twins of its setting, one per task it trains
+    (NaN for the twins, and for runs missing a twin); see :mod:`mtrec.runs.twins`."""
+    finals = twin_finals(jobs)
+
+    def own(job: Job) -> dict[str, dict[str, float]]:
+        setting = twins.setting(shown(job.overrides))
+        return {task: finals.get((setting, task), {}) for task in twins.trained(job.overrides)}
+
+    return _delta_ms(jobs, own)
+
+
+def delta_ms_best(jobs: list[Job]) -> list[float]:
+    """Each job's Δm against the best twins of each task it trains, of any setting, on the
+    job's own seeds (:func:`best_twins`; NaN for the twins, and for runs of a task no twin
+    trained on those seeds). A twin its architecture weakens cannot lower it."""
+    best = best_twins(jobs)
+
+    def strongest(job: Job) -> dict[str, dict[str, float]]:
+        seeds = _split_setting(job)[1]
+        found = {task: by_seed.get(seeds) for task, by_seed in best.items()}
+        return {task: twin.metrics.get("final", {}) for task, twin in found.items() if twin}
+
+    return _delta_ms(jobs, strongest)
 
 
 def summary_table(jobs: list[Job], keys: list[str]) -> pd.DataFrame:
@@ -163,9 +241,10 @@ def summary_table(jobs: list[Job], keys: list[str]) -> pd.DataFrame:
         row["error"] = job.error
         rows.append(row)
     table = pd.DataFrame(rows)
-    deltas = delta_ms(jobs)
-    if any(not math.isnan(d) for d in deltas):  # the sweep holds single-task twins
-        table.insert(table.columns.get_loc("error"), "delta_m", deltas)
+    deltas = {"delta_m": delta_ms(jobs), "delta_m_best": delta_ms_best(jobs)}
+    if any(not math.isnan(d) for values in deltas.values() for d in values):  # twins found
+        for column, values in deltas.items():
+            table.insert(table.columns.get_loc("error"), column, values)
     return table
 
 

@@ -15,7 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mtrec.data.interactions import HeldOut
 from mtrec.errors import ConfigError, TrainingDiverged
-from mtrec.models.protocol import Gated
+from mtrec.models.protocol import Gated, Represents
+from mtrec.mtl.collapse import collapse
 from mtrec.mtl.evaluation import evaluate
 from mtrec.mtl.objective import Objective
 from mtrec.mtl.step import LOSS, StepEngine
@@ -198,10 +199,13 @@ class RecommenderModule(L.LightningModule):
             self.epoch_diagnostics = self._diagnostics()
 
     def _diagnostics(self) -> dict[str, torch.Tensor]:
-        """This epoch's ``mtl/...`` values: the engine's, and the gates' use of gated nets."""
+        """This epoch's ``mtl/...`` values: the engine's, the gates' use of gated nets, and
+        how collapsed the vectors each task reads are (:mod:`mtrec.mtl.collapse`)."""
         values = self.engine.epoch_diagnostics()
         if isinstance(self.net, Gated):
             values |= {f"mtl/{name}": value for name, value in self.net.gate_use().items()}
+        if isinstance(self.net, Represents):
+            values |= {f"mtl/{name}": v for name, v in collapse(self.net.vectors()).items()}
         return values
 
     def _log_steps(self, per_step: dict[str, torch.Tensor], steps_before: int) -> None:
