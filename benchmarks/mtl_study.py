@@ -45,9 +45,10 @@ def runs(sweep: Path) -> pd.DataFrame:
     table = tables.summary_table(jobs, keys)
     table = table[table["status"] == "completed"].copy()
     table["twin"] = [twins.twin_task(job.overrides) for job in jobs if job.status == "completed"]
+    weights = table[LAMBDA] if LAMBDA in table else [None] * len(table)  # one strategy swept
     table["setting"] = [
         "fixed λF=" + str(w) if s == "fixed" else s
-        for s, w in zip(table[WEIGHTING], table[LAMBDA], strict=True)
+        for s, w in zip(table[WEIGHTING], weights, strict=True)
     ]
     return table
 
@@ -119,7 +120,7 @@ def main() -> None:
     parser.add_argument("sweep", type=Path)
     args = parser.parse_args()
     table = runs(args.sweep)
-    if table.empty or not math.isfinite(table["delta_m"].max()):
+    if table.empty or "delta_m" not in table or not math.isfinite(table["delta_m"].max()):
         raise SystemExit(f"{args.sweep}: no completed runs with a delta_m (a twins sweep?)")
     print(study_table(table))
     print()
