@@ -19,7 +19,6 @@ split seeds, the mean over them.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -30,15 +29,11 @@ from mtrec.data.info import DataInfo
 from mtrec.models import MultiTaskNet
 from mtrec.models.sharing import SHARINGS
 from mtrec.mtl.collapse import collapse
+from mtrec.runs import tables
 
 MRR = "val/mrr_interaction"
 RANKS = ("mtl/effective_rank/user/interaction", "mtl/effective_rank/item/interaction")
 FIXES = ("model.net.expert_norm", "model.net.residual")
-
-
-def overrides(job: Path) -> dict[str, str]:
-    lines = (job / ".hydra" / "overrides.yaml").read_text().splitlines()
-    return dict(line.lstrip("- ").split("=", 1) for line in lines if "=" in line)
 
 
 def architecture(values: dict[str, str]) -> str:
@@ -50,8 +45,8 @@ def architecture(values: dict[str, str]) -> str:
 def rows(sweeps: list[Path]) -> dict[str, list[dict[str, float]]]:
     """Per architecture, one dict of figures per completed run (split seed)."""
     found: dict[str, list[dict[str, float]]] = {}
-    for metrics in sorted(m for sweep in sweeps for m in sweep.glob("*/metrics.json")):
-        history = json.loads(metrics.read_text()).get("history", [])
+    for job in (job for sweep in sweeps for job in tables.read_sweep(sweep)[0]):
+        history = job.metrics.get("history", [])
         epochs = [epoch for epoch in history if MRR in epoch]
         if not epochs:
             continue
@@ -59,7 +54,7 @@ def rows(sweeps: list[Path]) -> dict[str, list[dict[str, float]]]:
         figures = {"epochs": last["epoch"], "mrr": last[MRR]}
         figures["best_mrr"] = max(epoch[MRR] for epoch in epochs)
         figures |= {name: last.get(name, float("nan")) for name in RANKS}
-        name = architecture(overrides(metrics.parent))
+        name = architecture(job.overrides)
         found.setdefault(name, []).append(figures)
     return found
 

@@ -141,7 +141,8 @@ def twin_finals(jobs: list[Job]) -> dict[tuple, dict[str, float]]:
     return finals
 
 
-def _is_seed(key: str) -> bool:
+def is_seed(key: str) -> bool:
+    """A key that only reseeds a run (``seed``, ``data.split_seed``, ...)."""
     return key.rsplit(".", 1)[-1].endswith("seed")
 
 
@@ -149,8 +150,8 @@ def _split_setting(job: Job) -> tuple[tuple, tuple]:
     """A job's setting (:func:`mtrec.runs.twins.setting`) as (what it is, how it is seeded)."""
     pairs = twins.setting(shown(job.overrides))
     return (
-        tuple(p for p in pairs if not _is_seed(p[0])),
-        tuple(p for p in pairs if _is_seed(p[0])),
+        tuple(p for p in pairs if not is_seed(p[0])),
+        tuple(p for p in pairs if is_seed(p[0])),
     )
 
 
@@ -281,8 +282,8 @@ def compact_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def seed_keys(keys: list[str]) -> list[str]:
-    """The swept keys that only reseed a run (``seed``, ``data.split_seed``, ...)."""
-    return [k for k in keys if k.rsplit(".", 1)[-1].endswith("seed")]
+    """The swept keys that only reseed a run (:func:`is_seed`)."""
+    return [k for k in keys if is_seed(k)]
 
 
 def over_seeds(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
