@@ -21,6 +21,7 @@ import torch
 from mtrec.data.info import DataInfo
 from mtrec.memory import keep_freed_memory
 from mtrec.models import MultiTaskNet
+from mtrec.models.sharing import TABLE_MIXERS
 from mtrec.mtl.objective import Objective
 
 USERS, ITEMS, BATCH = 943, 1682, 256
@@ -77,9 +78,7 @@ def measure(sharing: str, settings: dict[str, int], steps: int) -> tuple[float, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "architectures", nargs="*", default=["shared", "mmoe", "cgc", "ple", "stem"]
-    )
+    parser.add_argument("architectures", nargs="*", default=["shared", *TABLE_MIXERS])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument(
         "--glibc-defaults",
