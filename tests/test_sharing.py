@@ -133,10 +133,20 @@ def test_per_task_copies_give_the_gradients_of_one_backward_pass(sharing, tasks)
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7)
 
 
+def test_experts_left_null_take_each_architectures_default():
+    """An embedding-table row: its experts' rows, then its gates' logits (zero at the start)."""
+    dim, tasks = 4, 2
+    for sharing, tables, gates in (("mmoe", 2, 2 * 2), ("cgc", 1 + tasks, 2 * 2)):
+        model = net(sharing, experts=None)
+        assert model.user_embeddings.embedding_dim == dim * tables + gates
+        assert model.user_embeddings.weight[:, dim * tables :].abs().sum() == 0
+    assert net("mmoe_mlp", experts=None).user_mixer.experts.count == 4
+
+
 def test_bad_architecture_settings_are_refused():
     with pytest.raises(ConfigError, match="model.net.sharing=moe is not an architecture"):
         net("moe")
-    with pytest.raises(ConfigError, match="model.net.experts=0 is not valid"):
+    with pytest.raises(ConfigError, match=r"experts=0 is not valid: .* or null \(the architecture"):
         net("mmoe", experts=0)
     with pytest.raises(ConfigError, match="contradicts model.embedding_sharing=false"):
         MultiTaskNet(DataInfo(5, 9), 4, (12, 8), embedding_sharing=False, sharing="mmoe")

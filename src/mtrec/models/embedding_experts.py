@@ -10,10 +10,16 @@ Collapse When Scaling up Recommendation Models", ICML 2024; STEM, Su et al., "ST
 Unleashing the Power of Embeddings for Multi-task Recommendation", AAAI 2024).
 
 All of a side's expert tables are one embedding table, each row the experts' rows side by
-side, ``[shared_0 … shared_{S-1}, own_{t,0} …]`` of ``dim`` columns each: one gather per
-batch, and sparse row updates work as for any table. What the tasks share (where per-task
-gradients are taken) is the shared experts' part of the rows. Like the dense mixers this
-reads one side alone: ``shared(rows)``, ``vector(task, rows, shared)``, ``gates(rows)``.
+side, ``[shared_0 … shared_{S-1}, own_{t,0} …]`` of ``dim`` columns each, then every gate's
+logits: one gather per batch, and sparse row updates work as for any table. What the tasks
+share (where per-task gradients are taken) is the shared experts' part of the rows. Like the
+dense mixers this reads one side alone: ``shared(rows)``, ``vector(task, rows, shared)``,
+``gates(rows)``.
+
+A gate is a table of per-id logits. MMoE's gate is ``softmax(W_g x)`` of the model's input;
+here the input is the id, a one-hot ``x``, so ``W_g x`` is the id's column of ``W_g``: a
+learned logit per id and expert, started at zero (an even mix). Kept in the same row it
+costs no lookup and no matrix product of its own.
 """
 
 from __future__ import annotations
@@ -37,8 +43,6 @@ class EmbeddingExperts(nn.Module):
       per task, the level below's output of that task and the shared output (a new shared
       gate mixing all of them), the experts of those levels being identities: a learned map
       there would be a dense map shared by every id again.
-
-    A gate reads the rows it mixes (concatenated), so it is per id without its own table.
     """
 
     def __init__(
@@ -55,24 +59,33 @@ class EmbeddingExperts(nn.Module):
         self.tasks = tuple(tasks)
         self.stop_gradient = stop_gradient
         self.levels = levels
-        seen = shared + own * (len(self.tasks) if stop_gradient else 1)
-        self.gate_layers = nn.ModuleDict({task: nn.Linear(seen * dim, seen) for task in self.tasks})
-        every = shared + own * len(self.tasks)
-        # PLE's shared gates: over every table, then over the tasks' and the shared outputs
-        above = len(self.tasks) + 1
-        self.shared_gates = nn.ModuleList(
-            nn.Linear(every * dim, every) if level == 0 else nn.Linear(above * dim, above)
-            for level in range(levels - 1)
-        )
-        self.level_gates = nn.ModuleList(
-            nn.ModuleDict({task: nn.Linear(2 * dim, 2) for task in self.tasks})
-            for _ in range(levels - 1)
-        )
+        self.experts = shared + own * len(self.tasks)
+        self.gate_columns: dict[str, slice] = {}
+        start = self.experts * dim
+        for name, size in self._gate_sizes().items():
+            self.gate_columns[name] = slice(start, start + size)
+            start += size
+        self.columns = start
 
-    @staticmethod
-    def width(shared: int, own: int, tasks: int) -> int:
-        """How many experts' rows one table row holds."""
-        return shared + own * tasks
+    def _gate_sizes(self) -> dict[str, int]:
+        """Each gate's name and how many experts it mixes, in the row's order."""
+        seen = self.shared_count + self.own_count * (len(self.tasks) if self.stop_gradient else 1)
+        if self.levels == 1:
+            return dict.fromkeys(self.tasks, seen)
+        sizes = {f"level0/{task}": seen for task in self.tasks}
+        sizes["level0/shared"] = self.experts  # PLE's shared gate: over every table
+        for level in range(1, self.levels):
+            sizes |= {f"level{level}/{task}": 2 for task in self.tasks}
+            if level < self.levels - 1:  # over the tasks' and the shared outputs
+                sizes[f"level{level}/shared"] = len(self.tasks) + 1
+        return sizes
+
+    def reset_rows(self, weight: torch.Tensor) -> None:
+        """Start a table of these rows: each expert's row as a table of its own would start
+        (N(0, 1/dim)), every gate even (zero logits)."""
+        with torch.no_grad():
+            nn.init.normal_(weight[:, : self.experts * self.dim], 0.0, 1.0 / self.dim)
+            weight[:, self.experts * self.dim :].zero_()
 
     def shared(self, rows: torch.Tensor) -> torch.Tensor:
         """The shared tables' rows: (..., shared * dim)."""
@@ -92,9 +105,11 @@ class EmbeddingExperts(nn.Module):
         ]
         return torch.cat([shared, *others], -1)
 
-    def _mixed(self, gate: nn.Linear, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The gate's shares over the experts in ``seen`` and its mix of them."""
-        shares = softmax(gate(seen))
+    def _mixed(
+        self, gate: str, rows: torch.Tensor, seen: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gate ``gate``'s shares over the experts in ``seen`` and its mix of them."""
+        shares = softmax(rows[..., self.gate_columns[gate]])
         experts = seen.unflatten(-1, (shares.shape[-1], self.dim))
         return shares, (shares.unsqueeze(-1) * experts).sum(-2)
 
@@ -104,29 +119,28 @@ class EmbeddingExperts(nn.Module):
         """``task``'s vector of these ids; ``shared``: a task's own copy of :meth:`shared`."""
         shared = self.shared(rows) if shared is None else shared
         if self.levels == 1:
-            return self._mixed(self.gate_layers[task], self._seen(task, rows, shared))[1]
+            return self._mixed(task, rows, self._seen(task, rows, shared))[1]
         return self._levels(rows, shared)[1][task]
 
     def _levels(self, rows: torch.Tensor, shared: torch.Tensor):
         """Every gate's shares and each task's vector after the last level (PLE)."""
         gates, outputs = {}, {}
         for task in self.tasks:
-            gates[f"level0/{task}"], outputs[task] = self._mixed(
-                self.gate_layers[task], self._seen(task, rows, shared)
-            )
-        every = torch.cat([shared, rows[..., self.shared_count * self.dim :]], -1)
-        gates["level0/shared"], common = self._mixed(self.shared_gates[0], every)
-        for number, level in enumerate(self.level_gates, start=1):
+            name = f"level0/{task}"
+            gates[name], outputs[task] = self._mixed(name, rows, self._seen(task, rows, shared))
+        tables = rows[..., self.shared_count * self.dim : self.experts * self.dim]
+        every = torch.cat([shared, tables], -1)
+        gates["level0/shared"], common = self._mixed("level0/shared", rows, every)
+        for number in range(1, self.levels):
             below = dict(outputs)
             for task in self.tasks:
                 name = f"level{number}/{task}"
-                gates[name], outputs[task] = self._mixed(
-                    level[task], torch.cat([below[task], common], -1)
-                )
-            if number < len(self.level_gates):
+                seen = torch.cat([below[task], common], -1)
+                gates[name], outputs[task] = self._mixed(name, rows, seen)
+            if number < self.levels - 1:
                 name = f"level{number}/shared"
                 stacked = torch.cat([*below.values(), common], -1)
-                gates[name], common = self._mixed(self.shared_gates[number], stacked)
+                gates[name], common = self._mixed(name, rows, stacked)
         return gates, outputs
 
     def gates(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -135,6 +149,5 @@ class EmbeddingExperts(nn.Module):
         if self.levels > 1:
             return self._levels(rows, shared)[0]
         return {
-            task: self._mixed(self.gate_layers[task], self._seen(task, rows, shared))[0]
-            for task in self.tasks
+            task: self._mixed(task, rows, self._seen(task, rows, shared))[0] for task in self.tasks
         }

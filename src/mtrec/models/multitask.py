@@ -22,6 +22,7 @@ from mtrec.models.protocol import (
     TableRows,
 )
 from mtrec.models.sharing import (
+    DEFAULT_EXPERTS,
     DENSE_MIXERS,
     PLE,
     SHARINGS,
@@ -74,7 +75,7 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         rating_biases: bool = False,
         dropout: float = 0.0,
         sharing: str | None = None,
-        experts: int = 4,
+        experts: int | None = None,
         task_experts: int = 1,
         levels: int = 2,
         expert_norm: bool = False,
@@ -97,19 +98,26 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
             residual,
         )
         sharing = sharing_of(sharing, embedding_sharing, experts, task_experts, levels)
+        experts = DEFAULT_EXPERTS.get(sharing, 1) if experts is None else experts
         num_users, num_items = data.num_users, data.num_items
         if embedding_dim == "auto":
             embedding_dim = embedding_size("auto", max(num_users, num_items))
             layer_sizes = (3 * embedding_dim, *layer_sizes[1:])
         self.num_users, self.num_items = num_users, num_items
         self.sharing = sharing
-        # a row per id holds every expert table's row of that id, side by side
-        width = embedding_dim * table_experts(sharing, experts, task_experts, len(self._tasks))
+        settings = {"experts": experts, "task_experts": task_experts, "levels": levels}
+        settings |= {"normalised": expert_norm, "residual": residual}
+        # under a table mixture a row per id holds every expert's row and every gate's logits
+        # (a table mixture has no parameters of its own: building it here draws nothing)
+        rows = None
+        if sharing in TABLE_MIXERS:
+            rows = mixer(sharing, embedding_dim, settings, self._tasks)
+        width = embedding_dim if rows is None else rows.columns
         self.user_embeddings = ScaledEmbedding(num_users, width)
         self.item_embeddings = ScaledEmbedding(num_items, width)
-        if width != embedding_dim:  # each expert's row starts as a table of its own would
+        if rows is not None:
             for table in (self.user_embeddings, self.item_embeddings):
-                nn.init.normal_(table.weight, 0.0, 1.0 / embedding_dim)
+                rows.reset_rows(table.weight)
         self.item_biases = ZeroEmbedding(num_items, 1)
         own_users = sharing in ("separate", "items", "cross_stitch")  # a user table per task
         own_items = sharing in ("separate", "cross_stitch")
@@ -120,8 +128,6 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
             ScaledEmbedding(num_items, embedding_dim) if own_items else self.item_embeddings
         )
         # each side's mixer (None: the tasks read embeddings as they are)
-        settings = {"experts": experts, "task_experts": task_experts, "levels": levels}
-        settings |= {"normalised": expert_norm, "residual": residual}
         self.user_mixer = mixer(sharing, embedding_dim, settings, self._tasks)
         self.item_mixer = mixer(sharing, embedding_dim, settings, self._tasks)
         if self.user_mixer is not None:  # gate use is weighted by each id's training rows
@@ -166,7 +172,7 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         layer_sizes,
         embedding_sharing,
         sharing=None,
-        experts=4,
+        experts=None,
         task_experts=1,
         levels=2,
         expert_norm=False,
@@ -380,18 +386,14 @@ def sharing_of(
             f"{shown(embedding_sharing)} (which means sharing={implied}): set one of the two."
         )
     for name, value in (("experts", experts), ("task_experts", task_experts), ("levels", levels)):
+        if value is None and name == "experts":  # the architecture's default
+            continue
         if type(value) is not int or value < 1:
+            default = " or null (the architecture's default)" if name == "experts" else ""
             raise ConfigError(
-                f"model.net.{name}={shown(value)} is not valid: use a positive integer."
+                f"model.net.{name}={shown(value)} is not valid: use a positive integer{default}."
             )
     return sharing
-
-
-def table_experts(sharing: str, experts: int, task_experts: int, tasks: int) -> int:
-    """How many expert tables' rows a side's table row holds (1: one embedding)."""
-    if sharing not in TABLE_MIXERS:
-        return 1
-    return EmbeddingExperts.width(experts, 0 if sharing == "mmoe" else task_experts, tasks)
 
 
 def mixer(sharing: str, dim: int, settings: dict, tasks) -> nn.Module | None:

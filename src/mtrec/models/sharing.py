@@ -271,5 +271,8 @@ class CrossStitch(nn.Module):
 DENSE_MIXERS = ("shared_bottom", "mmoe_mlp", "cgc_mlp", "ple_mlp")
 #: those whose experts are embedding tables (:mod:`mtrec.models.embedding_experts`)
 TABLE_MIXERS = ("mmoe", "cgc", "ple", "stem")
+#: shared experts when ``model.net.experts`` is null. A table mixture's row holds every
+#: expert's row, so its step costs in proportion; fewer tables rank as well (docs/multitask.md)
+DEFAULT_EXPERTS = {"mmoe": 2, "cgc": 1, "ple": 1, "stem": 1} | dict.fromkeys(DENSE_MIXERS, 4)
 #: every architecture; ``shared``, ``separate`` and ``items`` choose embedding tables only
 SHARINGS = ("shared", "separate", "items", *TABLE_MIXERS, *DENSE_MIXERS, "cross_stitch")
