@@ -28,8 +28,8 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-test: lint  ## everything, as CI runs it
-	$(BIN)/python -m pytest
+test: lint  ## everything, as CI runs it, one worker per core
+	$(BIN)/python -m pytest -n auto
 
 test-fast: $(STAMP)  ## the inner loop: every test but those marked slow
 	$(BIN)/python -m pytest -m "not slow" -x -q

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mtrec import files
 from mtrec.train import train
 
-EPOCHS = 40
+EPOCHS = 20
 RUN = [  # small and eager, with enough steps per epoch to be killed part-way
     f"trainer.max_epochs={EPOCHS}",
     "data.batch_size=8",
@@ -71,13 +71,14 @@ def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(
 ):
     data = f"data.path={ratings_folder} weighting={weighting}".split()
     killed = mtrec_train(tmp_path, *RUN, *data, "name=killed")
+    whole = mtrec_train(tmp_path, *RUN, *data, "name=whole")  # beside it: one core each
     kill_after_first_checkpoint(killed, "outputs/runs/killed/*/*/checkpoints/last.ckpt", tmp_path)
-    finished(mtrec_train(tmp_path, *RUN, *data, "name=whole"))
     (run,) = (tmp_path / "outputs/runs/killed").glob("*/*")
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert 1 <= len(history) < EPOCHS  # it was stopped part-way
 
     finished(mtrec_train(tmp_path, *RUN, *data, "name=killed", "ckpt_path=last"))
+    finished(whole)
     assert list((tmp_path / "outputs/runs/killed").glob("*/*")) == [run]  # the same folder
     (reference,) = (tmp_path / "outputs/runs/whole").glob("*/*")
     resumed = json.loads((run / "metrics.json").read_text())

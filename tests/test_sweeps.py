@@ -364,20 +364,28 @@ def test_ddp_on_two_cpu_processes_evaluates_the_whole_held_out_set(
         ],
         "single": ["data.batch_size=64"],
     }
+    processes = {  # side by side: the one-process run is the reference, not a rival
+        name: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mtrec.train",
+                *common,
+                *extra,
+                f"hydra.run.dir={tmp_path / name}",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, extra in runs.items()
+    }
     finals, logs = {}, {}
-    for name, extra in runs.items():
-        command = [
-            sys.executable,
-            "-m",
-            "mtrec.train",
-            *common,
-            *extra,
-            f"hydra.run.dir={tmp_path / name}",
-        ]
-        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
+    for name, process in processes.items():
+        logs[name] = process.communicate(timeout=300)[0]
+        assert process.returncode == 0, logs[name][-3000:]
         finals[name] = json.loads((tmp_path / name / "metrics.json").read_text())["final"]
-        logs[name] = done.stdout + done.stderr
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs["ddp"] and "GLOBAL_RANK" not in logs["single"]
     evaluate.main([f"ckpt_path={tmp_path / 'ddp' / 'checkpoints' / 'last.ckpt'}"])
     held_out = {k: v for k, v in finals["ddp"].items() if not k.startswith("mtl/")}

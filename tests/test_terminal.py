@@ -241,8 +241,9 @@ def test_jobs_side_by_side_print_only_named_lines(ratings_folder, tmp_path):
 def test_ctrl_c_in_a_terminal_stops_jobs_side_by_side_with_one_line(ratings_folder, tmp_path):
     """SIGINT to the whole process group, as a terminal sends Ctrl-C; then the same command."""
     sweep = tmp_path / "sweep"
-    extra = ["seed=1,2,3", "trainer.max_epochs=20", "data.batch_size=8", "data.batches_per_chunk=1"]
-    command = sweep_command(ratings_folder, sweep, *extra)
+    epochs = 8
+    extra = ["seed=1,2,3", f"trainer.max_epochs={epochs}", "data.batch_size=8"]
+    command = sweep_command(ratings_folder, sweep, *extra, "data.batches_per_chunk=1")
     process = subprocess.Popen(
         command,
         cwd=tmp_path,
@@ -270,4 +271,4 @@ def test_ctrl_c_in_a_terminal_stops_jobs_side_by_side_with_one_line(ratings_fold
     for seed in ("seed=1", "seed=2", "seed=3"):
         assert json.loads((sweep / seed / "job.json").read_text())["status"] == "completed"
         history = json.loads((sweep / seed / "metrics.json").read_text())["history"]
-        assert [entry["epoch"] for entry in history][:20] == list(range(1, 21))
+        assert [entry["epoch"] for entry in history][:epochs] == list(range(1, epochs + 1))
