@@ -107,11 +107,13 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         self.sharing = sharing
         settings = {"experts": experts, "task_experts": task_experts, "levels": levels}
         settings |= {"normalised": expert_norm, "residual": residual}
-        # under a table mixture a row per id holds every expert's row and every gate's logits
-        # (a table mixture has no parameters of its own: building it here draws nothing)
-        rows = None
-        if sharing in TABLE_MIXERS:
-            rows = mixer(sharing, embedding_dim, settings, self._tasks)
+        # under a table mixture a row per id holds every expert's row and every gate's logits;
+        # the mixture has no parameters (building it here draws nothing) and serves both sides
+        rows = (
+            mixer(sharing, embedding_dim, settings, self._tasks)
+            if sharing in TABLE_MIXERS
+            else None
+        )
         width = embedding_dim if rows is None else rows.columns
         self.user_embeddings = ScaledEmbedding(num_users, width)
         self.item_embeddings = ScaledEmbedding(num_items, width)
@@ -128,8 +130,12 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
             ScaledEmbedding(num_items, embedding_dim) if own_items else self.item_embeddings
         )
         # each side's mixer (None: the tasks read embeddings as they are)
-        self.user_mixer = mixer(sharing, embedding_dim, settings, self._tasks)
-        self.item_mixer = mixer(sharing, embedding_dim, settings, self._tasks)
+        self.user_mixer = (
+            rows if rows is not None else mixer(sharing, embedding_dim, settings, self._tasks)
+        )
+        self.item_mixer = (
+            rows if rows is not None else mixer(sharing, embedding_dim, settings, self._tasks)
+        )
         if self.user_mixer is not None:  # gate use is weighted by each id's training rows
             train = data.train
             self.register_buffer("user_rows", _counts(train, "users", num_users), False)
