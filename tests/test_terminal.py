@@ -22,7 +22,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from mtrec.runs.sweep import ConsoleFormatter, QuietLightning, command_again, parallel_jobs
+from mtrec.runs.sweep import (
+    ConsoleFormatter,
+    QuietLightning,
+    command_again,
+    job_interrupted,
+    parallel_jobs,
+)
 from mtrec.training.lightning_internals import StepProgressBar, epoch_line
 
 RUN = [  # a few short eager epochs on the tests' synthetic ratings
@@ -135,6 +141,18 @@ class CtrlC(L.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+class HoldAtSecondEpoch(L.Callback):
+    """Waits before the second epoch while the file ``hold`` exists, until Ctrl-C: jobs side by
+    side stay mid-run until the test presses it, however slowly each one starts."""
+
+    def __init__(self, hold: str) -> None:
+        self.hold = Path(hold)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        while trainer.current_epoch == 1 and self.hold.exists() and not job_interrupted():
+            time.sleep(0.05)
+
+
 def interrupted_line(text: str, start: str) -> str:
     """The one line that says ``start`` (after the logging format's prefix), from there on."""
     (line,) = [line for line in text.splitlines() if start in line]
@@ -241,12 +259,20 @@ def test_jobs_side_by_side_print_only_named_lines(ratings_folder, tmp_path):
 def test_ctrl_c_in_a_terminal_stops_jobs_side_by_side_with_one_line(ratings_folder, tmp_path):
     """SIGINT to the whole process group, as a terminal sends Ctrl-C; then the same command."""
     sweep = tmp_path / "sweep"
-    epochs = 8
+    epochs = 4
+    hold = tmp_path / "hold"
+    hold.touch()
     extra = ["seed=1,2,3", f"trainer.max_epochs={epochs}", "data.batch_size=8"]
-    command = sweep_command(ratings_folder, sweep, *extra, "data.batches_per_chunk=1")
+    callback = [
+        f"+callbacks.hold._target_={__name__}.HoldAtSecondEpoch",
+        f"+callbacks.hold.hold={hold}",
+    ]
+    command = sweep_command(ratings_folder, sweep, *extra, "data.batches_per_chunk=1", *callback)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}  # where the callback lives
     process = subprocess.Popen(
         command,
         cwd=tmp_path,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -258,6 +284,7 @@ def test_ctrl_c_in_a_terminal_stops_jobs_side_by_side_with_one_line(ratings_fold
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGINT)
     output, _ = process.communicate(timeout=120)
+    hold.unlink()
     assert process.returncode == 130, output[-3000:]
     assert "Traceback" not in output and "leaked semaphore" not in output, output[-3000:]
     (line,) = [line for line in output.splitlines() if "Interrupted the sweep" in line]
@@ -266,7 +293,9 @@ def test_ctrl_c_in_a_terminal_stops_jobs_side_by_side_with_one_line(ratings_fold
     statuses = {s: json.loads((sweep / s / "job.json").read_text()) for s in ("seed=1", "seed=2")}
     assert all(job["status"] == "interrupted" for job in statuses.values())
 
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for seed in ("seed=1", "seed=2", "seed=3"):
         assert json.loads((sweep / seed / "job.json").read_text())["status"] == "completed"

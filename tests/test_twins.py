@@ -386,27 +386,71 @@ def test_a_twin_chooses_its_checkpoint_on_the_head_it_trains():
 
     from mtrec.training.selection import SelectionScore
 
-    selection = SelectionScore({"mrr_interaction": 0.130, "rmse": 0.880})
+    selection = SelectionScore({"mrr_interaction": 0.130, "rmse": 0.880, "auc": 0.800})
     metrics = {"val/mrr_interaction": torch.tensor(0.104), "val/rmse": torch.tensor(3.52)}
-    assert float(selection.score(metrics)) == pytest.approx(0.25)  # the untrained head decides
-    assert float(selection.score(metrics, {"rating"})) == pytest.approx(0.8)  # 0.104 / 0.130
-    assert float(selection.score(metrics, {"interaction"})) == pytest.approx(0.25)
-    assert selection.score(metrics, {"interaction", "rating"}) is None
-    # wired to the run's weighting: the twin trained on interactions alone (λF = 1)
+    assert selection.score(metrics) is None  # every target counts: val/auc is missing
+    two = {"interaction", "rating"}  # a two-task run: like's target is left out
+    assert float(selection.score(metrics, two)) == pytest.approx(0.25)  # the rating head decides
+    assert float(selection.score(metrics, {"interaction"})) == pytest.approx(0.8)  # 0.104 / 0.130
+    assert float(selection.score(metrics, {"rating"})) == pytest.approx(0.25)  # 0.880 / 3.52
+    assert selection.score(metrics, set()) is None
+    metrics["val/auc"] = torch.tensor(0.76)
+    assert float(selection.score(metrics, {"like"})) == pytest.approx(0.95)  # 0.76 / 0.800
+    assert float(selection.score(metrics, {"interaction", "like"})) == pytest.approx(0.8)
+    # wired to the run's tasks and weighting: the like twin of a three-task run
     from types import SimpleNamespace
 
-    from mtrec.mtl.tasks import INTERACTION, RATING
-    from mtrec.mtl.weighting import FixedWeighting
+    from mtrec.mtl.tasks import INTERACTION, LIKE, RATING
+    from mtrec.mtl.weighting import SingleTask
 
     logged = {}
-    weighting = FixedWeighting({"interaction": 1.0, "rating": None})
-    weighting.bind([INTERACTION, RATING])
+    weighting = SingleTask("like")
+    weighting.bind([INTERACTION, RATING, LIKE])
     module = SimpleNamespace(
+        tasks=("interaction", "rating", "like"),
         weighting=weighting,
         log=lambda name, value: logged.update({name: float(value)}),
     )
     selection.on_validation_epoch_end(SimpleNamespace(callback_metrics=metrics), module)
-    assert logged == {"val/combined": pytest.approx(0.8)}
+    assert logged == {"val/combined": pytest.approx(0.95)}
+
+
+def test_a_task_without_a_selection_target_is_refused_before_training():
+    from mtrec.errors import ConfigError
+    from mtrec.training.selection import check_targets
+
+    targets = {"mrr_interaction": 0.130, "rmse": 0.880}
+    check_targets(targets, ("interaction", "rating"), "callbacks.selection_score.targets")
+    with pytest.raises(ConfigError) as refused:
+        check_targets(targets, ("interaction", "like"), "callbacks.selection_score.targets")
+    assert str(refused.value) == (
+        "callbacks.selection_score.targets has no target for the task like, so checkpoint "
+        "selection cannot weigh it: add one, e.g. +callbacks.selection_score.targets.auc=0.8."
+    )
+
+
+def test_the_like_twin_of_a_three_task_run_chooses_its_checkpoint_on_auc(
+    ratings_folder, tmp_path, run_cli
+):
+    import json
+
+    three = [
+        f"data.path={ratings_folder}",
+        "tasks=[interaction,rating,like]",
+        "callbacks=selection",
+    ]
+    twin = [*three, "weighting=single", "weighting.task=like", "data.val_fraction=0.2"]
+    status, output = run_cli(*twin, "trainer.max_epochs=2", "model.compile=false")
+    assert status == 0, output
+    (run,) = (tmp_path / "outputs/runs/train").glob("*/*")
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    scores = [(e["val/combined"], e["val/auc"]) for e in history if "val/auc" in e]  # not test
+    assert len(scores) == 2 and all(c == pytest.approx(auc / 0.8) for c, auc in scores)
+    assert (run / "checkpoints" / "best.ckpt").is_file()
+
+    status, output = run_cli(*three, "~callbacks.selection_score.targets.auc")
+    assert status != 0 and "has no target for the task like" in output, output
+    assert len(list((tmp_path / "outputs/runs/train").glob("*/*/metrics.json"))) == 1  # no work
 
 
 def test_a_pareto_figure_of_many_settings_colours_by_the_first_key_and_labels_the_front():

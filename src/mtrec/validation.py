@@ -35,6 +35,7 @@ from mtrec.mtl.tasks import task_named
 from mtrec.mtl.weighting.gradient import check_aggregator
 from mtrec.reference_keys import ALIASES, apply_reference_keys
 from mtrec.training.optim import check_sparse_ddp, check_sparse_optimizer, check_sparse_rows
+from mtrec.training.selection import check_targets
 
 ABSENT = object()  # the key is not in the config (or cannot be resolved: left to its user)
 
@@ -158,6 +159,9 @@ def owners_checks(cfg: DictConfig) -> None:
     if issubclass(net_class(cfg), Recommender):
         net_class(cfg).check_tasks(names)
     tasks_checks(cfg)
+    targets = lookup(cfg, "callbacks.selection_score.targets")
+    if isinstance(targets, dict):
+        check_targets(targets, names, "callbacks.selection_score.targets")
     strategy = weighting_checks(cfg)
     if lookup(cfg, "model.sparse_rows") is True:
         sparse_rows_checks(cfg, strategy)
