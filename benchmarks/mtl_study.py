@@ -5,7 +5,8 @@ interaction), test RMSE, the effective rank of the user vectors the interaction 
 last epoch's), Δm against the architecture's single-task twins and ``delta_m_best`` against
 the best twin of each task in the sweep (validation metrics, as the summary computes them)
 and on how many splits each is below 0; each
-architecture's twins as one row (the interaction twin's MRR, the rating twin's RMSE). Then
+architecture's twins as one row (the interaction twin's MRR, the rating twin's RMSE, with
+three tasks the like twin's test AUC). Then
 the runs that meet the standing goal on test, and the setting with the best mean
 ``val/combined`` (the checkpoint criterion).
 
@@ -62,23 +63,28 @@ def _cell(values: pd.Series, spec: str) -> str:
 
 
 def study_table(table: pd.DataFrame) -> str:
+    like = bool("test/auc" in table and table["test/auc"].notna().any())  # tasks=[...,like]
+    columns = list(COLUMNS.items())
+    columns = dict(columns[:3] + [("test/auc", ".3f")] * like + columns[3:])  # after the RMSE
     lines = [
         "| `model.net.sharing` | weighting | test MRR | test MRR per interaction | test RMSE "
-        "| effective rank (users) | Δm % (val) | Δm best % (val) | Δm < 0 | Δm best < 0 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        + ("| test AUC " if like else "")
+        + "| effective rank (users) | Δm % (val) | Δm best % (val) | Δm < 0 | Δm best < 0 |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if like else ""),
     ]
     for sharing in dict.fromkeys(table[SHARING]):
         mine = table[table[SHARING] == sharing]
         alone = mine[mine["twin"] == "interaction"]
         rating = mine[mine["twin"] == "rating"]
+        auc = f"| {_cell(mine[mine['twin'] == 'like']['test/auc'], '.3f')} " if like else ""
         lines.append(
             f"| `{sharing}` | *single-task twins* | {_cell(alone['test/mrr'], '.4f')} "
             f"| {_cell(alone['test/mrr_interaction'], '.4f')} "
-            f"| {_cell(rating['test/rmse'], '.3f')} | {_cell(alone[RANK], '.1f')} | 0 | | | |"
+            f"| {_cell(rating['test/rmse'], '.3f')} {auc}| {_cell(alone[RANK], '.1f')} | 0 | | | |"
         )
         multi = mine[mine["twin"].isna()]
         for setting, rows in multi.groupby("setting", sort=False):
-            cells = [_cell(rows[c], spec) for c, spec in COLUMNS.items()]
+            cells = [_cell(rows[c], spec) for c, spec in columns.items()]
             below = [
                 f"{(rows[c] < 0).sum()} / {rows[c].notna().sum()}"
                 for c in ("delta_m", "delta_m_best")
