@@ -97,6 +97,7 @@ RULES: list[Rule] = [
     Rule("data.batch_size", positive_int, "a positive integer, e.g. 256"),
     Rule("data.batches_per_chunk", positive_int, "a positive integer, e.g. 64"),
     Rule("data.num_negatives", positive_int, "an integer >= 1, e.g. 1"),
+    Rule("data.negative_alpha", non_negative, "a number >= 0: 0 uniform, e.g. 0.75"),
     Rule("model.net.hidden_size", positive_int, "a positive integer, e.g. 64"),
     Rule("model.net.genre_dim", positive_int, "a positive integer, e.g. 8"),
     Rule("model.history_length", positive_int, "a positive integer, e.g. 10"),
@@ -158,7 +159,7 @@ def owners_checks(cfg: DictConfig) -> None:
     names = task_names(cfg)
     if issubclass(net_class(cfg), Recommender):
         net_class(cfg).check_tasks(names)
-    tasks_checks(cfg)
+    tasks_checks(cfg, net_class(cfg))
     targets = lookup(cfg, "callbacks.selection_score.targets")
     if isinstance(targets, dict):
         check_targets(targets, names, "callbacks.selection_score.targets")
@@ -203,8 +204,9 @@ def task_names(cfg: DictConfig) -> tuple[str, ...]:
     return names
 
 
-def tasks_checks(cfg: DictConfig) -> None:
-    """Each task's own checks of its settings (its constructor's), before any work."""
+def tasks_checks(cfg: DictConfig, net: type) -> None:
+    """Each task's own checks of its settings (its constructor's) and of the ``net`` class
+    that serves it, before any work."""
     tasks = cfg.get("tasks")
     if tasks is None:  # a config without the tasks group (a custom one): nothing to check
         return
@@ -212,11 +214,13 @@ def tasks_checks(cfg: DictConfig) -> None:
         raise ConfigError("tasks=[] trains nothing: give at least one, e.g. tasks=[rating].")
     for name, task in tasks.items():
         try:
-            instantiate(task)
+            built = instantiate(task)
         except InstantiationException as error:
             if isinstance(error.__cause__, ConfigError):
                 raise error.__cause__ from None
             raise ConfigError(f"tasks.{name}: {error}") from None
+        if issubclass(net, Recommender):
+            built.check_net(net)
 
 
 def sparse_rows_checks(cfg: DictConfig, strategy) -> None:

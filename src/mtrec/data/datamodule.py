@@ -30,9 +30,12 @@ class ShuffledBatches:
     All data stay in memory as tensors: a batch is a handful of index operations, never a
     per-sample ``Dataset``. Each positive gets ``num_negatives`` items drawn uniformly from the
     whole catalogue: seen items included, as in the reference, unless ``exclude_seen``, which
-    redraws every negative that the user rated in training. Epoch ``e`` uses a generator seeded
-    with ``(seed, e)``, so the batches of a run are reproducible. ``history`` (one row of past
-    items per training row) rides along for sequence models.
+    redraws every negative that the user rated in training. ``negative_alpha`` > 0 draws them
+    with probability Q(item) ∝ (the item's training rows)^alpha instead (0.75 as in word2vec),
+    and every batch then carries ``log_q``, log Q of each item, for losses that correct for
+    it. Epoch ``e`` uses a generator seeded with ``(seed, e)``, so the batches of a run are
+    reproducible. ``history`` (one row of past items per training row) rides along for
+    sequence models.
 
     Under data parallelism every rank draws the same permutation and takes its own share,
     ``rank::world_size`` (trimmed to equal length), so ranks see disjoint rows and the same
@@ -49,8 +52,15 @@ class ShuffledBatches:
         history: torch.Tensor | None = None,
         rank: int = 0,
         world_size: int = 1,
+        negative_alpha: float = 0.0,
     ):
         self.data = data
+        self.weights = self.log_q = None
+        if negative_alpha:
+            counts = torch.bincount(data.items.cpu(), minlength=data.num_items).to(torch.float64)
+            weights = counts.pow(negative_alpha)
+            self.weights = weights.to(torch.float32)
+            self.log_q = (weights / weights.sum()).log().to(torch.float32).to(data.users.device)
         self.rank, self.world_size = rank, world_size
         self.batch_size = batch_size
         self.num_negatives = num_negatives
@@ -75,7 +85,7 @@ class ShuffledBatches:
         order = torch.randperm(len(d), generator=generator).to(d.users.device)
         n = len(d) // self.world_size
         order = order[self.rank :: self.world_size][:n]
-        negatives = torch.randint(d.num_items, (len(d), self.num_negatives), generator=generator)
+        negatives = self._draw((len(d), self.num_negatives), generator)
         negatives = negatives[self.rank :: self.world_size][:n].to(d.users.device)
         if self.seen_keys is not None:
             self._redraw_seen(negatives, d.users[order], generator)
@@ -89,7 +99,17 @@ class ShuffledBatches:
             }
             if self.history is not None:
                 batch["history"] = self.history[rows]
+            if self.log_q is not None:
+                batch["log_q"] = self.log_q
             yield batch
+
+    def _draw(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Items drawn from the negative sampler's Q, on the CPU."""
+        if self.weights is None:
+            return torch.randint(self.data.num_items, shape, generator=generator)
+        count = math.prod(shape)
+        drawn = torch.multinomial(self.weights, count, replacement=True, generator=generator)
+        return drawn.view(shape)
 
     def _redraw_seen(self, negatives: torch.Tensor, users: torch.Tensor, generator) -> None:
         """Redraw, in place, every negative the user rated in training, until none is left."""
@@ -100,9 +120,7 @@ class ShuffledBatches:
             seen = self.seen_keys[found] == keys
             if not seen.any():
                 return
-            negatives[seen] = torch.randint(
-                self.data.num_items, (int(seen.sum()),), generator=generator
-            ).to(negatives.device)
+            negatives[seen] = self._draw((int(seen.sum()),), generator).to(negatives.device)
         raise RuntimeError(
             "data.exclude_seen_negatives=true: some users rated (nearly) every item, so no unseen "
             "negative could be drawn. Fix: set data.exclude_seen_negatives=false."
@@ -178,6 +196,7 @@ class MovieLensDataModule(L.LightningDataModule):
         batches_per_chunk: int = 64,
         num_negatives: int = 1,
         exclude_seen_negatives: bool = False,
+        negative_alpha: float = 0.0,
         history_length: int = 0,
         seed: int = 0,
     ):
@@ -231,6 +250,7 @@ class MovieLensDataModule(L.LightningDataModule):
             history=self._on_device("train_history", self.train_history),
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
+            negative_alpha=hp.negative_alpha,
         )
         boundaries = partial(step_boundaries, trainer) if trainer else None
         return Chunks(batches, hp.batches_per_chunk, boundaries)

@@ -25,6 +25,7 @@ class Popularity(Recommender, Ranker):
         train = data.require("train", "Popularity")
         counts = torch.bincount(train.items, minlength=data.num_items).to(torch.float32)
         self.register_buffer("counts", counts)
+        self.num_items = data.num_items
 
     def head(self, task: str):
         self.check_tasks([task])
@@ -61,6 +62,7 @@ class EASE(Recommender, Ranker):
     ):
         super().__init__()
         num_users, num_items, train = data.num_users, data.num_items, data.require("train", "EASE")
+        self.num_items = num_items
         if num_items > max_items:
             raise ConfigError(
                 f"model=ease needs an items x items matrix: {num_items} items would take "

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mtrec.data.info import DataInfo
@@ -62,6 +64,10 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
     ``rating_biases`` adds ``mu + b_u + b_i`` (``mu`` the training mean rating, the biases
     the rating head's own) to the MLP's output, so the MLP models only the interaction of
     user and item. ``dropout`` drops MLP activations during training.
+
+    ``cosine`` scores interactions by ``cos(u, q) / tau + b``: both vectors L2-normalised, so
+    no user or item wins by its norm alone, and a learned temperature ``tau`` (started at
+    ``temperature``) sets how peaked the scores are; the item bias stays.
     """
 
     heads = ("interaction", "rating", "like")
@@ -81,6 +87,8 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         expert_norm: bool = False,
         residual: bool = False,
         tasks: Sequence[str] = ("interaction", "rating"),
+        cosine: bool = False,
+        temperature: float = 0.1,
     ):
         super().__init__()
         self.check_tasks(tasks)
@@ -96,6 +104,8 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
             levels,
             expert_norm,
             residual,
+            cosine,
+            temperature,
         )
         sharing = sharing_of(sharing, embedding_sharing, experts, task_experts, levels)
         experts = DEFAULT_EXPERTS.get(sharing, 1) if experts is None else experts
@@ -162,6 +172,9 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
             self.like_mlp = _mlp(layer_sizes, dropout)
             self.user_tables["like"] = self.like_user_embeddings
             self.item_tables["like"] = self.like_item_embeddings
+        self.cosine = cosine
+        if cosine:  # log(1 / tau), learned
+            self.log_inverse_temperature = nn.Parameter(torch.tensor(-math.log(temperature)))
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -183,9 +196,20 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         levels=2,
         expert_norm=False,
         residual=False,
+        cosine=False,
+        temperature=0.1,
     ) -> None:
         """The rules of these settings, checked once: when the net is built, and by config
         validation before any work (it calls this with the config's values)."""
+        if not isinstance(cosine, bool):
+            raise ConfigError(f"model.net.cosine={shown(cosine)} is not valid: use true or false.")
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+            temperature = -1
+        if not temperature > 0:
+            raise ConfigError(
+                f"model.net.temperature={shown(temperature)} is not valid: use a number > 0, "
+                "e.g. 0.1 (the cosine score's starting temperature)."
+            )
         if not (isinstance(embedding_sharing, bool) or embedding_sharing == "items"):
             raise ConfigError(
                 f"model.embedding_sharing={shown(embedding_sharing)} is not valid: "
@@ -231,9 +255,17 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         ``rows`` may hold the shared rows of these ids (``"user"``, ``"item"``, as
         :meth:`shared` gathers them), read instead of the tables: per-task gradients land there.
         """
-        users = self._vector("user", "interaction", user_ids, rows)
-        items = self._vector("item", "interaction", item_ids, rows)
+        users = self._scaled(self._vector("user", "interaction", user_ids, rows))
+        items = self._unit(self._vector("item", "interaction", item_ids, rows))
         return (users * items).sum(-1) + self.item_biases(item_ids).squeeze(-1)
+
+    def _unit(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Interaction vectors as the score reads them: unit length under ``cosine``."""
+        return F.normalize(vectors, dim=-1) if self.cosine else vectors
+
+    def _scaled(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The user side, which also carries the cosine score's 1 / tau."""
+        return self._unit(vectors) * self.log_inverse_temperature.exp() if self.cosine else vectors
 
     def ratings(
         self, user_ids: torch.Tensor, item_ids: torch.Tensor, rows: Rows | None = None, history=None
@@ -341,10 +373,10 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
     def scorer(self):
         """``score_all_items`` for many calls in a row (evaluation's user chunks): every
         item's vector is computed once."""
-        items = self.item_vectors().T
+        items = self._unit(self.item_vectors()).T
 
         def score(user_ids: torch.Tensor) -> torch.Tensor:
-            users = self._vector("user", "interaction", user_ids, None)
+            users = self._scaled(self._vector("user", "interaction", user_ids, None))
             # one fused multiply-add: no second users x items buffer for the bias
             return torch.addmm(self.item_biases.weight.T, users, items)
 

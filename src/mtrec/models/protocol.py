@@ -83,6 +83,8 @@ class Recommender(nn.Module, ABC):
 
 
 class Ranker(ABC):
+    num_items: int  # the catalogue's size: ids 0 .. num_items - 1
+
     @abstractmethod
     def score_all_items(self, user_ids: torch.Tensor) -> torch.Tensor:
         """Interaction scores of every item for each user: (len(user_ids), num_items)."""

@@ -1,7 +1,8 @@
 """Factorization (implicit-feedback) and regression losses.
 
 Factorization losses take the logits of observed items ``positive`` of shape (B,) and of
-sampled items ``negative`` of shape (B, K); each (positive, negative) pair counts once.
+sampled items ``negative`` of shape (B, K); each (positive, negative) pair counts once. For
+the losses in :data:`CATALOGUE` ``negative`` is every item's logit, (B, num_items).
 """
 
 from __future__ import annotations
@@ -42,13 +43,37 @@ def adaptive_hinge(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tens
     return torch.clamp(1.0 - (positive - negative.max(dim=-1).values), min=0.0).mean()
 
 
+def softmax(positive: torch.Tensor, catalogue: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the observed item over the whole catalogue:
+    ``mean(log sum_j exp(s_uj) - s_u+)``, ``catalogue`` every item's logit (the observed one
+    among them). The retrieval standard where the catalogue fits one matrix product (Covington
+    et al., "Deep Neural Networks for YouTube Recommendations", RecSys 2016)."""
+    return (torch.logsumexp(catalogue, dim=-1) - positive).mean()
+
+
+def sampled_softmax(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the observed item among itself and its K sampled items:
+    ``mean(log(exp(s+) + sum_k exp(s_k)) - s+)``. With negatives drawn from Q, the logits come
+    in corrected, ``s - log Q(item)`` (the interaction task subtracts it), and the loss's
+    gradient tends to the full softmax's as K grows (Bengio and Senécal, "Adaptive Importance
+    Sampling to Accelerate Training of a Neural Probabilistic Language Model", IEEE TNN 2008;
+    Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item
+    Recommendations", RecSys 2019). Uniform Q needs no correction: it shifts every logit alike."""
+    logits = torch.cat([positive.unsqueeze(-1), negative], dim=-1)
+    return (torch.logsumexp(logits, dim=-1) - positive).mean()
+
+
 FACTORIZATION_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "bounded_bpr": bounded_bpr,
     "bpr": bpr,
     "bce": bce,
     "hinge": hinge,
     "adaptive_hinge": adaptive_hinge,
+    "softmax": softmax,
+    "sampled_softmax": sampled_softmax,
 }
+CATALOGUE = frozenset({"softmax"})  # the losses whose negatives are every item
+CORRECTED = frozenset({"sampled_softmax"})  # the losses that read logits less log Q(item)
 
 
 def factorization_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -56,6 +56,8 @@ class Objective(nn.Module):
         """What the net must offer these tasks and settings, checked once when a run is
         built: a head per task, the rows each batch uses for ``embedding_l2``."""
         type(net).check_tasks(self.names)
+        for task in self.tasks:
+            task.check_net(type(net))
         check_settings(self.embedding_l2, type(net))
 
     def forward(
@@ -70,7 +72,7 @@ class Objective(nn.Module):
         out: dict[str, torch.Tensor] = {}
         for task in self.tasks:
             rows = (shared or {}).get(task.name)
-            out[task.name] = task.loss(net.head(task.head), batch, rows, _user_side(rows))
+            out[task.name] = task.loss(net, batch, rows, _user_side(rows))
         penalty = 0.0
         if self.embedding_l2:  # only the rows this batch uses, as in SVD
             users, items = batch["users"], batch["items"]

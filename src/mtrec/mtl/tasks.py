@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from mtrec.errors import ConfigError
-from mtrec.models.protocol import Head, Rows
+from mtrec.models.protocol import Ranker, Recommender, Rows
 from mtrec.mtl import losses
 from mtrec.mtl.metrics import BinaryEvaluator, Evaluator, RankingEvaluator, RatingEvaluator
 
@@ -61,17 +61,21 @@ class Task(ABC):
     def evaluator(self, top_k: int, device: torch.device, sync: bool) -> Evaluator:
         """What accumulates the task's held-out metrics (``sync``: add up over DDP ranks)."""
 
+    def check_net(self, net_class: type[Recommender]) -> None:
+        """One clear error, when the run is built, for a net this task's settings cannot use."""
+        return None
+
     @abstractmethod
     def loss(
         self,
-        head: Head,
+        net: Recommender,
         batch: Mapping[str, torch.Tensor],
         rows: Rows | None = None,
         user_rows: Rows | None = None,
     ) -> torch.Tensor:
-        """The task's unweighted loss on ``batch``, read through ``head``. ``rows``: the task's
-        copy of the shared rows of the batch's pairs; ``user_rows``: its user side, shaped to
-        broadcast over the sampled items (``batch["negatives"]``)."""
+        """The task's unweighted loss on ``batch``, read through ``net.head(self.head)``.
+        ``rows``: the task's copy of the shared rows of the batch's pairs; ``user_rows``: its
+        user side, shaped to broadcast over the sampled items (``batch["negatives"]``)."""
 
 
 def _context(batch: Mapping[str, torch.Tensor], rows: Rows | None) -> dict:
@@ -82,8 +86,12 @@ def _context(batch: Mapping[str, torch.Tensor], rows: Rows | None) -> dict:
 @dataclass(frozen=True)
 class Interaction(Task):
     """Implicit feedback: each observed item against the batch's sampled negatives, with
-    ``factorization_loss`` (``bounded_bpr`` = mean(1 - sigmoid(p+ - p-)), the reference).
-    Ranked over the whole catalogue: MRR per user (reference), per held-out row, HR@k, NDCG@k."""
+    ``factorization_loss`` (``bounded_bpr`` = mean(1 - sigmoid(p+ - p-)), the reference);
+    ``softmax`` scores it against every item instead (nets that rank the catalogue,
+    :class:`~mtrec.models.protocol.Ranker`), and ``sampled_softmax`` corrects each logit by
+    the log-probability the sampler drew the item with (``batch["log_q"]``, one per item,
+    where the negatives are not uniform). Ranked over the whole catalogue: MRR per user
+    (reference), per held-out row, HR@k, NDCG@k."""
 
     name: ClassVar[str] = "interaction"
     fields: ClassVar[tuple[str, ...]] = ("users", "items", "negatives")
@@ -97,10 +105,24 @@ class Interaction(Task):
     def evaluator(self, top_k, device, sync):
         return RankingEvaluator(top_k, device, sync)
 
-    def loss(self, head, batch, rows=None, user_rows=None):
-        users = batch["users"]
-        positive = head(users, batch["items"], **_context(batch, rows))
-        negative = head(users.unsqueeze(-1), batch["negatives"], **_context(batch, user_rows))
+    def check_net(self, net_class):
+        if self.factorization_loss in losses.CATALOGUE and not issubclass(net_class, Ranker):
+            raise ConfigError(
+                f"model.factorization_loss={self.factorization_loss} scores every item, and "
+                f"{net_class.__name__} does not rank the catalogue: use model=multitask, or "
+                "model.factorization_loss=sampled_softmax."
+            )
+
+    def loss(self, net, batch, rows=None, user_rows=None):
+        head, users, items = net.head(self.head), batch["users"], batch["items"]
+        positive = head(users, items, **_context(batch, rows))
+        negatives = batch["negatives"]
+        if self.factorization_loss in losses.CATALOGUE:
+            negatives = torch.arange(net.num_items, device=users.device)
+        negative = head(users.unsqueeze(-1), negatives, **_context(batch, user_rows))
+        if self.factorization_loss in losses.CORRECTED and "log_q" in batch:
+            log_q = batch["log_q"]
+            positive, negative = positive - log_q[items], negative - log_q[negatives]
         return losses.factorization_loss(self.factorization_loss)(positive, negative)
 
 
@@ -121,8 +143,8 @@ class Rating(Task):
     def evaluator(self, top_k, device, sync):
         return RatingEvaluator(self.head, device, sync)
 
-    def loss(self, head, batch, rows=None, user_rows=None):
-        users, observed = batch["users"], batch["ratings"]
+    def loss(self, net, batch, rows=None, user_rows=None):
+        head, users, observed = net.head(self.head), batch["users"], batch["ratings"]
         predicted = head(users, batch["items"], **_context(batch, rows))
         if self.negative_rating_ratio:
             negatives = batch["negatives"][:, : self.negative_rating_ratio]
@@ -157,8 +179,8 @@ class Like(Task):
     def evaluator(self, top_k, device, sync):
         return BinaryEvaluator(self.head, self.labels, self.metric_names(), device, sync)
 
-    def loss(self, head, batch, rows=None, user_rows=None):
-        logits = head(batch["users"], batch["items"], **_context(batch, rows))
+    def loss(self, net, batch, rows=None, user_rows=None):
+        logits = net.head(self.head)(batch["users"], batch["items"], **_context(batch, rows))
         return F.binary_cross_entropy_with_logits(logits, self.labels(batch["ratings"]))
 
 
