@@ -20,11 +20,13 @@ the measured time per batch (marked ``*``).
 
 ``--weightings [names]`` adds one ML-100K row per loss-weighting strategy (all without names),
 each relative to ``weighting=fixed`` measured just before it; ``--sharings [names]`` one per
-sharing architecture, relative to ``model.net.sharing=shared``.
+sharing architecture, relative to ``model.net.sharing=shared``; ``--losses [names]`` one per
+interaction loss, relative to ``bounded_bpr``; ``--encoders [names]`` one per encoder on
+ML-100K and on the ML-1M shape, relative to ``id``.
 
     python benchmarks/epoch_time.py [--scale ml-100k/dense ...] [--shapes ml-100k ml-1m]
         [--epochs 2] [--steps N] [--weightings [fixed pcgrad ...]] [--sharings [mmoe ...]]
-        [override ...]
+        [--losses [softmax ...]] [--encoders [history]] [override ...]
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import open_dict
 
 from mtrec.models import MultiTaskNet
+from mtrec.models.encoders import ENCODERS
 from mtrec.models.sharing import SHARINGS
 from mtrec.mtl import losses
 from mtrec.mtl.evaluation import evaluate
@@ -219,6 +222,8 @@ def main() -> None:
     parser.add_argument(
         "--sharings", nargs="*", help="ML-100K rows per architecture (all without names)"
     )
+    parser.add_argument("--losses", nargs="*", help="ML-100K rows per interaction loss")
+    parser.add_argument("--encoders", nargs="*", help="ML-100K and ML-1M rows per encoder")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the template runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -239,6 +244,12 @@ def main() -> None:
         variant_rows(args, "weighting", args.weightings or WEIGHTINGS, "fixed")
     if args.sharings is not None:
         variant_rows(args, "model.net.sharing", args.sharings or list(SHARINGS), "shared")
+    if args.losses is not None:
+        names = args.losses or list(losses.FACTORIZATION_LOSSES)
+        variant_rows(args, "model.factorization_loss", names, "bounded_bpr")
+    if args.encoders is not None:
+        encoders = args.encoders or list(ENCODERS)
+        variant_rows(args, "model.net.encoder", encoders, "id", ("ml-100k", "ml-1m"))
 
 
 def scale_table(args, note: str) -> None:
@@ -283,25 +294,30 @@ def overhead_table(args, note: str) -> None:
             )
 
 
-def variant_rows(args, key: str, names: list[str], baseline: str) -> None:
-    """One ML-100K template row per value of ``key``, relative to ``baseline``'s, each
+def variant_rows(args, key: str, names: list[str], baseline: str, shapes=("ml-100k",)) -> None:
+    """One template row per value of ``key`` and shape, relative to ``baseline``'s, each
     measured right after a run of the baseline (printed beside it): a shared host's speed
     drifts by tens of percent over the minutes a list of rows takes. The training epoch and
     the evaluation each against the baseline's."""
     title = key.rsplit(".", 1)[-1]
-    header = f"{'train s':>9}{baseline + ' s':>11}{'ratio':>7}"
-    header += f"{'eval ms':>9}{baseline + ' ms':>11}{'ratio':>7}"
-    print(f"\n{title:<14}{header}", flush=True)
-    for name in [n for n in names if n != baseline]:
-        reference = measure_in_subprocess("template", "ml-100k", args, (f"{key}={baseline}",))
-        row = measure_in_subprocess("template", "ml-100k", args, (f"{key}={name}",))
-        train_ratio = row["train_s"] / reference["train_s"]
-        eval_ratio = row["eval_ms"] / reference["eval_ms"]
-        print(
-            f"{name:<14}{row['train_s']:>9.3f}{reference['train_s']:>11.3f}{train_ratio:>7.2f}"
-            f"{row['eval_ms']:>9.1f}{reference['eval_ms']:>11.1f}{eval_ratio:>7.2f}",
-            flush=True,
-        )
+    width = max(14, len(title) + 1, *(len(n) + 1 for n in names))
+    column = max(13, len(baseline) + 5)  # the baseline's figures
+    header = f"{'shape':<9}{'train s':>9}{baseline + ' s':>{column}}{'ratio':>7}"
+    header += f"{'eval ms':>9}{baseline + ' ms':>{column}}{'ratio':>7}"
+    print(f"\n{title:<{width}}{header}", flush=True)
+    for shape in shapes:
+        for name in [n for n in names if n != baseline]:
+            reference = measure_in_subprocess("template", shape, args, (f"{key}={baseline}",))
+            row = measure_in_subprocess("template", shape, args, (f"{key}={name}",))
+            train_ratio = row["train_s"] / reference["train_s"]
+            eval_ratio = row["eval_ms"] / reference["eval_ms"]
+            star = "*" if row["projected"] else " "
+            print(
+                f"{name:<{width}}{shape:<9}{row['train_s']:>8.3f}{star}"
+                f"{reference['train_s']:>{column - 1}.3f}{star}{train_ratio:>7.2f}"
+                f"{row['eval_ms']:>9.1f}{reference['eval_ms']:>{column}.1f}{eval_ratio:>7.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -227,6 +227,13 @@ def sparse_rows_checks(cfg: DictConfig, strategy) -> None:
     """What sparse row updates cannot take: another optimizer than Adam, penalties on all
     parameters, per-task gradients (``strategy``'s or the diagnostics') under DDP."""
     check_sparse_rows(lookup(cfg, "model.l1") or 0, lookup(cfg, "model.l2") or 0)
+    if lookup(cfg, "model.net.encoder") not in ("id", ABSENT):
+        raise ConfigError(
+            f"model.sparse_rows=true updates only the rows a batch reads, and "
+            f"model.net.encoder={lookup(cfg, 'model.net.encoder')} reads every training item of "
+            "a batch's users: use model.net.encoder=id with sparse rows, or "
+            "model.sparse_rows=false."
+        )
     optimizer = lookup(cfg, "optimizer._target_")
     if isinstance(optimizer, str):
         check_sparse_optimizer(optimizer)

@@ -13,6 +13,7 @@ from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError, shown
 from mtrec.models.embedding_experts import EmbeddingExperts
 from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
+from mtrec.models.encoders import HistoryEncoder, check_encoder, history_weights
 from mtrec.models.protocol import (
     EmbeddingNorms,
     Gated,
@@ -65,6 +66,10 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
     the rating head's own) to the MLP's output, so the MLP models only the interaction of
     user and item. ``dropout`` drops MLP activations during training.
 
+    ``encoder`` is how a user id becomes a vector before any of that
+    (:mod:`mtrec.models.encoders`): ``id``, its row; ``history``, plus SVD++'s term from the
+    user's training items (one item table per user table).
+
     ``cosine`` scores interactions by ``cos(u, q) / tau + b``: both vectors L2-normalised, so
     no user or item wins by its norm alone, and a learned temperature ``tau`` (started at
     ``temperature``) sets how peaked the scores are; the item bias stays.
@@ -89,6 +94,7 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         tasks: Sequence[str] = ("interaction", "rating"),
         cosine: bool = False,
         temperature: float = 0.1,
+        encoder: str = "id",
     ):
         super().__init__()
         self.check_tasks(tasks)
@@ -106,6 +112,7 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
             residual,
             cosine,
             temperature,
+            encoder,
         )
         sharing = sharing_of(sharing, embedding_sharing, experts, task_experts, levels)
         experts = DEFAULT_EXPERTS.get(sharing, 1) if experts is None else experts
@@ -175,6 +182,13 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         self.cosine = cosine
         if cosine:  # log(1 / tau), learned
             self.log_inverse_temperature = nn.Parameter(torch.tensor(-math.log(temperature)))
+        self.user_histories = None  # one encoder per distinct user table, in task order
+        if encoder == "history":
+            weights = history_weights(data.train, num_users, num_items)
+            self.user_histories = nn.ModuleList(
+                HistoryEncoder(weights, table.embedding_dim)
+                for table in _distinct(self.user_tables)
+            )
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -198,9 +212,11 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         residual=False,
         cosine=False,
         temperature=0.1,
+        encoder="id",
     ) -> None:
         """The rules of these settings, checked once: when the net is built, and by config
         validation before any work (it calls this with the config's values)."""
+        check_encoder(encoder)
         if not isinstance(cosine, bool):
             raise ConfigError(f"model.net.cosine={shown(cosine)} is not valid: use true or false.")
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
@@ -257,6 +273,9 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         """
         users = self._scaled(self._vector("user", "interaction", user_ids, rows))
         items = self._unit(self._vector("item", "interaction", item_ids, rows))
+        if user_ids.dim() == 2 and user_ids.shape[1] == 1 and item_ids.dim() == 1:
+            # every user against the same items (the catalogue): one matrix product
+            return torch.addmm(self.item_biases(item_ids).T, users.squeeze(1), items.T)
         return (users * items).sum(-1) + self.item_biases(item_ids).squeeze(-1)
 
     def _unit(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -297,6 +316,14 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
             tables += [(self.rating_user_biases, user_ids), (self.rating_item_biases, item_ids)]
         return sum(table(ids).pow(2).sum(-1) for table, ids in tables)
 
+    def _lookup(self, side: str, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        """The encoded rows of ``ids`` in one of a side's tables."""
+        rows = table(ids)
+        if side == "user" and self.user_histories is not None:
+            index = _distinct(self.user_tables).index(table)
+            rows = self.user_histories[index](rows, ids)
+        return rows
+
     def _side(self, side: str) -> tuple[dict[str, nn.Embedding], nn.Module | None]:
         """Each task's table of a side (one object where they share it), and its mixer."""
         if side == "user":
@@ -308,15 +335,15 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         share, read instead of computing it (keys as :meth:`shared` names them)."""
         tables, side_mixer = self._side(side)
         if side_mixer is None:
-            return _row(rows, side, tables[task], ids)
+            return self._row(rows, side, tables[task], ids)
         if isinstance(side_mixer, CrossStitch):
-            every = {t: _row(rows, f"{side}/{t}", tables[t], ids) for t in self._tasks}
+            every = {t: self._row(rows, f"{side}/{t}", tables[t], ids) for t in self._tasks}
             return side_mixer.vector(task, every)
         table = tables[task]  # under a mixer every task reads the side's one table
         if not self.training and rows is None:  # held-out rows repeat ids: each computed once
             ids, position = ids.unique(return_inverse=True)
         copy = rows[side] if rows is not None and side in rows else None  # a task's own copy
-        vectors = side_mixer.vector(task, table(ids), copy)
+        vectors = side_mixer.vector(task, self._lookup(side, table, ids), copy)
         return vectors if self.training or rows is not None else vectors[position]
 
     def shared(
@@ -335,12 +362,25 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
             tables, side_mixer = self._side(side)
             if isinstance(side_mixer, CrossStitch):
                 for task in self._tasks:
-                    shared[f"{side}/{task}"] = TableRows(tables[task], ids)
+                    shared[f"{side}/{task}"] = self._shared_rows(side, tables[task], ids)
             elif side_mixer is not None:
-                shared[side] = side_mixer.shared(tables["interaction"](ids))
+                shared[side] = side_mixer.shared(self._lookup(side, tables["interaction"], ids))
             elif len(_distinct(tables)) == 1:
-                shared[side] = TableRows(tables["interaction"], ids)
+                shared[side] = self._shared_rows(side, tables["interaction"], ids)
         return shared
+
+    def _shared_rows(self, side: str, table: nn.Embedding, ids: torch.Tensor):
+        """A table's shared rows: gathered apart from autograd where they are the table's own
+        rows, with autograd where an encoder adds to them (its parameters need the gradient)."""
+        if side == "user" and self.user_histories is not None:
+            return self._lookup(side, table, ids)
+        return TableRows(table, ids)
+
+    def _row(self, rows: Rows | None, key: str, table: nn.Embedding, ids: torch.Tensor):
+        """The given shared rows, else the table's encoded rows of ``ids``."""
+        if rows is not None and key in rows:
+            return rows[key]
+        return self._lookup(key.split("/")[0], table, ids)
 
     def gate_use(self) -> dict[str, torch.Tensor]:
         """Each gate's mean share per expert and its mean entropy (nats), over every user (or
@@ -353,8 +393,10 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
             if side_mixer is None or isinstance(side_mixer, CrossStitch):
                 continue
             share = getattr(self, weights) / getattr(self, weights).sum()
+            every = torch.arange(len(share), device=share.device)
             with torch.no_grad():
-                for gate, probabilities in side_mixer.gates(table.weight).items():
+                rows = self._lookup(side, table, every)
+                for gate, probabilities in side_mixer.gates(rows).items():
                     for expert, value in enumerate(share @ probabilities):
                         found[f"gate/{side}/{gate}/{expert}"] = value
                     entropy = -(probabilities * probabilities.clamp(min=1e-12).log()).sum(-1)
@@ -398,11 +440,6 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
                 for task in self._tasks:
                     found[side, task] = self._vector(side, task, every, None)
         return found
-
-
-def _row(rows: Rows | None, key: str, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-    """The given shared rows, else the table's rows of ``ids``."""
-    return rows[key] if rows is not None and key in rows else table(ids)
 
 
 def sharing_of(
