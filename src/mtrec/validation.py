@@ -225,7 +225,8 @@ def tasks_checks(cfg: DictConfig, net: type) -> None:
 
 def sparse_rows_checks(cfg: DictConfig, strategy) -> None:
     """What sparse row updates cannot take: another optimizer than Adam, penalties on all
-    parameters, per-task gradients (``strategy``'s or the diagnostics') under DDP."""
+    parameters, an encoder that reads more rows than the batch's, per-task gradients
+    (``strategy``'s or the diagnostics') under DDP."""
     check_sparse_rows(lookup(cfg, "model.l1") or 0, lookup(cfg, "model.l2") or 0)
     if lookup(cfg, "model.net.encoder") not in ("id", ABSENT):
         raise ConfigError(
