@@ -336,20 +336,28 @@ def test_optuna_search_config_returns_a_validation_objective():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "weighting, sparse_rows", [("fixed", False), ("pcgrad", False), ("fixed", True)]
+    "weighting, sparse_rows, encoder",
+    [
+        ("fixed", False, "id"),
+        ("pcgrad", False, "id"),
+        ("fixed", True, "id"),
+        ("mgda", False, "history"),
+    ],
 )
 def test_ddp_on_two_cpu_processes_evaluates_the_whole_held_out_set(
-    ratings_folder, tmp_path, weighting, sparse_rows
+    ratings_folder, tmp_path, weighting, sparse_rows, encoder
 ):
     """Two gloo ranks train on disjoint shares of each epoch; the metrics they log are those of
     the whole held-out set (equal to a one-process evaluation of the checkpoint) and agree with
     one-process training of the same effective batch within noise. With a gradient-level
     strategy each rank combines its tasks' gradients and the ranks average the result; with
-    sparse rows DDP averages the tables' sparse gradients."""
+    sparse rows DDP averages the tables' sparse gradients; each rank builds the history encoder's
+    matrix from the same training rows."""
     common = [
         f"data.path={ratings_folder}",
         f"weighting={weighting}",
         f"model.sparse_rows={str(sparse_rows).lower()}",
+        f"model.net.encoder={encoder}",
         "trainer.max_epochs=10",
         "optimizer.lr=0.01",
         "callbacks.progress_bar.refresh_rate=0",
