@@ -627,3 +627,26 @@ def test_the_gate_figure_is_drawn_by_the_run_at_the_end_of_fit(tmp_path):
     history.history = [{"epoch": 1, "test/mrr": 0.1}]  # no gates: no figure
     GateFigure(tmp_path).on_fit_end(trainer, None)
     assert not (tmp_path / "gates.png").exists()
+
+
+def test_the_sweep_report_draws_gates_only_where_a_run_did_not(tmp_path):
+    history = [
+        {"epoch": e, "mtl/gate/user/rating/0": 0.3, "mtl/gate/user/rating/1": 0.7} for e in (1, 2)
+    ]
+    jobs = []
+    for name, status in (
+        ("drawn", "completed"),
+        ("missing", "completed"),
+        ("stopped", "interrupted"),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        jobs.append(
+            tables.Job(folder, {"model.net.sharing": name}, status, metrics={"history": history})
+        )
+    for name in ("drawn", "stopped"):
+        (tmp_path / name / "gates.png").write_bytes(b"drawn by the run")
+    figures.write_figures(jobs, ["model.net.sharing"], tmp_path)
+    assert (tmp_path / "drawn" / "gates.png").read_bytes() == b"drawn by the run"  # kept
+    for name in ("missing", "stopped"):  # drawn: none yet, or the run may have moved on
+        assert (tmp_path / name / "gates.png").read_bytes().startswith(b"\x89PNG")
