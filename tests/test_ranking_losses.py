@@ -158,7 +158,13 @@ def test_the_cosine_score_by_hand_and_in_the_catalogue_scorer():
 
 
 @pytest.mark.parametrize(
-    "value", ["model.net.temperature=0", "model.net.cosine=2", "data.negative_alpha=-1"]
+    "value",
+    [
+        "model.net.temperature=0",
+        "model.net.temperature=warm",
+        "model.net.cosine=2",
+        "data.negative_alpha=-1",
+    ],
 )
 def test_bad_ranking_settings_get_one_message_before_training(run_cli, ratings_folder, value):
     status, output = run_cli(f"data.path={ratings_folder}", value, "trainer.max_epochs=1")

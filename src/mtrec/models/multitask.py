@@ -185,10 +185,12 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         self.user_histories = None  # one encoder per distinct user table, in task order
         if encoder == "history":
             weights = history_weights(data.train, num_users, num_items)
+            distinct = _distinct(self.user_tables)
             self.user_histories = nn.ModuleList(
-                HistoryEncoder(weights, table.embedding_dim)
-                for table in _distinct(self.user_tables)
+                HistoryEncoder(weights, table.embedding_dim) for table in distinct
             )
+            # each task's encoder: the one of the table it reads, found once here
+            self.history_of = {t: distinct.index(u) for t, u in self.user_tables.items()}
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -219,9 +221,8 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         check_encoder(encoder)
         if not isinstance(cosine, bool):
             raise ConfigError(f"model.net.cosine={shown(cosine)} is not valid: use true or false.")
-        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-            temperature = -1
-        if not temperature > 0:
+        number = isinstance(temperature, int | float) and not isinstance(temperature, bool)
+        if not (number and temperature > 0):
             raise ConfigError(
                 f"model.net.temperature={shown(temperature)} is not valid: use a number > 0, "
                 "e.g. 0.1 (the cosine score's starting temperature)."
@@ -316,12 +317,11 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
             tables += [(self.rating_user_biases, user_ids), (self.rating_item_biases, item_ids)]
         return sum(table(ids).pow(2).sum(-1) for table, ids in tables)
 
-    def _lookup(self, side: str, table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-        """The encoded rows of ``ids`` in one of a side's tables."""
-        rows = table(ids)
+    def _lookup(self, side: str, task: str, ids: torch.Tensor) -> torch.Tensor:
+        """The encoded rows of ``ids`` in the table ``task`` reads on a side."""
+        rows = self._side(side)[0][task](ids)
         if side == "user" and self.user_histories is not None:
-            index = _distinct(self.user_tables).index(table)
-            rows = self.user_histories[index](rows, ids)
+            rows = self.user_histories[self.history_of[task]](rows, ids)
         return rows
 
     def _side(self, side: str) -> tuple[dict[str, nn.Embedding], nn.Module | None]:
@@ -333,17 +333,17 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
     def _vector(self, side: str, task: str, ids: torch.Tensor, rows: Rows | None) -> torch.Tensor:
         """A task's vector of a side for ``ids``; ``rows`` may hold (a copy of) what the tasks
         share, read instead of computing it (keys as :meth:`shared` names them)."""
-        tables, side_mixer = self._side(side)
+        side_mixer = self._side(side)[1]
         if side_mixer is None:
-            return self._row(rows, side, tables[task], ids)
+            return self._row(rows, side, task, ids)
         if isinstance(side_mixer, CrossStitch):
-            every = {t: self._row(rows, f"{side}/{t}", tables[t], ids) for t in self._tasks}
+            every = {t: self._row(rows, f"{side}/{t}", t, ids) for t in self._tasks}
             return side_mixer.vector(task, every)
-        table = tables[task]  # under a mixer every task reads the side's one table
         if not self.training and rows is None:  # held-out rows repeat ids: each computed once
             ids, position = ids.unique(return_inverse=True)
         copy = rows[side] if rows is not None and side in rows else None  # a task's own copy
-        vectors = side_mixer.vector(task, self._lookup(side, table, ids), copy)
+        # under a mixer every task reads the side's one table
+        vectors = side_mixer.vector(task, self._lookup(side, task, ids), copy)
         return vectors if self.training or rows is not None else vectors[position]
 
     def shared(
@@ -362,25 +362,26 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
             tables, side_mixer = self._side(side)
             if isinstance(side_mixer, CrossStitch):
                 for task in self._tasks:
-                    shared[f"{side}/{task}"] = self._shared_rows(side, tables[task], ids)
+                    shared[f"{side}/{task}"] = self._shared_rows(side, task, ids)
             elif side_mixer is not None:
-                shared[side] = side_mixer.shared(self._lookup(side, tables["interaction"], ids))
+                shared[side] = side_mixer.shared(self._lookup(side, "interaction", ids))
             elif len(_distinct(tables)) == 1:
-                shared[side] = self._shared_rows(side, tables["interaction"], ids)
+                shared[side] = self._shared_rows(side, "interaction", ids)
         return shared
 
-    def _shared_rows(self, side: str, table: nn.Embedding, ids: torch.Tensor):
-        """A table's shared rows: gathered apart from autograd where they are the table's own
-        rows, with autograd where an encoder adds to them (its parameters need the gradient)."""
+    def _shared_rows(self, side: str, task: str, ids: torch.Tensor):
+        """The shared rows of the table ``task`` reads: gathered apart from autograd where they
+        are the table's own rows, with autograd where an encoder adds to them (its parameters
+        need the gradient)."""
         if side == "user" and self.user_histories is not None:
-            return self._lookup(side, table, ids)
-        return TableRows(table, ids)
+            return self._lookup(side, task, ids)
+        return TableRows(self._side(side)[0][task], ids)
 
-    def _row(self, rows: Rows | None, key: str, table: nn.Embedding, ids: torch.Tensor):
-        """The given shared rows, else the table's encoded rows of ``ids``."""
+    def _row(self, rows: Rows | None, key: str, task: str, ids: torch.Tensor):
+        """The given shared rows, else the encoded rows of ``ids`` that ``task`` reads."""
         if rows is not None and key in rows:
             return rows[key]
-        return self._lookup(key.split("/")[0], table, ids)
+        return self._lookup(key.split("/")[0], task, ids)
 
     def gate_use(self) -> dict[str, torch.Tensor]:
         """Each gate's mean share per expert and its mean entropy (nats), over every user (or
@@ -388,14 +389,13 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         Empty without gates."""
         found = {}
         for side, weights in (("user", "user_rows"), ("item", "item_rows")):
-            tables, side_mixer = self._side(side)
-            table = tables["interaction"]
+            side_mixer = self._side(side)[1]
             if side_mixer is None or isinstance(side_mixer, CrossStitch):
                 continue
             share = getattr(self, weights) / getattr(self, weights).sum()
             every = torch.arange(len(share), device=share.device)
             with torch.no_grad():
-                rows = self._lookup(side, table, every)
+                rows = self._lookup(side, "interaction", every)
                 for gate, probabilities in side_mixer.gates(rows).items():
                     for expert, value in enumerate(share @ probabilities):
                         found[f"gate/{side}/{gate}/{expert}"] = value
