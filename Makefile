@@ -29,7 +29,7 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 
 test: lint  ## everything, as CI runs it, one worker per core
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 test-fast: $(STAMP)  ## the inner loop: every test but those marked slow
 	$(BIN)/python -m pytest -m "not slow" -x -q

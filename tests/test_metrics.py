@@ -232,6 +232,7 @@ def evaluate_on_rank(rank, world_size, store, out, net, held):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("gloo")  # process groups one at a time: their sockets never meet
 def test_ranks_sharing_the_chunks_give_the_metrics_of_one_process(tmp_path):
     net, held = random_held_out()
     one_process = evaluate(net, held)

@@ -335,6 +335,7 @@ def test_optuna_search_config_returns_a_validation_objective():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("gloo")  # process groups one at a time: their sockets never meet
 @pytest.mark.parametrize(
     "weighting, sparse_rows, encoder",
     [
