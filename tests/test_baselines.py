@@ -89,6 +89,30 @@ def composed(tmp_path, ratings_folder, *overrides: str):
         )
 
 
+def test_a_rating_only_model_trains_its_head_at_weight_one(tmp_path, ratings_folder):
+    """Its penalty (``model.embedding_l2``) was chosen against the whole rating loss: under
+    the default fixed weighting its head's weight is 1, not the two-task study's λR = 0.01."""
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+
+    from mtrec.mtl.tasks import RATING
+    from mtrec.reference_keys import apply_reference_keys
+
+    models = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*"))
+    rating_only = []
+    for name in models:
+        cfg = composed(tmp_path, ratings_folder, f"model={name}")
+        if list(cfg.tasks) != ["rating"]:
+            continue
+        apply_reference_keys(cfg)
+        strategy = instantiate(cfg.weighting)
+        strategy.bind([RATING])
+        assert strategy.loss_weights(torch.ones(1)) == [1.0], name
+        rating_only.append(name)
+    assert len(rating_only) == 7  # mf, biased_mf, biased_dot, dense, genre_*, sequence_lstm
+
+
 def test_popularity_run_stops_after_one_epoch_with_its_ranking_metrics(ratings_folder, tmp_path):
     cfg = composed(tmp_path, ratings_folder, "model=popularity", "trainer.max_epochs=5")
     metrics = train(cfg)
