@@ -54,7 +54,7 @@ def runs(sweep: Path) -> pd.DataFrame:
     return table
 
 
-def _cell(values: pd.Series, spec: str) -> str:
+def cell(values: pd.Series, spec: str) -> str:
     values = values.dropna()
     if values.empty:
         return ""
@@ -76,15 +76,15 @@ def study_table(table: pd.DataFrame) -> str:
         mine = table[table[SHARING] == sharing]
         alone = mine[mine["twin"] == "interaction"]
         rating = mine[mine["twin"] == "rating"]
-        auc = f"| {_cell(mine[mine['twin'] == 'like']['test/auc'], '.3f')} " if like else ""
+        auc = f"| {cell(mine[mine['twin'] == 'like']['test/auc'], '.3f')} " if like else ""
         lines.append(
-            f"| `{sharing}` | *single-task twins* | {_cell(alone['test/mrr'], '.4f')} "
-            f"| {_cell(alone['test/mrr_interaction'], '.4f')} "
-            f"| {_cell(rating['test/rmse'], '.3f')} {auc}| {_cell(alone[RANK], '.1f')} | 0 | | | |"
+            f"| `{sharing}` | *single-task twins* | {cell(alone['test/mrr'], '.4f')} "
+            f"| {cell(alone['test/mrr_interaction'], '.4f')} "
+            f"| {cell(rating['test/rmse'], '.3f')} {auc}| {cell(alone[RANK], '.1f')} | 0 | | | |"
         )
         multi = mine[mine["twin"].isna()]
         for setting, rows in multi.groupby("setting", sort=False):
-            cells = [_cell(rows[c], spec) for c, spec in columns.items()]
+            cells = [cell(rows[c], spec) for c, spec in columns.items()]
             below = [
                 f"{(rows[c] < 0).sum()} / {rows[c].notna().sum()}"
                 for c in ("delta_m", "delta_m_best")

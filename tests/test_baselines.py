@@ -137,11 +137,14 @@ class EvaluationReads(L.Callback):
         self.test_runs += 1
 
 
-def test_selection_reads_validation_only_and_tests_the_best_epoch_once(ratings_folder, tmp_path):
+@pytest.mark.parametrize("experiment", ["beyond", "best"])
+def test_selection_reads_validation_only_and_tests_the_best_epoch_once(
+    ratings_folder, tmp_path, experiment
+):
     cfg = composed(
         tmp_path,
         ratings_folder,
-        "experiment=beyond",
+        f"experiment={experiment}",
         "hydra.mode=RUN",
         "data.split_seed=0",
         "data.val_fraction=0.2",

@@ -342,7 +342,7 @@ def test_optuna_search_config_returns_a_validation_objective():
         ("fixed", False, "id"),
         ("pcgrad", False, "id"),
         ("fixed", True, "id"),
-        ("mgda", False, "history"),
+        ("mgda", False, "graph"),
     ],
 )
 def test_ddp_on_two_cpu_processes_evaluates_the_whole_held_out_set(
@@ -352,8 +352,8 @@ def test_ddp_on_two_cpu_processes_evaluates_the_whole_held_out_set(
     the whole held-out set (equal to a one-process evaluation of the checkpoint) and agree with
     one-process training of the same effective batch within noise. With a gradient-level
     strategy each rank combines its tasks' gradients and the ranks average the result; with
-    sparse rows DDP averages the tables' sparse gradients; each rank builds the history encoder's
-    matrix from the same training rows."""
+    sparse rows DDP averages the tables' sparse gradients; each rank builds the graph encoder's
+    propagation (as it would the history encoder's matrix) from the same training rows."""
     common = [
         f"data.path={ratings_folder}",
         f"weighting={weighting}",

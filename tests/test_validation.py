@@ -54,6 +54,8 @@ def message(*overrides: str) -> str:
         ["experiment=zoo"],
         ["experiment=cs330"],
         ["experiment=collapse"],
+        ["experiment=best"],
+        ["model.net.encoder=graph", "model.net.graph_layers=2"],
         [
             "model.net.embedding_dim=auto",
             "model.net.layer_sizes=[5,3]",

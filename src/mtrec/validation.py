@@ -231,8 +231,9 @@ def sparse_rows_checks(cfg: DictConfig, strategy) -> None:
     if lookup(cfg, "model.net.encoder") not in ("id", ABSENT):
         raise ConfigError(
             f"model.sparse_rows=true updates only the rows a batch reads, and "
-            f"model.net.encoder={lookup(cfg, 'model.net.encoder')} reads every training item of "
-            "a batch's users: use model.net.encoder=id with sparse rows, or "
+            f"model.net.encoder={lookup(cfg, 'model.net.encoder')} reads rows beyond the "
+            "batch's (a user's training items, or the training graph): use "
+            "model.net.encoder=id with sparse rows, or "
             "model.sparse_rows=false."
         )
     optimizer = lookup(cfg, "optimizer._target_")

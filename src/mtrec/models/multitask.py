@@ -13,7 +13,14 @@ from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError, shown
 from mtrec.models.embedding_experts import EmbeddingExperts
 from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
-from mtrec.models.encoders import HistoryEncoder, check_encoder, history_weights
+from mtrec.models.encoders import (
+    GraphEncoder,
+    HistoryEncoder,
+    check_encoder,
+    check_graph_layers,
+    graph_propagation,
+    history_weights,
+)
 from mtrec.models.protocol import (
     EmbeddingNorms,
     Gated,
@@ -66,9 +73,12 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
     the rating head's own) to the MLP's output, so the MLP models only the interaction of
     user and item. ``dropout`` drops MLP activations during training.
 
-    ``encoder`` is how a user id becomes a vector before any of that
+    ``encoder`` is how an id becomes a vector before any of that
     (:mod:`mtrec.models.encoders`): ``id``, its row; ``history``, plus SVD++'s term from the
-    user's training items (one item table per user table).
+    user's training items (one item table per user table); ``graph``, LightGCN's mean of
+    ``graph_layers`` propagations over the training graph, for users and items alike (each
+    task's user and item tables propagated together; under a mixture of tables, every column
+    of the wide rows).
 
     ``cosine`` scores interactions by ``cos(u, q) / tau + b``: both vectors L2-normalised, so
     no user or item wins by its norm alone, and a learned temperature ``tau`` (started at
@@ -95,6 +105,7 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         cosine: bool = False,
         temperature: float = 0.1,
         encoder: str = "id",
+        graph_layers: int = 3,
     ):
         super().__init__()
         self.check_tasks(tasks)
@@ -113,6 +124,7 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
             cosine,
             temperature,
             encoder,
+            graph_layers,
         )
         sharing = sharing_of(sharing, embedding_sharing, experts, task_experts, levels)
         experts = DEFAULT_EXPERTS.get(sharing, 1) if experts is None else experts
@@ -191,6 +203,10 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
             )
             # each task's encoder: the one of the table it reads, found once here
             self.history_of = {t: distinct.index(u) for t, u in self.user_tables.items()}
+        self.graph = None
+        if encoder == "graph":
+            propagation = graph_propagation(data.train, num_users, num_items, graph_layers)
+            self.graph = GraphEncoder(propagation, num_users)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -215,10 +231,12 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         cosine=False,
         temperature=0.1,
         encoder="id",
+        graph_layers=3,
     ) -> None:
         """The rules of these settings, checked once: when the net is built, and by config
         validation before any work (it calls this with the config's values)."""
         check_encoder(encoder)
+        check_graph_layers(graph_layers)
         if not isinstance(cosine, bool):
             raise ConfigError(f"model.net.cosine={shown(cosine)} is not valid: use true or false.")
         number = isinstance(temperature, int | float) and not isinstance(temperature, bool)
@@ -319,6 +337,9 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
 
     def _lookup(self, side: str, task: str, ids: torch.Tensor) -> torch.Tensor:
         """The encoded rows of ``ids`` in the table ``task`` reads on a side."""
+        if self.graph is not None:
+            users, items = self.user_tables[task].weight, self.item_tables[task].weight
+            return self.graph(users, items, side, ids)
         rows = self._side(side)[0][task](ids)
         if side == "user" and self.user_histories is not None:
             rows = self.user_histories[self.history_of[task]](rows, ids)
@@ -371,11 +392,15 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
 
     def _shared_rows(self, side: str, task: str, ids: torch.Tensor):
         """The shared rows of the table ``task`` reads: gathered apart from autograd where they
-        are the table's own rows, with autograd where an encoder adds to them (its parameters
-        need the gradient)."""
-        if side == "user" and self.user_histories is not None:
+        are the table's own rows, with autograd where an encoder makes them (they depend on
+        more than these rows)."""
+        if self._encoded(side):
             return self._lookup(side, task, ids)
         return TableRows(self._side(side)[0][task], ids)
+
+    def _encoded(self, side: str) -> bool:
+        """Whether an encoder makes a side's rows (else they are the table's own)."""
+        return self.graph is not None or (side == "user" and self.user_histories is not None)
 
     def _row(self, rows: Rows | None, key: str, task: str, ids: torch.Tensor):
         """The given shared rows, else the encoded rows of ``ids`` that ``task`` reads."""
@@ -425,8 +450,8 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         return score
 
     def item_vectors(self) -> torch.Tensor:
-        """Every item's interaction vector (its embedding, unless a mixer makes it)."""
-        if self.item_mixer is None:
+        """Every item's interaction vector (its embedding, unless a mixer or encoder makes it)."""
+        if self.item_mixer is None and not self._encoded("item"):
             return self.item_embeddings.weight
         every = torch.arange(self.num_items, device=self.item_biases.weight.device)
         return self._vector("item", "interaction", every, None)
