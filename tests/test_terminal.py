@@ -262,7 +262,7 @@ def test_ctrl_c_in_a_terminal_stops_jobs_side_by_side_with_one_line(ratings_fold
     epochs = 4
     hold = tmp_path / "hold"
     hold.touch()
-    extra = ["seed=1,2,3", f"trainer.max_epochs={epochs}", "data.batch_size=8"]
+    extra = ["seed=1,2,3", f"trainer.max_epochs={epochs}"]
     callback = [
         f"+callbacks.hold._target_={__name__}.HoldAtSecondEpoch",
         f"+callbacks.hold.hold={hold}",
