@@ -72,15 +72,17 @@ def job_rows(sweep: Path) -> pd.DataFrame:
 
 
 def bench_ratios(path: Path) -> dict[str, float]:
-    """``name -> s / epoch vs fixed`` from the weighting rows of a ``make bench`` output
-    (name, seconds, the baseline's seconds just before, ratio, evaluation ms)."""
+    """``name -> s / epoch vs fixed`` from the weighting rows of a ``make bench`` output: in
+    the block whose header starts with ``weighting``, each row's third number (its training
+    epoch's seconds, ``fixed``'s measured just before, their ratio)."""
     ratios, block = {"fixed": 1.0}, None
     for line in path.read_text().splitlines():
         # blocks are separated by blank lines, each named by its header's first word
         fields = line.split()
         block = (block or fields[0]) if fields else None
-        if block == "weighting" and len(fields) == 5 and re.fullmatch(r"[\d.]+", fields[3]):
-            ratios[fields[0]] = float(fields[3])
+        numbers = [f for f in fields[1:] if re.fullmatch(r"[\d.]+", f)]
+        if block == "weighting" and len(numbers) >= 3:
+            ratios[fields[0]] = float(numbers[2])
     return ratios
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -101,5 +102,21 @@ def run_cli(monkeypatch, capsys, caplog, tmp_path):
                 status = exit.code if isinstance(exit.code, int) else 1
         out, err = capsys.readouterr()
         return status, "\n".join(r.getMessage() for r in caplog.records) + out + err
+
+    return run
+
+
+@pytest.fixture
+def short_run(run_cli, ratings_folder, tmp_path):
+    """Train two eager epochs on the tests' ratings with these overrides, as ``mtrec-train``
+    does; returns the run's folder and its ``metrics.json``."""
+
+    def run(*overrides: str) -> tuple[Path, dict]:
+        status, output = run_cli(
+            f"data.path={ratings_folder}", *overrides, "trainer.max_epochs=2", "model.compile=false"
+        )
+        assert status == 0, output
+        (folder,) = (tmp_path / "outputs/runs/train").glob("*/*")
+        return folder, json.loads((folder / "metrics.json").read_text())
 
     return run

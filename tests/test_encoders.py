@@ -4,7 +4,6 @@ what is refused."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -154,17 +153,9 @@ def test_every_architecture_reads_the_graph(sharing):
 
 @pytest.mark.parametrize(("encoder", "weighting"), [("history", "fixed"), ("history", "mgda"),
                                                     ("graph", "mgda")])  # fmt: skip
-def test_runs_train_the_encoders(run_cli, ratings_folder, tmp_path, encoder, weighting):
-    status, output = run_cli(
-        f"data.path={ratings_folder}",
-        f"model.net.encoder={encoder}",
-        f"weighting={weighting}",
-        "trainer.max_epochs=2",
-        "model.compile=false",
-    )
-    assert status == 0, output
-    (run,) = (tmp_path / "outputs/runs/train").glob("*/*")
-    final = json.loads((run / "metrics.json").read_text())["final"]
+def test_runs_train_the_encoders(short_run, encoder, weighting):
+    run, record = short_run(f"model.net.encoder={encoder}", f"weighting={weighting}")
+    final = record["final"]
     assert 0 < final["test/mrr"] <= 1 and math.isfinite(final["test/mse"])
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     if encoder == "history":

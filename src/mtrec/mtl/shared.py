@@ -48,6 +48,11 @@ class TaskCopies:
             ]
         )
 
+    @property
+    def parts(self) -> tuple[int, ...]:
+        """The length of each shared part within a row of :attr:`received`, in order."""
+        return tuple(shape.numel() for shape in self.sizes.values())
+
     @cached_property
     def gram(self) -> torch.Tensor:
         """The Gram matrix of :attr:`received`, computed once for the strategy and the
@@ -56,10 +61,9 @@ class TaskCopies:
 
     def send(self, combined: torch.Tensor) -> None:
         """Give the shared part its gradient ``combined`` (flattened, as :meth:`received`)."""
-        numels = [shape.numel() for shape in self.sizes.values()]
         tensors, gradients = [], []
         for part, gradient, shape in zip(
-            self.shared.values(), combined.split(numels), self.sizes.values(), strict=True
+            self.shared.values(), combined.split(self.parts), self.sizes.values(), strict=True
         ):
             if isinstance(part, TableRows):
                 part.send(gradient)

@@ -116,7 +116,9 @@ class StepEngine:
         backward(losses[LOSS])
         received = in_combination = None
         if copies is not None:
-            combined, in_combination = self.weighting.shared_gradient(copies.received, copies.gram)
+            combined, in_combination = self.weighting.shared_gradient(
+                copies.received, copies.gram, copies.parts
+            )
             copies.send(combined)
             received = copies.received
         self.weighting.after_backward(received, losses)

@@ -60,10 +60,12 @@ class Weighting(nn.Module):
         return None
 
     def shared_gradient(
-        self, received: torch.Tensor, gram: torch.Tensor
+        self, received: torch.Tensor, gram: torch.Tensor, parts: Sequence[int] = ()
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The one gradient the shared part gets, and the weights that made it (``None``: not
-        a weighting of the rows; strategies like TorchJD's GradDrop override this)."""
+        a weighting of the rows; strategies like TorchJD's GradDrop override this).
+        ``parts``: the lengths of the shared parts (the user rows, the item rows, ...) that
+        make up each row of ``received``, in order (empty: one part)."""
         weights = self.gradient_weights(received, gram)
         return (received.sum(0) if weights is None else weights @ received), weights
 

@@ -81,7 +81,7 @@ class Aggregation(Weighting):
             return self.aggregator.weighting(received)
         return None
 
-    def shared_gradient(self, received: torch.Tensor, gram: torch.Tensor):
+    def shared_gradient(self, received: torch.Tensor, gram: torch.Tensor, parts=()):
         if self.weights_read is None:  # an aggregator that does not weight the rows
             return self.aggregator(received), None
         return super().shared_gradient(received, gram)

@@ -170,3 +170,110 @@ def gradnorm_gradient(
     ratios = losses / initial
     targets = norms.mean() * (ratios / ratios.mean()) ** alpha
     return torch.sign(norms - targets) * norms / weights.clamp(min=1e-12)
+
+
+EPSILON = 1e-8  # keeps a loss of 0 out of logarithms and divisions
+
+
+class FAMO(Weighting):
+    """FAMO (Liu et al., "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023): task
+    logits ``xi`` (``z = softmax(xi)``) and the step's gradient that of
+    ``sum_t z_t log L_t / c``, i.e. loss weights ``w_t = (z_t / L_t) / sum_s (z_s / L_s)``.
+    After each step the logits follow ``J_z^T delta`` with ``delta_t = log L_t(before) -
+    log L_t(now)`` (the previous step's losses against this one's: no extra forward pass), by
+    Adam with ``step_size`` and weight decay ``decay``, the paper's 0.025 and 0.001: a task
+    whose log loss fell faster gets less weight, so every log loss falls at an equal rate.
+    Its state (logits, Adam's moments, the last losses) lives in buffers, so it travels in
+    checkpoints; ``mtl/logit/<task>`` logs the logits.
+    """
+
+    def __init__(self, step_size: float = 0.025, decay: float = 0.001):
+        super().__init__()
+        for name, value, rule in (("step_size", step_size, "> 0, e.g. 0.025"),
+                                  ("decay", decay, ">= 0, e.g. 0.001")):  # fmt: skip
+            if not (value > 0 if name == "step_size" else value >= 0):
+                raise ConfigError(
+                    f"weighting.{name}={value} is not valid: use a number {rule} (the paper's)."
+                )
+        self.step_size, self.decay = float(step_size), float(decay)
+
+    def bind(self, tasks: Sequence[Task]) -> None:
+        super().bind(tasks)
+        count = len(self.tasks)
+        for name in ("logits", "first_moment", "second_moment", "previous_losses"):
+            self.register_buffer(name, torch.zeros(count))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def loss_weights(self, losses: torch.Tensor) -> torch.Tensor:
+        share = torch.softmax(self.logits, 0) / (losses.detach() + EPSILON)
+        return share / share.sum()
+
+    def after_backward(
+        self, received: torch.Tensor | None, losses: Mapping[str, torch.Tensor]
+    ) -> None:
+        now = torch.stack([losses[name].detach() for name in self.names]).to(self.logits)
+        if int(self.steps) > 0:
+            self._follow((self.previous_losses + EPSILON).log() - (now + EPSILON).log())
+        self.previous_losses.copy_(now)
+        self.steps += 1
+
+    def _follow(self, delta: torch.Tensor) -> None:
+        """One Adam step of the logits along ``J_z^T delta`` (plus the decay), as torch's Adam
+        with ``weight_decay`` takes it."""
+        z = torch.softmax(self.logits, 0)
+        gradient = z * (delta - (z * delta).sum()) + self.decay * self.logits
+        step = int(self.steps)  # the logits' step count: one behind the step's
+        self.first_moment.mul_(0.9).add_(gradient, alpha=0.1)
+        self.second_moment.mul_(0.999).addcmul_(gradient, gradient, value=0.001)
+        first = self.first_moment / (1 - 0.9**step)
+        second = self.second_moment / (1 - 0.999**step)
+        self.logits.sub_(self.step_size * first / (second.sqrt() + EPSILON))
+
+    def logged(self) -> dict[str, torch.Tensor]:
+        return {f"logit/{name}": self.logits[i].clone() for i, name in enumerate(self.names)}
+
+
+class STCH(Weighting):
+    """Smooth Tchebycheff scalarisation (Lin et al., "Smooth Tchebycheff Scalarization for
+    Multi-Objective Optimization", ICML 2024), in the form its authors use for multi-task
+    learning: ``K mu log sum_t exp(log(L_t / n_t) / mu)``, a smooth maximum over the tasks'
+    log losses relative to ``n_t``, each task's mean loss over the last of ``warmup_epochs``
+    epochs (trained on ``sum_t log L_t`` until then). Its gradient gives loss weights
+    ``K softmax_t(log(L_t / n_t) / mu) / L_t``: the task furthest above its mark leads, more
+    sharply as ``mu`` falls. ``n_t`` and the switch live in buffers (checkpoints);
+    ``mtl/mark/<task>`` logs ``n_t`` (1 until set)."""
+
+    def __init__(self, mu: float = 1.0, warmup_epochs: int = 1):
+        super().__init__()
+        if not mu > 0:
+            raise ConfigError(
+                f"weighting.mu={mu} is not valid: use a number > 0, e.g. 1 (the smoothing)."
+            )
+        if type(warmup_epochs) is not int or warmup_epochs < 1:
+            raise ConfigError(
+                f"weighting.warmup_epochs={warmup_epochs} is not valid: use a positive integer, "
+                "e.g. 1 (the epochs whose mean losses become the marks n_t)."
+            )
+        self.mu, self.warmup_epochs = float(mu), warmup_epochs
+
+    def bind(self, tasks: Sequence[Task]) -> None:
+        super().bind(tasks)
+        self.register_buffer("marks", torch.ones(len(self.tasks)))
+        self.register_buffer("active", torch.zeros(()))  # 1 once the marks are set
+        self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))
+
+    def loss_weights(self, losses: torch.Tensor) -> torch.Tensor:
+        losses = losses.detach() + EPSILON
+        smooth_max = len(losses) * torch.softmax((losses / self.marks).log() / self.mu, 0)
+        # no branch on the switch's value: the compiled step stays one graph
+        return torch.lerp(torch.ones_like(losses), smooth_max, self.active) / losses
+
+    def on_train_epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
+        self.epochs_seen += 1
+        if int(self.epochs_seen) == self.warmup_epochs:
+            means = [float(epoch_losses.get(name, 1.0)) for name in self.names]
+            self.marks.copy_(torch.tensor(means, device=self.marks.device) + EPSILON)
+            self.active.fill_(1.0)
+
+    def logged(self) -> dict[str, torch.Tensor]:
+        return {f"mark/{name}": self.marks[i].clone() for i, name in enumerate(self.names)}
