@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mtrec import files
 from mtrec.train import train
 
-EPOCHS = 20
+EPOCHS = 10
 RUN = [  # small and eager, with enough steps per epoch to be killed part-way
     f"trainer.max_epochs={EPOCHS}",
     "data.batch_size=8",
