@@ -93,6 +93,15 @@ class Weighting(nn.Module):
         """One clear error, before training, for tasks this strategy cannot serve."""
 
 
+EPSILON = 1e-8  # keeps a loss or a norm of 0 out of logarithms and divisions
+
+
+def check_several_tasks(tasks: Sequence[str], what: str) -> None:
+    """One message for a strategy that weighs tasks against each other in a one-task run."""
+    if len(tasks) < 2:
+        raise ConfigError(f"{what} several tasks: this run trains one. Use weighting=fixed.")
+
+
 def _known(weights: Mapping[str, float | None], key: str) -> None:
     unknown = sorted(set(weights) - set(BY_NAME))
     if unknown:

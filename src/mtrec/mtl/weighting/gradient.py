@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mtrec.errors import ConfigError
-from mtrec.mtl.weighting.base import Weighting
+from mtrec.mtl.weighting.base import Weighting, check_several_tasks
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,5 @@ class Aggregation(Weighting):
             self.warned = True
 
     def check(self, tasks: tuple[str, ...], shares: bool) -> None:
-        if len(tasks) < 2:
-            raise ConfigError(
-                f"weighting with {type(self.aggregator).__name__} combines the gradients of "
-                "several tasks: this run trains one. Use weighting=fixed."
-            )
+        name = type(self.aggregator).__name__
+        check_several_tasks(tasks, f"weighting with {name} combines the gradients of")

@@ -14,7 +14,7 @@ from torch import nn
 
 from mtrec.errors import ConfigError
 from mtrec.mtl.tasks import Task
-from mtrec.mtl.weighting.base import Weighting
+from mtrec.mtl.weighting.base import EPSILON, Weighting, check_several_tasks
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,7 @@ class GradNorm(Weighting):
             self.weights.clamp_(min=1e-3).mul_(len(self.weights) / self.weights.sum())
 
     def check(self, tasks: tuple[str, ...], shares: bool) -> None:
-        if len(tasks) < 2:
-            raise ConfigError("weighting=gradnorm balances tasks: this run trains one.")
+        check_several_tasks(tasks, "weighting=gradnorm balances")
 
 
 def gradnorm_gradient(
@@ -170,9 +169,6 @@ def gradnorm_gradient(
     ratios = losses / initial
     targets = norms.mean() * (ratios / ratios.mean()) ** alpha
     return torch.sign(norms - targets) * norms / weights.clamp(min=1e-12)
-
-
-EPSILON = 1e-8  # keeps a loss of 0 out of logarithms and divisions
 
 
 class FAMO(Weighting):

@@ -13,9 +13,7 @@ import torch
 
 from mtrec.errors import ConfigError
 from mtrec.mtl.tasks import BY_NAME, Task
-from mtrec.mtl.weighting.base import Weighting
-
-EPSILON = 1e-8
+from mtrec.mtl.weighting.base import EPSILON, Weighting, check_several_tasks
 
 
 def _fraction(name: str, value: float, example: str, closed: bool = False) -> float:
@@ -33,11 +31,7 @@ class MagnitudeBalance(Weighting):
     task_gradients = True
 
     def check(self, tasks: Sequence[str], shares: bool) -> None:
-        if len(tasks) < 2:
-            raise ConfigError(
-                f"weighting={type(self).__name__} balances the gradients of several tasks: this "
-                "run trains one. Use weighting=fixed."
-            )
+        check_several_tasks(tasks, f"weighting={type(self).__name__} balances the gradients of")
 
 
 class DBMTL(MagnitudeBalance):
