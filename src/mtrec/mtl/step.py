@@ -66,6 +66,8 @@ class StepEngine:
             else None
         )
         self.losses = compile_or_eager(self._losses) if compile else self._losses
+        if compile:
+            weighting.use_compiler()
         self._constant_weights: torch.Tensor | None = None
         self._fields_checked = False
 

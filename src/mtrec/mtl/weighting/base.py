@@ -92,6 +92,10 @@ class Weighting(nn.Module):
     def check(self, tasks: Sequence[str], shares: bool) -> None:
         """One clear error, before training, for tasks this strategy cannot serve."""
 
+    def use_compiler(self) -> None:
+        """Called once when the step is compiled (``model.compile``): a strategy may compile
+        its own per-step work (a solver on the Gram matrix)."""
+
 
 EPSILON = 1e-8  # keeps a loss or a norm of 0 out of logarithms and divisions
 

@@ -1,11 +1,12 @@
 """Gradient-level strategies: combine the tasks' gradients on what the tasks share.
 
 Each task's loss sends its gradient to its own copy of the shared rows (never the whole
-embedding tables, so the cost grows with the batch, not the catalogue); an aggregator of
-TorchJD (Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", 2024) turns
-the rows (one per task, any number of tasks) into the one gradient the shared rows get.
-Task-specific parameters get their own task's gradient. Any ``torchjd.aggregation``
-aggregator can be chosen by ``_target_``.
+embedding tables, so the cost grows with the batch, not the catalogue); a strategy turns the
+rows (one per task, any number of tasks) into the one gradient the shared rows get.
+Task-specific parameters get their own task's gradient. :class:`GradientLevel` is what they
+share; :class:`Aggregation` runs any aggregator of TorchJD (Quinton and Rey, "Jacobian Descent
+for Multi-Objective Optimization", 2024), chosen by ``_target_``; :mod:`.gram` solves the
+classic ones on the Gram matrix at the cost of a step.
 """
 
 from __future__ import annotations
@@ -46,20 +47,43 @@ def check_aggregator(target: str) -> None:
         )
 
 
-class Aggregation(Weighting):
-    """``aggregator`` (a TorchJD aggregator) combines the tasks' gradients on the shared rows.
-
-    The step's loss is the plain sum of the task losses (and penalties): task-specific
-    parameters get each task's own gradient. With nothing shared (separate embeddings) there
-    is nothing to combine: the log says so once and training goes on with the sum.
-    """
+class GradientLevel(Weighting):
+    """A strategy that combines the tasks' gradients on what the tasks share (one row per
+    task). With nothing shared (separate embeddings) there is nothing to combine: the log
+    says so once and training goes on with the sum. The step's loss is the plain sum of the
+    task losses (and penalties): task-specific parameters get each task's own gradient."""
 
     task_gradients = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warned = False
+
+    def after_backward(
+        self, received: torch.Tensor | None, losses: Mapping[str, torch.Tensor]
+    ) -> None:
+        if received is None and not self.warned:
+            log.warning(
+                "weighting=%s: the tasks share nothing here (separate embeddings), so there are "
+                "no gradients to combine; training on the sum of the task losses",
+                self.name,
+            )
+            self.warned = True
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def check(self, tasks: tuple[str, ...], shares: bool) -> None:
+        check_several_tasks(tasks, f"weighting with {self.name} combines the gradients of")
+
+
+class Aggregation(GradientLevel):
+    """``aggregator`` (a TorchJD aggregator) combines the tasks' gradients on the shared rows."""
 
     def __init__(self, aggregator: nn.Module):
         super().__init__()
         self.aggregator = aggregator
-        self.warned = False
         from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator
 
         # what the aggregator's weights read: the Gramian of the rows, the rows, or neither
@@ -70,6 +94,10 @@ class Aggregation(Weighting):
             if isinstance(aggregator, WeightedAggregator)
             else None
         )
+
+    @property
+    def name(self) -> str:
+        return type(self.aggregator).__name__
 
     def gradient_weights(self, received: torch.Tensor, gram: torch.Tensor) -> torch.Tensor | None:
         """Most of TorchJD's aggregators weight the rows: their weighting is called directly,
@@ -85,18 +113,3 @@ class Aggregation(Weighting):
         if self.weights_read is None:  # an aggregator that does not weight the rows
             return self.aggregator(received), None
         return super().shared_gradient(received, gram)
-
-    def after_backward(
-        self, received: torch.Tensor | None, losses: Mapping[str, torch.Tensor]
-    ) -> None:
-        if received is None and not self.warned:
-            log.warning(
-                "weighting=%s: the tasks share nothing here (separate embeddings), so there are "
-                "no gradients to combine; training on the sum of the task losses",
-                type(self.aggregator).__name__,
-            )
-            self.warned = True
-
-    def check(self, tasks: tuple[str, ...], shares: bool) -> None:
-        name = type(self.aggregator).__name__
-        check_several_tasks(tasks, f"weighting with {name} combines the gradients of")

@@ -1,0 +1,173 @@
+"""The classic gradient-level strategies at the cost of a step: each one's weights from the
+K x K Gram matrix of the tasks' gradients, solved in torch (:mod:`.solvers`: closed forms for
+two tasks, every face or a few Newton steps for more), compiled with the step when the step
+is (``model.compile``). GradDrop, which masks coordinates, reads the gradient rows instead.
+
+Each equals its TorchJD aggregator (tests compare them within 1e-5, two and three tasks), where
+TorchJD calls cvxpy, scipy or a Python loop every step.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from mtrec.compile import compile_or_eager
+from mtrec.errors import ConfigError
+from mtrec.mtl.tasks import Task
+from mtrec.mtl.weighting import solvers
+from mtrec.mtl.weighting.gradient import GradientLevel
+
+
+class GramWeighting(GradientLevel, ABC):
+    """Weights of the tasks' gradients from their Gram matrix, by :meth:`weights` (called
+    as :attr:`solve`: compiled or not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.solve = self.weights
+
+    @abstractmethod
+    def weights(self, gram: torch.Tensor, *state: torch.Tensor) -> torch.Tensor:
+        """Each task's weight from the Gram matrix (and the strategy's state, if any)."""
+
+    def use_compiler(self) -> None:
+        self.solve = compile_or_eager(self.weights)
+
+    def gradient_weights(self, received: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+        return self.solve(gram)
+
+
+class MGDA(GramWeighting):
+    """MGDA (Sener and Koltun, "Multi-Task Learning as Multi-Objective Optimization", NeurIPS
+    2018): the least-norm combination of the gradients over the simplex, solved exactly
+    (TorchJD's Frank-Wolfe iterations reach it for two tasks, approach it for more)."""
+
+    def weights(self, gram: torch.Tensor) -> torch.Tensor:
+        return solvers.min_norm_weights(gram)
+
+
+class CAGrad(GramWeighting):
+    """CAGrad (Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning",
+    NeurIPS 2021): the direction that most improves the worst task within a ball of radius
+    ``c |g0|`` around the average gradient ``g0``."""
+
+    def __init__(self, c: float = 0.4, norm_eps: float = 1e-4):
+        super().__init__()
+        if c < 0:
+            raise ConfigError(f"weighting.c={c} is negative: use c >= 0 (0: the mean gradient).")
+        self.c, self.norm_eps = float(c), float(norm_eps)
+
+    def weights(self, gram: torch.Tensor) -> torch.Tensor:
+        return solvers.cagrad_weights(gram, self.c, self.norm_eps)
+
+
+class FairGrad(GramWeighting):
+    """FairGrad (Ban and Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024):
+    alpha-fair utility over the tasks (``alpha`` 0: the mean, 1: proportional fairness, the
+    Nash bargaining solution; larger: toward max-min fairness)."""
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        if alpha < 0:
+            raise ConfigError(f"weighting.alpha={alpha} is negative: use alpha >= 0.")
+        self.alpha = float(alpha)
+
+    def weights(self, gram: torch.Tensor) -> torch.Tensor:
+        return solvers.fair_weights(gram, self.alpha)
+
+
+class NashMTL(GramWeighting):
+    """Nash-MTL (Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022), solved
+    every step: the Nash bargaining solution, its norm at most ``max_norm`` (0: unbounded)."""
+
+    def __init__(self, max_norm: float = 1.0):
+        super().__init__()
+        if max_norm < 0:
+            raise ConfigError(
+                f"weighting.max_norm={max_norm} is negative: use max_norm >= 0 (0: no bound)."
+            )
+        self.max_norm = float(max_norm)
+
+    def weights(self, gram: torch.Tensor) -> torch.Tensor:
+        return solvers.nash_weights(gram, self.max_norm)
+
+
+class ConFIG(GramWeighting):
+    """ConFIG (Liu et al., "ConFIG: Towards Conflict-free Training of Physics Informed Neural
+    Networks", ICLR 2025): the direction with an equal cosine to every task's gradient."""
+
+    def weights(self, gram: torch.Tensor) -> torch.Tensor:
+        return solvers.config_weights(gram)
+
+
+class PCGrad(GramWeighting):
+    """PCGrad (Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020): each
+    gradient projected onto the normal plane of those it conflicts with, in an order drawn
+    at random per task each step (three or more tasks; with two the order does not matter)."""
+
+    def gradient_weights(self, received: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+        tasks = gram.shape[0]
+        if tasks == 2:
+            return self.solve(gram)
+        # drawn here, eagerly, as TorchJD draws them: the same seed gives the same orders
+        orders = torch.stack([torch.randperm(tasks) for _ in range(tasks)])
+        return self.solve(gram, orders)
+
+    def weights(self, gram: torch.Tensor, orders: torch.Tensor | None = None) -> torch.Tensor:
+        return solvers.pcgrad_weights(gram, orders)
+
+
+class PCD(GramWeighting):
+    """Priority-Constrained Descent ("Not All Objectives Are Born Equal: Priority-Constrained
+    Descent for Hierarchical Multi-Objective Optimization", TMLR 2026): follow the first
+    task's gradient, with at least a fraction ``tau`` of progress for each other task, every
+    gradient scaled by the root of its moving squared norm (``beta``; ``eps`` under the
+    root). The moving averages are buffers, so they travel in checkpoints."""
+
+    def __init__(self, tau: float = 0.02, beta: float = 0.999, eps: float = 1e-8):
+        super().__init__()
+        if not 0 <= tau <= 1:
+            raise ConfigError(f"weighting.tau={tau} is not a fraction: use 0 <= tau <= 1.")
+        if not 0 <= beta < 1:
+            raise ConfigError(f"weighting.beta={beta} is not a decay: use 0 <= beta < 1.")
+        self.tau, self.beta, self.eps = float(tau), float(beta), float(eps)
+
+    def bind(self, tasks: tuple[Task, ...]) -> None:
+        super().bind(tasks)
+        self.register_buffer("square_norms", torch.zeros(len(tasks), dtype=torch.float64))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def gradient_weights(self, received: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+        self.steps += 1
+        square_norms = gram.diagonal().to(torch.float64)
+        self.square_norms.mul_(self.beta).add_(square_norms, alpha=1 - self.beta)
+        return self.solve(gram, self.square_norms, self.steps)
+
+    def weights(
+        self, gram: torch.Tensor, square_norms: torch.Tensor, steps: torch.Tensor
+    ) -> torch.Tensor:
+        average = square_norms / (1 - self.beta**steps)  # the moving average, debiased
+        roots = (average + self.eps).sqrt()
+        scales = torch.where(roots > 0, 1 / roots, 0.0)
+        taus = torch.full((gram.shape[0] - 1,), self.tau, dtype=torch.float64, device=gram.device)
+        return solvers.pcd_weights(gram, scales, taus)
+
+
+class GradDrop(GradientLevel):
+    """GradDrop (Chen et al., "Just Pick a Sign: Optimizing Deep Multitask Models with
+    Gradient Sign Dropout", NeurIPS 2020): per coordinate, keep the gradients of one sign,
+    drawn with the probability of that sign's share. Not a weighting of the rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.combine = solvers.graddrop
+
+    def use_compiler(self) -> None:
+        self.combine = compile_or_eager(solvers.graddrop)
+
+    def shared_gradient(self, received: torch.Tensor, gram: torch.Tensor, parts=()):
+        # drawn here, eagerly, as TorchJD draws them: the same seed gives the same draws
+        draws = torch.rand(received.shape[1], dtype=received.dtype, device=received.device)
+        return self.combine(received, draws), None

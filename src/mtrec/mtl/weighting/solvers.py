@@ -1,0 +1,281 @@
+"""The problems gradient-level strategies solve each step, solved in torch on the K x K Gram
+matrix ``G`` of the tasks' gradients (``G[i, j] = g_i . g_j``).
+
+For a handful of tasks these problems are tiny: a strategy's weights depend on the gradients
+only through ``G``, so a step never calls a general-purpose solver. Problems over the simplex
+or with inequality constraints are solved exactly by trying every face (every subset of the
+tasks, or of the constraints: 2^K - 1 small linear systems, batched: three for two tasks,
+seven for three) and keeping the best feasible one; the fair allocations by a few damped
+Newton steps. Every function is branch-free torch (``torch.where``, fixed loops over K), so it
+runs eagerly or compiled, and works in float64 whatever the gradients' dtype.
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import cache
+
+import torch
+
+EPSILON = 1e-12  # below this a squared norm counts as zero
+
+
+@cache
+def faces(tasks: int) -> torch.Tensor:
+    """Every nonempty subset of ``range(tasks)`` as a row of 0/1 (float64), singletons first."""
+    rows = [
+        [1.0 if i in subset else 0.0 for i in range(tasks)]
+        for size in range(1, tasks + 1)
+        for subset in itertools.combinations(range(tasks), size)
+    ]
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def _restricted_inverses(gram: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """For each mask, the (pseudo-)inverse of ``gram`` restricted to the masked rows and
+    columns, zero elsewhere (pseudo: faces of linearly dependent gradients stay finite)."""
+    restricted = gram * masks[:, :, None] * masks[:, None, :]
+    return torch.linalg.pinv(restricted, hermitian=True)
+
+
+def min_norm_weights(gram: torch.Tensor) -> torch.Tensor:
+    """MGDA's weights (Sener and Koltun, "Multi-Task Learning as Multi-Objective
+    Optimization", NeurIPS 2018): the point of the simplex whose combination of the gradients
+    has the least norm, ``argmin_{w >= 0, sum w = 1} w' G w``.
+
+    On a face S the minimum is ``H 1 / (1' H 1)`` with ``H`` the inverse of ``G`` on S; the
+    answer is the feasible face point of least norm.
+    """
+    g = gram.to(torch.float64)
+    if g.shape[0] == 2:  # the segment's point nearest 0
+        a, b, _, d = g.flatten().unbind()
+        t = ((d - b) / (a + d - 2 * b).clamp_min(EPSILON)).clamp(0, 1)
+        return torch.stack([t, 1 - t]).to(gram.dtype)
+    masks = faces(g.shape[0]).to(g.device)
+    inverses = _restricted_inverses(g, masks)
+    h1 = inverses.sum(-1)  # H 1 per face
+    candidates = h1 / h1.sum(-1, keepdim=True)
+    candidates = torch.where(masks.sum(-1, keepdim=True) == 1, masks, candidates)
+    return _best(candidates, _quadratic(candidates, g), masks).to(gram.dtype)
+
+
+def cagrad_weights(gram: torch.Tensor, c: float, norm_eps: float = 1e-4) -> torch.Tensor:
+    """CAGrad's weights (Liu et al., "Conflict-Averse Gradient Descent for Multi-task
+    Learning", NeurIPS 2021, Algorithm 1), on the Gram matrix normalised by its trace:
+
+    ``w* = argmin_{w in simplex} w' G g0 + sqrt(phi) |G_w|`` with ``g0`` the mean gradient and
+    ``sqrt(phi) = c |g0|`` (``b = G 1 / K``: each task's inner product with ``g0``); the
+    update is ``g0 + sqrt(phi) / |G_w*| G_w*``.
+    """
+    tasks = gram.shape[0]
+    g = gram.to(torch.float64)
+    trace = _diagonal(g).sum()
+    g = torch.where(trace < norm_eps, torch.zeros_like(g), g / trace)  # TorchJD's normalize
+    mean = g.sum(-1) / tasks  # b = G g0 in weight space
+    sqrt_phi = c * (g.sum() / tasks**2).clamp_min(0).sqrt()
+    w = _cagrad_two(g, mean, sqrt_phi) if tasks == 2 else _cagrad_faces(g, mean, sqrt_phi)
+    norm = (w @ g @ w).clamp_min(0).sqrt()
+    weights = 1.0 / tasks + sqrt_phi / norm.clamp_min(EPSILON) * w
+    return torch.where(norm >= norm_eps, weights, torch.zeros_like(weights)).to(gram.dtype)
+
+
+def _cagrad_two(g: torch.Tensor, mean: torch.Tensor, sqrt_phi: torch.Tensor) -> torch.Tensor:
+    """Two tasks, ``w = (t, 1 - t)``: ``|G_w|^2 = p t^2 + q t + d``, and the stationary point
+    solves ``s u = -2 delta |G_w|`` in ``u = 2 p t + q`` (``delta = b_0 - b_1``): ``u^2 =
+    delta^2 (4 p d - q^2) / (p phi - delta^2)``, ``u`` of the sign of ``-delta``. Without one
+    (``p phi <= delta^2``) the objective is monotone and the answer an end."""
+    a, b, _, d = g.flatten().unbind()
+    p, q = a - 2 * b + d, 2 * (b - d)
+    delta = mean[0] - mean[1]
+    room = p * sqrt_phi**2 - delta**2
+    u = -torch.sign(delta) * (delta**2 * (4 * p * d - q**2).clamp_min(0) / room).clamp_min(0).sqrt()
+    inside = ((u - q) / (2 * p).clamp_min(EPSILON)).clamp(0, 1)
+    t = torch.where((room > EPSILON) & (p > EPSILON), inside, (delta < 0).to(g.dtype))
+    return torch.stack([t, 1 - t])
+
+
+def _cagrad_faces(g: torch.Tensor, mean: torch.Tensor, sqrt_phi: torch.Tensor) -> torch.Tensor:
+    """Any number of tasks: the best face point. On a face S (``H``: the inverse of G on S)
+    the stationary point is ``w = (lambda H 1 - H b) / sqrt(D)``, ``lambda = (B + sqrt(D)) /
+    A``, with ``A = 1'H1``, ``B = 1'Hb``, ``C = b'Hb``, ``D = B^2 - AC + A phi``; vertices are
+    always candidates."""
+    masks = faces(g.shape[0]).to(g.device)
+    inverses = _restricted_inverses(g, masks)
+    h1, hb = inverses.sum(-1), inverses @ mean
+    a, b = h1.sum(-1), hb.sum(-1)
+    discriminant = b**2 - a * (hb * mean).sum(-1) + a * sqrt_phi**2
+    root = discriminant.clamp_min(EPSILON).sqrt()
+    lam = (b + root) / a.clamp_min(EPSILON)
+    candidates = (lam[:, None] * h1 - hb) / root[:, None]
+    singleton = masks.sum(-1, keepdim=True) == 1
+    usable = singleton | ((discriminant > EPSILON) & (a > EPSILON))[:, None]
+    candidates = torch.where(singleton, masks, torch.where(usable, candidates, 0.0))
+    values = candidates @ mean + sqrt_phi * _quadratic(candidates, g).clamp_min(0).sqrt()
+    return _best(candidates, torch.where(usable.squeeze(-1), values, torch.inf), masks)
+
+
+def fair_weights(gram: torch.Tensor, alpha: float, steps: int = 20) -> torch.Tensor:
+    """The positive ``x`` with ``G x = x^(-1/alpha)``: FairGrad's weights (Ban and Ji, "Fair
+    Resource Allocation in Multi-Task Learning", ICML 2024, Eq. 4); at ``alpha = 1``,
+    Nash-MTL's (:func:`nash_weights`).
+
+    Two tasks at ``alpha = 1``: ``x_1 / x_0 = sqrt(G_00 / G_11)``, in closed form. Otherwise
+    ``x`` minimises the strictly convex ``x'Gx / 2 - sum h(x_i)`` (``h' = x^(-1/alpha)``):
+    start from the solution for orthogonal gradients, rescaled to the best multiple, then
+    damped Newton steps (step ``1 / (1 + decrement)`` far away, full steps near; never
+    leaving x > 0).
+    """
+    g = gram.to(torch.float64)
+    if alpha == 0:  # linear scalarisation with uniform weights (the paper, Section 3)
+        return torch.full_like(_diagonal(gram), 1.0 / gram.shape[0])
+    if alpha == 1 and g.shape[0] == 2:
+        # x_0 (a x_0 + b x_1) = 1 = x_1 (b x_0 + d x_1) gives x_1 / x_0 = sqrt(a / d):
+        # both weighted gradients get the same norm
+        a, b, _, d = g.flatten().unbind()
+        ratio = (a / d.clamp_min(EPSILON)).sqrt()
+        first = (a + b * ratio).clamp_min(EPSILON).rsqrt()
+        return torch.stack([first, first * ratio]).to(gram.dtype)
+    power = -1.0 / alpha
+    x = _diagonal(g).clamp_min(EPSILON) ** (-alpha / (alpha + 1))
+    curvature = (x @ g @ x).clamp_min(EPSILON)  # the best multiple tau of x:
+    x = x * ((x ** (1 + power)).sum() / curvature) ** (alpha / (alpha + 1))
+    eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+    for _ in range(steps):
+        residual = g @ x - x**power
+        hessian = g + eye * (-power * x ** (power - 1))
+        direction = torch.linalg.solve(hessian, residual)
+        decrement = (residual @ direction).clamp_min(0).sqrt()
+        step = torch.where(decrement < 0.25, 1.0, 1.0 / (1.0 + decrement))
+        # at most 90 % of the way to x_i = 0 for any coordinate the step decreases
+        room = torch.where(direction > 0, 0.9 * x / direction.clamp_min(EPSILON), torch.inf)
+        x = x - torch.minimum(step, room.min()) * direction
+    return x.to(gram.dtype)
+
+
+def nash_weights(gram: torch.Tensor, max_norm: float = 1.0, steps: int = 20) -> torch.Tensor:
+    """Nash-MTL's weights (Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022):
+    the Nash bargaining solution, the positive ``a`` with ``G a = 1 / a`` (FairGrad at
+    ``alpha = 1``), shrunk so that ``|G_a| <= max_norm`` (0: never), as the official code."""
+    g = gram.to(torch.float64)
+    a = fair_weights(g, 1.0, steps)
+    if max_norm > 0:
+        norm = (a @ g @ a).clamp_min(0).sqrt()
+        a = torch.where(norm > max_norm, a * max_norm / norm, a)
+    return a.to(gram.dtype)
+
+
+def pcgrad_weights(gram: torch.Tensor, orders: torch.Tensor | None = None) -> torch.Tensor:
+    """PCGrad's weights (Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020,
+    Algorithm 1): each task's gradient, projected in turn onto the normal plane of every
+    gradient it conflicts with (``orders[i]``: the order for task i, a permutation of the
+    tasks; the paper draws it at random), then summed. With two tasks the order does not
+    matter: ``w_i = 1 - min(G_01, 0) / G_ii`` (the other projection removes from the other
+    gradient its component along ``g_i``)."""
+    tasks = gram.shape[0]
+    g = gram.to(torch.float64)
+    if tasks == 2:
+        conflict = g[0, 1].clamp_max(0)
+        return (1 - conflict / _diagonal(g).clamp_min(EPSILON)).to(gram.dtype)
+    if orders is None:
+        orders = torch.arange(tasks).expand(tasks, tasks)
+    eye = torch.eye(tasks, dtype=g.dtype, device=g.device)
+    total = torch.zeros(tasks, dtype=g.dtype, device=g.device)
+    for i in range(tasks):
+        current = eye[i]
+        for position in range(tasks):
+            j = orders[i, position]
+            inner = g[j] @ current
+            conflict = (j != i) & (inner < 0)
+            current = current + torch.where(conflict, -inner / g[j, j], 0.0) * eye[j]
+        total = total + current
+    return total.to(gram.dtype)
+
+
+def config_weights(gram: torch.Tensor) -> torch.Tensor:
+    """ConFIG's weights (Liu et al., "ConFIG: Towards Conflict-free Training of Physics
+    Informed Neural Networks", ICLR 2025, Eq. 2): the direction with an equal cosine to every
+    gradient, ``pinv(U) 1`` for the unit gradients ``U``, scaled to the sum of the gradients'
+    projections on it. With ``n_i = |g_i|`` and ``c = pinv(N^-1 G N^-1) 1``, the direction
+    is ``sum_j c_j g_j / n_j``; for two tasks ``c`` is a multiple of ``(1, 1)``."""
+    g = gram.to(torch.float64)
+    norms = _diagonal(g).clamp_min(0).sqrt()
+    inverse_norms = torch.where(norms > 0, 1.0 / norms.clamp_min(EPSILON), 0.0)
+    if g.shape[0] == 2:  # equal cosines to two gradients: the bisector of their unit vectors
+        along = inverse_norms
+    else:
+        units = g * inverse_norms[:, None] * inverse_norms[None, :]
+        along = torch.linalg.pinv(units, hermitian=True).sum(-1) * inverse_norms
+    # the direction sum_j along_j g_j, scaled to the sum of the gradients' projections on it
+    square = along @ g @ along
+    weights = (g @ along).sum() / square.clamp_min(EPSILON) * along
+    return torch.where(square > EPSILON, weights, torch.zeros_like(weights)).to(gram.dtype)
+
+
+def pcd_weights(
+    gram: torch.Tensor, scales: torch.Tensor, taus: torch.Tensor, tol: float = 1e-9
+) -> torch.Tensor:
+    """Priority-Constrained Descent's weights ("Not All Objectives Are Born Equal:
+    Priority-Constrained Descent for Hierarchical Multi-Objective Optimization", TMLR 2026):
+    with each gradient scaled (``scales``: one over the root of its moving squared norm),
+    ``d = argmin |d - g_1|^2 / 2`` such that ``g_j . d >= tau_j |g_j|^2`` for every secondary
+    task j, rescaled to the norm of ``g_1``; the primary task's gradient alone where the
+    constraints cannot hold together. ``d = g_1 + sum_j mu_j g_j``, ``mu >= 0``.
+    """
+    g = gram.to(torch.float64)
+    scaled = g * scales[:, None] * scales[None, :]
+    mu = _pcd_two(scaled, taus) if g.shape[0] == 2 else _pcd_active_sets(scaled, taus, tol)
+    w = torch.cat([torch.ones(1, dtype=g.dtype, device=g.device), mu])
+    length2 = w @ scaled @ w
+    magnitude = (w.abs() @ _diagonal(scaled).clamp_min(0).sqrt()) ** 2
+    precision = 10.0 * torch.finfo(gram.dtype).eps
+    weights = w * scales * (g[0, 0] / length2.clamp_min(EPSILON)).sqrt()
+    usable = (g[0, 0] > 0) & (length2 > precision * magnitude)
+    return torch.where(usable, weights, torch.zeros_like(weights)).to(gram.dtype)
+
+
+def _pcd_two(scaled: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
+    """One constraint: ``mu = max(tau G_11 - G_10, 0) / G_11``."""
+    need = taus * scaled[1, 1] - scaled[1, 0]
+    return (need.clamp_min(0) / scaled[1, 1].clamp_min(EPSILON)).reshape(1)
+
+
+def _pcd_active_sets(scaled: torch.Tensor, taus: torch.Tensor, tol: float) -> torch.Tensor:
+    """Any number of constraints: on each set A of active ones ``mu_A`` solves ``G_AA mu_A =
+    tau_A diag(G_AA) - G_A0``; the answer is the feasible set's (``mu >= 0``, every constraint
+    held) of least ``|d - g_0|``; the primary gradient alone where none is."""
+    secondary = scaled[1:, 1:]
+    need = taus * _diagonal(secondary) - scaled[1:, 0]  # > 0: g_0 alone breaks constraint j
+    empty = torch.zeros(1, secondary.shape[0], dtype=scaled.dtype, device=scaled.device)
+    masks = torch.cat([empty, faces(secondary.shape[0]).to(scaled.device)])
+    mus = (_restricted_inverses(secondary, masks) @ need).clamp_min(0)
+    slack_tol = tol * _diagonal(scaled).max()
+    feasible = ((mus @ secondary - need) >= -slack_tol).all(-1)
+    values = torch.where(feasible, _quadratic(mus, secondary), torch.inf)
+    return mus[values.argmin()] * feasible.any()
+
+
+def graddrop(rows: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """GradDrop (Chen et al., "Just Pick a Sign: Optimizing Deep Multitask Models with
+    Gradient Sign Dropout", NeurIPS 2020, Algorithm 1, no leak): per coordinate, the positive
+    sign purity ``P = (1 + sum_i g_i / sum_i |g_i|) / 2``; with a uniform draw ``U``, keep the
+    positive components where ``P > U``, the negative ones where ``P < U``, and sum them."""
+    purity = 0.5 * (1.0 + rows.sum(0) / rows.abs().sum(0))
+    positive = rows.clamp_min(0).sum(0)
+    negative = rows.clamp_max(0).sum(0)
+    return torch.where(purity > draws, positive, 0.0) + torch.where(purity < draws, negative, 0.0)
+
+
+def _diagonal(matrix: torch.Tensor) -> torch.Tensor:
+    """The diagonal of a square matrix, as a strided view (the compiler's ``diagonal`` warns)."""
+    return matrix.flatten()[:: matrix.shape[0] + 1]
+
+
+def _quadratic(weights: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """``w' G w`` for each row ``w``."""
+    return ((weights @ gram) * weights).sum(-1)
+
+
+def _best(candidates: torch.Tensor, values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The candidate of least value among those inside the simplex (up to rounding)."""
+    inside = (candidates >= -1e-9).all(-1) & ((candidates * (1 - masks)).abs() < 1e-9).all(-1)
+    return candidates[torch.where(inside, values, torch.inf).argmin()].clamp_min(0)

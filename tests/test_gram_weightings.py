@@ -1,0 +1,268 @@
+"""The strategies solved on the Gram matrix (mtrec.mtl.weighting.gram): hand computations on
+problems small enough to solve on paper, and equality with TorchJD's aggregators on random
+gradients (two and three tasks, conflicting and not)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchjd.aggregation as tjd
+
+from mtrec.errors import ConfigError
+from mtrec.mtl.tasks import BY_NAME
+from mtrec.mtl.weighting import (
+    MGDA,
+    PCD,
+    CAGrad,
+    ConFIG,
+    FairGrad,
+    GradDrop,
+    NashMTL,
+    PCGrad,
+)
+
+TWO = (BY_NAME["interaction"], BY_NAME["rating"])
+THREE = (*TWO, BY_NAME["like"])
+
+
+def bound(strategy, tasks):
+    strategy.bind(tasks)
+    return strategy
+
+
+def combine(strategy, rows: torch.Tensor) -> torch.Tensor:
+    tasks = TWO if len(rows) == 2 else THREE
+    gradient, _ = bound(strategy, tasks[: len(rows)]).shared_gradient(rows, rows @ rows.T)
+    return gradient
+
+
+def random_rows(tasks: int, conflicting: bool, seed: int) -> torch.Tensor:
+    """Gradients around a common direction (every other one reversed when conflicting), of
+    norms growing with the task, in float64."""
+    generator = torch.Generator().manual_seed(seed)
+    common = torch.randn(30, generator=generator, dtype=torch.float64)
+    rows = [
+        (-1) ** (i * conflicting) * 0.8 * common
+        + (0.5 + i) * torch.randn(30, generator=generator, dtype=torch.float64)
+        for i in range(tasks)
+    ]
+    return torch.stack(rows)
+
+
+CASES = [
+    (tasks, conflicting, seed)
+    for tasks in (2, 3)
+    for conflicting in (True, False)
+    for seed in range(5)
+]
+
+
+def assert_equal(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    torch.testing.assert_close(ours, theirs.to(ours.dtype), atol=1e-5, rtol=0)
+
+
+# -- hand computations ------------------------------------------------------------------
+
+
+def test_mgda_two_tasks_by_hand():
+    # g1 = (1, 2, 0), g2 = (-1, 1, 3): the segment's point nearest 0 has
+    # alpha = (g2 - g1).g2 / |g1 - g2|^2 = (2 - 1 + 9) / (4 + 1 + 9) = 10 / 14
+    g1, g2 = torch.tensor([1.0, 2.0, 0.0]), torch.tensor([-1.0, 1.0, 3.0])
+    alpha = 10 / 14
+    torch.testing.assert_close(
+        combine(MGDA(), torch.stack([g1, g2])), alpha * g1 + (1 - alpha) * g2
+    )
+
+
+def test_cagrad_by_hand_on_orthogonal_unit_gradients():
+    # G = I, normalised by its trace to I / 2. By symmetry w* = (1/2, 1/2); then
+    # |G_w*| = sqrt(w' G w) = 1/2 and sqrt(phi) = c |g0| = c sqrt(1' G 1) / 2 = c / 2, so
+    # each weight is 1/2 + sqrt(phi) / |G_w*| * 1/2 = 1/2 + c / 2
+    rows = torch.eye(2)
+    for c in (0.0, 0.4, 1.0):
+        expected = torch.full((2,), 0.5 + c / 2)
+        torch.testing.assert_close(combine(CAGrad(c=c), rows), expected)
+
+
+def test_fair_and_nash_by_hand():
+    # G x = 1 / x: orthogonal gradients of norms 2 and 1 give x = (1/2, 1);
+    # G = [[1, 1/2], [1/2, 1]] gives x_0 = x_1 = 1 / sqrt(1.5)
+    rows = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    torch.testing.assert_close(combine(FairGrad(alpha=1.0), rows), torch.tensor([1.0, 1.0]))
+    unit = 1 / math.sqrt(1.5)
+    rows = torch.tensor([[1.0, 0.0], [0.5, math.sqrt(0.75)]])
+    torch.testing.assert_close(combine(FairGrad(alpha=1.0), rows), unit * rows.sum(0))
+    # Nash-MTL: the same point, shrunk to norm 1 when longer
+    combined = unit * rows.sum(0)
+    torch.testing.assert_close(combine(NashMTL(max_norm=0.0), rows), combined)
+    torch.testing.assert_close(combine(NashMTL(max_norm=1.0), rows), combined / combined.norm())
+    # alpha = 2: G x = x^(-1/2) for G = diag(4, 1): x_i = G_ii^(-2/3)
+    rows = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    expected = torch.tensor([2 * 4 ** (-2 / 3), 1.0])
+    torch.testing.assert_close(combine(FairGrad(alpha=2.0), rows), expected)
+
+
+def test_config_by_hand():
+    # unit vectors (1, 0), (0, 1): the bisector (1, 1)/sqrt 2; the gradients' projections on
+    # it sum to (1 + 2) / sqrt 2, so the update is 3 / 2 (1, 1)
+    rows = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    torch.testing.assert_close(combine(ConFIG(), rows), torch.tensor([1.5, 1.5]))
+
+
+def test_pcgrad_by_hand():
+    conflicting = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
+    # g1 - (g1.g2 / |g2|^2) g2 = (1/2, 1/2); g2 - (g2.g1 / |g1|^2) g1 = (0, 1)
+    torch.testing.assert_close(combine(PCGrad(), conflicting), torch.tensor([0.5, 1.5]))
+    agreeing = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    torch.testing.assert_close(combine(PCGrad(), agreeing), torch.tensor([2.0, 1.0]))
+
+
+def test_pcd_by_hand():
+    # first step: each gradient scaled to unit norm, u1 = (1, 0), u2 = (-1, 1)/sqrt 2;
+    # d = u1 + mu u2 with u2.d = tau: mu = tau - u2.u1 = tau + 1/sqrt 2; rescaled to |g1| = 2
+    tau = 0.02
+    rows = torch.tensor([[2.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
+    mu = tau + 1 / math.sqrt(2)
+    d = torch.tensor([1 - mu / math.sqrt(2), mu / math.sqrt(2)], dtype=torch.float64)
+    torch.testing.assert_close(combine(PCD(tau=tau), rows), 2 * d / d.norm(), atol=1e-6, rtol=0)
+    # agreeing gradients: the primary gradient alone
+    rows = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    torch.testing.assert_close(combine(PCD(tau=tau), rows), rows[0], atol=1e-6, rtol=0)
+
+
+def test_graddrop_follows_its_definition_on_fixed_draws(monkeypatch):
+    rows = torch.tensor([[1.0, -2.0, 0.5], [3.0, 1.0, -0.5]])
+    # sign purity P = (1 + sum / sum |.|) / 2: 1, 1/3, 1/2; with draws 0.5, 0.5, 0.25 keep
+    # the positive parts (P > U), the negative ones, the positive ones
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.tensor([0.5, 0.5, 0.25]))
+    torch.testing.assert_close(combine(GradDrop(), rows), torch.tensor([4.0, -2.0, 0.5]))
+
+
+# -- equal to TorchJD ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("tasks", "conflicting", "seed"), CASES)
+def test_equal_to_torchjd(tasks, conflicting, seed):
+    rows = random_rows(tasks, conflicting, seed)
+    assert_equal(combine(CAGrad(c=0.4), rows), _tight_cagrad(rows))
+    for alpha in (1.0, 2.0):
+        assert_equal(combine(FairGrad(alpha=alpha), rows), tjd.FairGrad(alpha=alpha)(rows))
+    gram = rows @ rows.T
+    solution = bound(NashMTL(max_norm=0.0), (TWO, THREE)[tasks - 2]).gradient_weights(rows, gram)
+    torch.testing.assert_close(gram @ solution, 1 / solution, atol=1e-9, rtol=1e-9)  # G a = 1/a
+    # where ECOS fails at once (3 tasks, conflicting, seed 0), TorchJD keeps its start, ones
+    if not torch.equal(_converged_nash(tasks, 0.0).weighting(rows), torch.ones(tasks).double()):
+        for max_norm in (1.0, 0.0):
+            ours = combine(NashMTL(max_norm=max_norm), rows)
+            assert_equal(ours, _converged_nash(tasks, max_norm)(rows))
+    assert_equal(combine(ConFIG(), rows), tjd.ConFIG()(rows))
+    torch.manual_seed(seed)  # the same orders drawn (three tasks)
+    ours = combine(PCGrad(), rows)
+    torch.manual_seed(seed)
+    assert_equal(ours, tjd.PCGrad()(rows))
+    torch.manual_seed(seed)  # the same draws
+    ours = combine(GradDrop(), rows)
+    torch.manual_seed(seed)
+    assert_equal(ours, tjd.GradDrop()(rows))
+    ours, theirs = bound(PCD(tau=0.3), (TWO, THREE)[tasks - 2]), tjd.PCD(tau=0.3)
+    for step in range(3):  # the moving averages of the squared norms, step after step
+        scaled = rows * torch.linspace(1, 2, tasks, dtype=rows.dtype)[:, None] ** step
+        assert_equal(ours.shared_gradient(scaled, scaled @ scaled.T)[0], theirs(scaled))
+    if tasks == 2:  # Frank-Wolfe reaches the minimum in one step for two tasks
+        assert_equal(combine(MGDA(), rows), tjd.MGDA()(rows))
+
+
+@pytest.mark.parametrize(("tasks", "conflicting", "seed"), CASES)
+def test_mgda_is_the_least_norm_point_of_the_simplex(tasks, conflicting, seed):
+    """The optimality conditions: w >= 0, sum w = 1, (G w)_i >= w'Gw, with equality where
+    w_i > 0; never longer than TorchJD's Frank-Wolfe answer (which approaches it)."""
+    rows = random_rows(tasks, conflicting, seed)
+    gram = rows @ rows.T
+    w = bound(MGDA(), (TWO, THREE)[tasks - 2]).gradient_weights(rows, gram)
+    assert (w >= 0).all() and abs(float(w.sum()) - 1) < 1e-9
+    square = w @ gram @ w
+    assert (gram @ w >= square - 1e-9).all()
+    support = w > 1e-9
+    torch.testing.assert_close((gram @ w)[support], square.expand(int(support.sum())))
+    assert square <= tjd.MGDA()(rows).square().sum() + 1e-9
+
+
+def _tight_cagrad(rows: torch.Tensor) -> torch.Tensor:
+    """TorchJD's CAGrad with its solver asked for tight tolerances: at the defaults, the
+    flat three-task objective leaves its weights some 1e-4 from the minimum."""
+    import cvxpy
+
+    solve = cvxpy.Problem.solve
+
+    def tight(self, *args, **kwargs):
+        tolerances = dict(tol_gap_abs=1e-14, tol_gap_rel=1e-14, tol_feas=1e-14)
+        return solve(self, *args, **tolerances, tol_ktratio=1e-10, max_iter=500, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cvxpy.Problem, "solve", tight)
+        return tjd.CAGrad(c=0.4)(rows)
+
+
+def _converged_nash(tasks: int, max_norm: float):
+    """TorchJD's Nash-MTL iterated to convergence: its default stop (a residual of 1e-3)
+    leaves the weights that far from the bargaining solution."""
+    aggregator = tjd.NashMTL(n_tasks=tasks, max_norm=max_norm, optim_niter=200)
+    weighting = aggregator.weighting
+
+    def converged(gram, alpha):
+        new = weighting.alpha_param.value
+        return bool(
+            new is None
+            or np.linalg.norm(gram @ alpha - 1 / (alpha + 1e-10)) < 1e-10
+            or np.linalg.norm(new - weighting.prvs_alpha_param.value) < 1e-12
+        )
+
+    weighting._stop_criteria = converged
+    return aggregator
+
+
+# -- the strategies in training ----------------------------------------------------------
+
+
+def test_compiled_solvers_give_the_eager_weights():
+    rows = random_rows(3, True, 0).float()
+    for make in (lambda: CAGrad(c=0.4), lambda: PCD(tau=0.3), MGDA):
+        for tasks in (TWO, THREE):
+            eager, compiled = bound(make(), tasks), bound(make(), tasks)
+            compiled.use_compiler()
+            part = rows[: len(tasks)]
+            for _ in range(2):
+                torch.testing.assert_close(
+                    compiled.gradient_weights(part, part @ part.T),
+                    eager.gradient_weights(part, part @ part.T),
+                )
+
+
+def test_pcd_state_travels_in_checkpoints():
+    rows = random_rows(2, True, 0)
+    trained = bound(PCD(), TWO)
+    trained.shared_gradient(rows, rows @ rows.T)
+    trained.shared_gradient(2 * rows, 4 * rows @ rows.T)
+    restored = bound(PCD(), TWO)
+    restored.load_state_dict(trained.state_dict())
+    assert int(restored.steps) == 2
+    torch.testing.assert_close(
+        restored.shared_gradient(rows, rows @ rows.T)[0],
+        trained.shared_gradient(rows, rows @ rows.T)[0],
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: CAGrad(c=-0.1), "weighting.c=-0.1"),
+        (lambda: FairGrad(alpha=-1), "weighting.alpha=-1"),
+        (lambda: NashMTL(max_norm=-1), "weighting.max_norm=-1"),
+        (lambda: PCD(tau=1.5), "weighting.tau=1.5"),
+        (lambda: PCD(beta=1.0), "weighting.beta=1.0"),
+    ],
+)
+def test_bad_settings_get_one_message(make, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        make()
