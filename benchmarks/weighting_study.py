@@ -1,8 +1,9 @@
 """The README's weighting-study table, from the sweep folders of ``experiment=weighting``.
 
-Per strategy, over its seeds (mean ± sd): final and best test MRR and MSE, the last epoch's
-gradient cosine, and over the run the share of conflicting steps and the ratio of the rating
-to the interaction gradient norm; with ``--bench``, seconds per epoch relative to ``fixed``
+Per strategy, over its seeds (mean ± sd): final and best test MRR and MSE (and the like
+task's final AUC where the runs trained it: ``tasks=[interaction,rating,like]``), the last
+epoch's gradient cosine, and over the run the share of conflicting steps and the ratio of the
+rating to the interaction gradient norm; with ``--bench``, seconds per epoch relative to ``fixed``
 from a saved ``make bench`` output (its weighting rows, each against ``fixed`` run just before).
 
     python benchmarks/weighting_study.py outputs/sweeps/weighting/<date> [...] [--bench FILE]
@@ -95,6 +96,7 @@ def main() -> None:
     table = pd.concat(tables, ignore_index=True)
     seeds = over_seeds(table, list(keys[0]))
     seeds = seeds.sort_values("test/mrr", ascending=False)
+    like = {"test/auc": "final AUC (like)"} if "test/auc" in seeds else {}  # three tasks
     columns = {
         "weighting": "`weighting=`",
         "runs": "seeds",
@@ -102,13 +104,14 @@ def main() -> None:
         "test/mrr best": "best MRR",
         "test/mse": "final MSE",
         "test/mse best": "best MSE",
+        **like,
         "final cosine": "cosine, last epoch",
         "conflicting steps": "conflicting steps",
         "rating / interaction norm": "rating / interaction gradient norm",
     }
     formats = {"test/mrr": ".4f", "test/mrr best": ".4f", "test/mse": ".3f"}
     formats |= {"test/mse best": ".3f", "final cosine": "+.4f", "conflicting steps": ".2f"}
-    formats |= {"rating / interaction norm": ".0f"}
+    formats |= {"rating / interaction norm": ".0f", "test/auc": ".4f"}
     shown = mean_sd_table(seeds, formats)[list(columns)].rename(columns=columns)
     shown["`weighting=`"] = [f"`{name}`" for name in shown["`weighting=`"]]
     if args.bench:

@@ -13,22 +13,20 @@ runs eagerly or compiled, and works in float64 whatever the gradients' dtype.
 from __future__ import annotations
 
 import itertools
-from functools import cache
-
 import torch
 
 EPSILON = 1e-12  # below this a squared norm counts as zero
 
 
-@cache
-def faces(tasks: int) -> torch.Tensor:
-    """Every nonempty subset of ``range(tasks)`` as a row of 0/1 (float64), singletons first."""
+def faces(tasks: int, like: torch.Tensor) -> torch.Tensor:
+    """Every nonempty subset of ``range(tasks)`` as a row of 0/1 (``like``'s dtype and
+    device), singletons first."""
     rows = [
         [1.0 if i in subset else 0.0 for i in range(tasks)]
         for size in range(1, tasks + 1)
         for subset in itertools.combinations(range(tasks), size)
     ]
-    return torch.tensor(rows, dtype=torch.float64)
+    return torch.tensor(rows, dtype=like.dtype, device=like.device)
 
 
 def _restricted_inverses(gram: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -51,7 +49,7 @@ def min_norm_weights(gram: torch.Tensor) -> torch.Tensor:
         a, b, _, d = g.flatten().unbind()
         t = ((d - b) / (a + d - 2 * b).clamp_min(EPSILON)).clamp(0, 1)
         return torch.stack([t, 1 - t]).to(gram.dtype)
-    masks = faces(g.shape[0]).to(g.device)
+    masks = faces(g.shape[0], g)
     inverses = _restricted_inverses(g, masks)
     h1 = inverses.sum(-1)  # H 1 per face
     candidates = h1 / h1.sum(-1, keepdim=True)
@@ -99,7 +97,7 @@ def _cagrad_faces(g: torch.Tensor, mean: torch.Tensor, sqrt_phi: torch.Tensor) -
     the stationary point is ``w = (lambda H 1 - H b) / sqrt(D)``, ``lambda = (B + sqrt(D)) /
     A``, with ``A = 1'H1``, ``B = 1'Hb``, ``C = b'Hb``, ``D = B^2 - AC + A phi``; vertices are
     always candidates."""
-    masks = faces(g.shape[0]).to(g.device)
+    masks = faces(g.shape[0], g)
     inverses = _restricted_inverses(g, masks)
     h1, hb = inverses.sum(-1), inverses @ mean
     a, b = h1.sum(-1), hb.sum(-1)
@@ -246,7 +244,7 @@ def _pcd_active_sets(scaled: torch.Tensor, taus: torch.Tensor, tol: float) -> to
     secondary = scaled[1:, 1:]
     need = taus * _diagonal(secondary) - scaled[1:, 0]  # > 0: g_0 alone breaks constraint j
     empty = torch.zeros(1, secondary.shape[0], dtype=scaled.dtype, device=scaled.device)
-    masks = torch.cat([empty, faces(secondary.shape[0]).to(scaled.device)])
+    masks = torch.cat([empty, faces(secondary.shape[0], scaled)])
     mus = (_restricted_inverses(secondary, masks) @ need).clamp_min(0)
     slack_tol = tol * _diagonal(scaled).max()
     feasible = ((mus @ secondary - need) >= -slack_tol).all(-1)
