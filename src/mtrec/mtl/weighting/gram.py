@@ -3,8 +3,9 @@ K x K Gram matrix of the tasks' gradients, solved in torch (:mod:`.solvers`: clo
 two tasks, every face or a few Newton steps for more), compiled with the step when the step
 is (``model.compile``). GradDrop, which masks coordinates, reads the gradient rows instead.
 
-Each equals its TorchJD aggregator (tests compare them within 1e-5, two and three tasks), where
-TorchJD calls cvxpy, scipy or a Python loop every step.
+Each equals its TorchJD aggregator (tests compare them within 1e-5, two and three tasks; MGDA
+with three tasks against its optimality conditions, which TorchJD's iterations approach),
+where TorchJD calls cvxpy, scipy or a Python loop every step.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ runs eagerly or compiled, and works in float64 whatever the gradients' dtype.
 from __future__ import annotations
 
 import itertools
+
 import torch
 
 EPSILON = 1e-12  # below this a squared norm counts as zero
