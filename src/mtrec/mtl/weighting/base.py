@@ -106,6 +106,17 @@ def check_several_tasks(tasks: Sequence[str], what: str) -> None:
         raise ConfigError(f"{what} several tasks: this run trains one. Use weighting=fixed.")
 
 
+def fraction(name: str, value: float, example: str, closed: bool = False) -> float:
+    """``value`` as a float when it lies in [0, 1) (``closed``: [0, 1]); else one message
+    naming the setting and an example."""
+    if not (0 <= value <= 1 if closed else 0 <= value < 1):
+        interval = "[0, 1]" if closed else "[0, 1)"
+        raise ConfigError(
+            f"weighting.{name}={value} is not valid: use a number in {interval}, e.g. {example}."
+        )
+    return float(value)
+
+
 def _known(weights: Mapping[str, float | None], key: str) -> None:
     unknown = sorted(set(weights) - set(BY_NAME))
     if unknown:

@@ -18,6 +18,7 @@ from mtrec.compile import compile_or_eager
 from mtrec.errors import ConfigError
 from mtrec.mtl.tasks import Task
 from mtrec.mtl.weighting import solvers
+from mtrec.mtl.weighting.base import fraction
 from mtrec.mtl.weighting.gradient import GradientLevel
 
 
@@ -129,11 +130,9 @@ class PCD(GramWeighting):
 
     def __init__(self, tau: float = 0.02, beta: float = 0.999, eps: float = 1e-8):
         super().__init__()
-        if not 0 <= tau <= 1:
-            raise ConfigError(f"weighting.tau={tau} is not a fraction: use 0 <= tau <= 1.")
-        if not 0 <= beta < 1:
-            raise ConfigError(f"weighting.beta={beta} is not a decay: use 0 <= beta < 1.")
-        self.tau, self.beta, self.eps = float(tau), float(beta), float(eps)
+        self.tau = fraction("tau", tau, "0.02", closed=True)
+        self.beta = fraction("beta", beta, "0.999")
+        self.eps = float(eps)
 
     def bind(self, tasks: tuple[Task, ...]) -> None:
         super().bind(tasks)

@@ -13,16 +13,7 @@ import torch
 
 from mtrec.errors import ConfigError
 from mtrec.mtl.tasks import BY_NAME, Task
-from mtrec.mtl.weighting.base import EPSILON, Weighting, check_several_tasks
-
-
-def _fraction(name: str, value: float, example: str, closed: bool = False) -> float:
-    if not (0 <= value <= 1 if closed else 0 <= value < 1):
-        interval = "[0, 1]" if closed else "[0, 1)"
-        raise ConfigError(
-            f"weighting.{name}={value} is not valid: use a number in {interval}, e.g. {example}."
-        )
-    return float(value)
+from mtrec.mtl.weighting.base import EPSILON, Weighting, check_several_tasks, fraction
 
 
 class MagnitudeBalance(Weighting):
@@ -43,7 +34,7 @@ class DBMTL(MagnitudeBalance):
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.5):
         super().__init__()
-        self.beta = _fraction("beta", beta, "0.9")
+        self.beta = fraction("beta", beta, "0.9")
         if not beta_sigma >= 0:
             raise ConfigError(
                 f"weighting.beta_sigma={beta_sigma} is not valid: use a number >= 0, e.g. 0.5."
@@ -82,8 +73,8 @@ class MetaBalance(MagnitudeBalance):
                 f"weighting.main={main} is not a task: use one of {', '.join(BY_NAME)}."
             )
         self.main = main
-        self.relax = _fraction("relax", relax, "0.7", closed=True)
-        self.beta = _fraction("beta", beta, "0.9")
+        self.relax = fraction("relax", relax, "0.7", closed=True)
+        self.beta = fraction("beta", beta, "0.9")
 
     def bind(self, tasks: Sequence[Task]) -> None:
         super().bind(tasks)

@@ -55,7 +55,7 @@ def min_norm_weights(gram: torch.Tensor) -> torch.Tensor:
     h1 = inverses.sum(-1)  # H 1 per face
     candidates = h1 / h1.sum(-1, keepdim=True)
     candidates = torch.where(masks.sum(-1, keepdim=True) == 1, masks, candidates)
-    return _best(candidates, _quadratic(candidates, g), masks).to(gram.dtype)
+    return _best(candidates, _quadratic(candidates, g)).to(gram.dtype)
 
 
 def cagrad_weights(gram: torch.Tensor, c: float, norm_eps: float = 1e-4) -> torch.Tensor:
@@ -110,7 +110,7 @@ def _cagrad_faces(g: torch.Tensor, mean: torch.Tensor, sqrt_phi: torch.Tensor) -
     usable = singleton | ((discriminant > EPSILON) & (a > EPSILON))[:, None]
     candidates = torch.where(singleton, masks, torch.where(usable, candidates, 0.0))
     values = candidates @ mean + sqrt_phi * _quadratic(candidates, g).clamp_min(0).sqrt()
-    return _best(candidates, torch.where(usable.squeeze(-1), values, torch.inf), masks)
+    return _best(candidates, torch.where(usable.squeeze(-1), values, torch.inf))
 
 
 def fair_weights(gram: torch.Tensor, alpha: float, steps: int = 20) -> torch.Tensor:
@@ -274,7 +274,8 @@ def _quadratic(weights: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     return ((weights @ gram) * weights).sum(-1)
 
 
-def _best(candidates: torch.Tensor, values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """The candidate of least value among those inside the simplex (up to rounding)."""
-    inside = (candidates >= -1e-9).all(-1) & ((candidates * (1 - masks)).abs() < 1e-9).all(-1)
+def _best(candidates: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The candidate of least value among those inside the simplex (up to rounding; each sums
+    to 1 and is zero off its face by construction)."""
+    inside = (candidates >= -1e-9).all(-1)
     return candidates[torch.where(inside, values, torch.inf).argmin()].clamp_min(0)
