@@ -14,12 +14,16 @@ from mtrec.mtl.tasks import BY_NAME
 from mtrec.mtl.weighting import (
     MGDA,
     PCD,
+    AlignedMTL,
     CAGrad,
     ConFIG,
+    DualProj,
     FairGrad,
     GradDrop,
     NashMTL,
     PCGrad,
+    UPGrad,
+    solvers,
 )
 
 TWO = (BY_NAME["interaction"], BY_NAME["rating"])
@@ -118,6 +122,31 @@ def test_pcgrad_by_hand():
     torch.testing.assert_close(combine(PCGrad(), agreeing), torch.tensor([2.0, 1.0]))
 
 
+def test_dual_cone_projections_by_hand():
+    # g1 = (1, 0), g2 = (-2, 1), g1.g2 = -2: each gradient leaves the dual cone's half-plane
+    # of the other. UPGrad: g1 + (2/5) g2 = (1/5, 2/5) and g2 + 2 g1 = (0, 1), averaged:
+    # (1/10, 7/10). DualProj: the mean (-1/2, 1/2) has g1.mean = -1/2 < 0, so it is
+    # projected onto g1.x = 0: (0, 1/2), which g2 keeps (g2.(0, 1/2) = 1/2)
+    rows = torch.tensor([[1.0, 0.0], [-2.0, 1.0]])
+    torch.testing.assert_close(combine(UPGrad(reg_eps=0.0), rows), torch.tensor([0.1, 0.7]))
+    torch.testing.assert_close(combine(DualProj(reg_eps=0.0), rows), torch.tensor([0.0, 0.5]))
+    # gradients inside each other's half-planes are their own projections
+    agreeing = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    torch.testing.assert_close(combine(UPGrad(reg_eps=0.0), agreeing), agreeing.mean(0))
+
+
+def test_aligned_mtl_by_hand():
+    # orthogonal gradients of norms 2 and 1: G = diag(4, 1), B = sqrt(1) diag(1/2, 1), so
+    # each is rescaled to norm 1 and the mean of (1, 0) and (0, 1) is (1/2, 1/2)
+    rows = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    torch.testing.assert_close(combine(AlignedMTL(), rows), torch.tensor([0.5, 0.5]))
+    # parallel gradients (1, 0) and (2, 0): G = [[1, 2], [2, 4]] has eigenvalues 0 and 5;
+    # the zero one is left out, B = v v' with v = (1, 2) / sqrt 5, the weights
+    # B (1/2, 1/2) = (3/10, 6/10): the mean gradient, (3/2, 0)
+    rows = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
+    torch.testing.assert_close(combine(AlignedMTL(), rows), torch.tensor([1.5, 0.0]))
+
+
 def test_pcd_by_hand():
     # first step: each gradient scaled to unit norm, u1 = (1, 0), u2 = (-1, 1)/sqrt 2;
     # d = u1 + mu u2 with u2.d = tau: mu = tau - u2.u1 = tau + 1/sqrt 2; rescaled to |g1| = 2
@@ -157,6 +186,9 @@ def test_equal_to_torchjd(tasks, conflicting, seed):
             ours = combine(NashMTL(max_norm=max_norm), rows)
             assert_equal(ours, _converged_nash(tasks, max_norm)(rows))
     assert_equal(combine(ConFIG(), rows), tjd.ConFIG()(rows))
+    assert_equal(combine(UPGrad(), rows), tjd.UPGrad()(rows))
+    assert_equal(combine(DualProj(), rows), tjd.DualProj()(rows))
+    assert_equal(combine(AlignedMTL(), rows), tjd.AlignedMTL()(rows))
     torch.manual_seed(seed)  # the same orders drawn (three tasks)
     ours = combine(PCGrad(), rows)
     torch.manual_seed(seed)
@@ -186,6 +218,20 @@ def test_mgda_is_the_least_norm_point_of_the_simplex(tasks, conflicting, seed):
     support = w > 1e-9
     torch.testing.assert_close((gram @ w)[support], square.expand(int(support.sum())))
     assert square <= tjd.MGDA()(rows).square().sum() + 1e-9
+
+
+@pytest.mark.parametrize(("tasks", "conflicting", "seed"), CASES)
+def test_dual_cone_weights_meet_the_optimality_conditions(tasks, conflicting, seed):
+    """min v'Gv such that v >= u: v >= u, G v >= 0, and (G v)_i = 0 where v_i > u_i."""
+    rows = random_rows(tasks, conflicting, seed)
+    gram = rows @ rows.T
+    targets = torch.eye(tasks, dtype=gram.dtype) / tasks
+    v = solvers.dual_cone_weights(gram, targets, reg_eps=0.0)
+    normalised = gram / gram.trace()
+    assert (v >= targets - 1e-12).all()
+    pull = v @ normalised
+    assert (pull >= -1e-12).all()
+    torch.testing.assert_close(pull * (v - targets), torch.zeros_like(v), atol=1e-12, rtol=0)
 
 
 def _tight_cagrad(rows: torch.Tensor) -> torch.Tensor:
@@ -227,7 +273,7 @@ def _converged_nash(tasks: int, max_norm: float):
 
 def test_compiled_solvers_give_the_eager_weights():
     rows = random_rows(3, True, 0).float()
-    for make in (lambda: CAGrad(c=0.4), lambda: PCD(tau=0.3), MGDA):
+    for make in (lambda: CAGrad(c=0.4), lambda: PCD(tau=0.3), MGDA, UPGrad, AlignedMTL):
         for tasks in (TWO, THREE):
             eager, compiled = bound(make(), tasks), bound(make(), tasks)
             compiled.use_compiler()
@@ -261,6 +307,8 @@ def test_pcd_state_travels_in_checkpoints():
         (lambda: NashMTL(max_norm=-1), "weighting.max_norm=-1"),
         (lambda: PCD(tau=1.5), "weighting.tau=1.5"),
         (lambda: PCD(beta=1.0), "weighting.beta=1.0"),
+        (lambda: UPGrad(reg_eps=-1e-4), "weighting.reg_eps=-0.0001"),
+        (lambda: DualProj(reg_eps=-1), "weighting.reg_eps=-1"),
     ],
 )
 def test_bad_settings_get_one_message(make, message):

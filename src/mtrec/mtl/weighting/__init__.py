@@ -12,13 +12,16 @@ from mtrec.mtl.weighting.gradient import Aggregation, GradientLevel
 from mtrec.mtl.weighting.gram import (
     MGDA,
     PCD,
+    AlignedMTL,
     CAGrad,
     ConFIG,
+    DualProj,
     FairGrad,
     GradDrop,
     GramWeighting,
     NashMTL,
     PCGrad,
+    UPGrad,
 )
 from mtrec.mtl.weighting.loss_level import DWA, FAMO, RLW, STCH, GradNorm, Uncertainty
 from mtrec.mtl.weighting.magnitude import DBMTL, MetaBalance, MultiBalance
@@ -32,8 +35,10 @@ __all__ = [
     "RLW",
     "STCH",
     "Aggregation",
+    "AlignedMTL",
     "CAGrad",
     "ConFIG",
+    "DualProj",
     "FairGrad",
     "FixedWeighting",
     "GradDrop",
@@ -45,6 +50,7 @@ __all__ = [
     "NashMTL",
     "PCGrad",
     "SingleTask",
+    "UPGrad",
     "Uncertainty",
     "Weighting",
 ]

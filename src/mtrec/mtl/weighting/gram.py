@@ -121,6 +121,43 @@ class PCGrad(GramWeighting):
         return solvers.pcgrad_weights(gram, orders)
 
 
+class DualConeProjection(GramWeighting, ABC):
+    """A projection onto the dual cone of the tasks' gradients (the directions along which no
+    task's loss rises, to first order); ``reg_eps`` on the diagonal of the trace-normalised
+    Gram matrix keeps it well posed, as in TorchJD."""
+
+    def __init__(self, reg_eps: float = 1e-4):
+        super().__init__()
+        if reg_eps < 0:
+            raise ConfigError(f"weighting.reg_eps={reg_eps} is negative: use reg_eps >= 0.")
+        self.reg_eps = float(reg_eps)
+
+
+class UPGrad(DualConeProjection):
+    """UPGrad (Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", 2024):
+    each task's gradient projected onto the dual cone, the projections averaged."""
+
+    def weights(self, gram: torch.Tensor) -> torch.Tensor:
+        return solvers.upgrad_weights(gram, self.reg_eps)
+
+
+class DualProj(DualConeProjection):
+    """DualProj (Lopez-Paz and Ranzato, "Gradient Episodic Memory for Continual Learning",
+    NeurIPS 2017, Eq. 11): the mean gradient projected onto the dual cone."""
+
+    def weights(self, gram: torch.Tensor) -> torch.Tensor:
+        return solvers.dualproj_weights(gram, self.reg_eps)
+
+
+class AlignedMTL(GramWeighting):
+    """Aligned-MTL (Senushkin et al., "Independent Component Alignment for Multi-Task
+    Learning", CVPR 2023): the gradients made orthogonal and of one norm (the smallest
+    singular value's) by a transformation of their Gram matrix, then averaged."""
+
+    def weights(self, gram: torch.Tensor) -> torch.Tensor:
+        return solvers.aligned_weights(gram)
+
+
 class PCD(GramWeighting):
     """Priority-Constrained Descent ("Not All Objectives Are Born Equal: Priority-Constrained
     Descent for Hierarchical Multi-Objective Optimization", TMLR 2026): follow the first

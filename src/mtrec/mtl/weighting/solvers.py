@@ -6,8 +6,9 @@ only through ``G``, so a step never calls a general-purpose solver. Problems ove
 or with inequality constraints are solved exactly by trying every face (every subset of the
 tasks, or of the constraints: 2^K - 1 small linear systems, batched: three for two tasks,
 seven for three) and keeping the best feasible one; the fair allocations by a few damped
-Newton steps. Every function is branch-free torch (``torch.where``, fixed loops over K), so it
-runs eagerly or compiled, and works in float64 whatever the gradients' dtype.
+Newton steps; Aligned-MTL by the eigendecomposition of ``G``. Every function is branch-free
+torch (``torch.where``, fixed loops over K), so it runs eagerly or compiled, and works in
+float64 whatever the gradients' dtype.
 """
 
 from __future__ import annotations
@@ -208,6 +209,79 @@ def config_weights(gram: torch.Tensor) -> torch.Tensor:
     square = along @ g @ along
     weights = (g @ along).sum() / square.clamp_min(EPSILON) * along
     return torch.where(square > EPSILON, weights, torch.zeros_like(weights)).to(gram.dtype)
+
+
+def dual_cone_weights(
+    gram: torch.Tensor, targets: torch.Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4
+) -> torch.Tensor:
+    """For each row ``u`` of ``targets``, the weights ``v`` of the projection of ``J'u`` onto
+    the dual cone of the gradients (the directions that improve every task), by Proposition 1
+    of Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", 2024:
+    ``v = argmin v'Gv`` such that ``v >= u``, on ``G`` normalised by its trace plus ``reg_eps``
+    on the diagonal (as TorchJD's projector).
+
+    The QP is strictly convex, so its answer is the feasible point of least value among the
+    stationary points of every set F of free coordinates (``v_A = u_A`` off F, ``G_FF v_F =
+    -G_FA u_A`` on it): 2^K small systems, batched. Two tasks and ``u >= 0`` (the targets of
+    UPGrad and DualProj): at most one ``(G u)_i`` is negative (else ``u'Gu < 0``), and only
+    that ``v_i`` leaves its bound, to ``(G v)_i = 0``.
+    """
+    tasks = gram.shape[0]
+    g = gram.to(torch.float64)
+    trace = _diagonal(g).sum()
+    g = torch.where(trace < norm_eps, torch.zeros_like(g), g / trace)
+    g = g + reg_eps * torch.eye(tasks, dtype=g.dtype, device=g.device)
+    u = targets.to(torch.float64)
+    if tasks == 2:
+        return (u + (-(u @ g)).clamp_min(0) / _diagonal(g)).to(gram.dtype)
+    none = torch.zeros(1, tasks, dtype=g.dtype, device=g.device)
+    free = torch.cat([none, faces(tasks, g)])  # (sets, K)
+    fixed = 1 - free
+    # G on the free block, the identity on the fixed one: the fixed part of the answer is 0
+    systems = g * free[:, :, None] * free[:, None, :] + torch.diag_embed(fixed)
+    at_bound = u[:, None, :] * fixed  # (rows, sets, K)
+    pull = -(at_bound @ g) * free
+    v = at_bound + torch.linalg.solve(systems, pull.unsqueeze(-1)).squeeze(-1)
+    feasible = (v - u[:, None, :] >= -1e-9 * (1 + v.abs())).all(-1)
+    values = torch.where(feasible, ((v @ g) * v).sum(-1), torch.inf)  # all at bound: feasible
+    best = values.argmin(-1)[:, None, None].expand(-1, 1, tasks)
+    return v.gather(1, best).squeeze(1).to(gram.dtype)
+
+
+def upgrad_weights(gram: torch.Tensor, reg_eps: float = 1e-4) -> torch.Tensor:
+    """UPGrad's weights (Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization",
+    2024): each gradient projected onto the dual cone of all of them, then averaged."""
+    tasks = gram.shape[0]
+    eye = torch.eye(tasks, dtype=torch.float64, device=gram.device)
+    return dual_cone_weights(gram, eye / tasks, reg_eps=reg_eps).sum(0)
+
+
+def dualproj_weights(gram: torch.Tensor, reg_eps: float = 1e-4) -> torch.Tensor:
+    """DualProj's weights (Lopez-Paz and Ranzato, "Gradient Episodic Memory for Continual
+    Learning", NeurIPS 2017, Eq. 11, as TorchJD applies it): the mean gradient projected onto
+    the dual cone of the gradients."""
+    tasks = gram.shape[0]
+    mean = torch.full((1, tasks), 1.0 / tasks, dtype=torch.float64, device=gram.device)
+    return dual_cone_weights(gram, mean, reg_eps=reg_eps)[0]
+
+
+def aligned_weights(gram: torch.Tensor) -> torch.Tensor:
+    """Aligned-MTL's weights (Senushkin et al., "Independent Component Alignment for
+    Multi-Task Learning", CVPR 2023, Algorithm 1): ``B 1 / K`` with the balance
+    transformation ``B = sqrt(lambda_min) V S^-1 V'`` from ``G = V S^2 V'``, which makes the
+    aligned gradients (the rows of ``B J``) orthogonal, each of norm ``sqrt(lambda_min)``.
+    Eigenvalues below ``lambda_max K eps`` (eps of the gradients' dtype) count as zero and
+    are left out, as in TorchJD; with none left, ``B`` is the identity."""
+    tasks = gram.shape[0]
+    values, vectors = torch.linalg.eigh(gram.to(torch.float64))
+    kept = values > values.max() * tasks * torch.finfo(gram.dtype).eps
+    inverse_roots = torch.where(kept, values.clamp_min(EPSILON).rsqrt(), 0.0)
+    smallest = torch.where(kept, values, torch.inf).min()
+    smallest = torch.where(kept.any(), smallest, 0.0)
+    balance = smallest.sqrt() * (vectors * inverse_roots) @ vectors.T
+    eye = torch.eye(tasks, dtype=balance.dtype, device=balance.device)
+    balance = torch.where(kept.any(), balance, eye)
+    return (balance.sum(-1) / tasks).to(gram.dtype)
 
 
 def pcd_weights(
