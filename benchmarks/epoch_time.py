@@ -22,11 +22,13 @@ the measured time per batch (marked ``*``).
 each relative to ``weighting=fixed`` measured just before it; ``--sharings [names]`` one per
 sharing architecture, relative to ``model.net.sharing=shared``; ``--losses [names]`` one per
 interaction loss, relative to ``bounded_bpr``; ``--encoders [names]`` one per encoder on
-ML-100K and on the ML-1M shape, relative to ``id``.
+ML-100K and on the ML-1M shape, relative to ``id``. ``--repeats N`` measures N such pairs in
+turn and shows the one of median ratio, with the range of the N ratios: this host's speed
+drifts by tens of percent between processes.
 
     python benchmarks/epoch_time.py [--scale ml-100k/dense ...] [--shapes ml-100k ml-1m]
         [--epochs 2] [--steps N] [--weightings [fixed pcgrad ...]] [--sharings [mmoe ...]]
-        [--losses [softmax ...]] [--encoders [history]] [override ...]
+        [--losses [softmax ...]] [--encoders [history]] [--repeats 3] [override ...]
 """
 
 from __future__ import annotations
@@ -224,6 +226,12 @@ def main() -> None:
     )
     parser.add_argument("--losses", nargs="*", help="ML-100K rows per interaction loss")
     parser.add_argument("--encoders", nargs="*", help="ML-100K and ML-1M rows per encoder")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="pairs (baseline, variant) per row: the pair of median ratio is shown",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the template runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -298,7 +306,8 @@ def variant_rows(args, key: str, names: list[str], baseline: str, shapes=("ml-10
     """One template row per value of ``key`` and shape, relative to ``baseline``'s, each
     measured right after a run of the baseline (printed beside it): a shared host's speed
     drifts by tens of percent over the minutes a list of rows takes. The training epoch and
-    the evaluation each against the baseline's."""
+    the evaluation each against the baseline's. With ``--repeats N``, N such pairs in turn, the
+    one of median training ratio shown with the range of the N ratios."""
     title = key.rsplit(".", 1)[-1]
     width = max(14, len(title) + 1, *(len(n) + 1 for n in names))
     column = max(13, len(baseline) + 5)  # the baseline's figures
@@ -307,15 +316,25 @@ def variant_rows(args, key: str, names: list[str], baseline: str, shapes=("ml-10
     print(f"\n{title:<{width}}{header}", flush=True)
     for shape in shapes:
         for name in [n for n in names if n != baseline]:
-            reference = measure_in_subprocess("template", shape, args, (f"{key}={baseline}",))
-            row = measure_in_subprocess("template", shape, args, (f"{key}={name}",))
+            pairs = []
+            for _ in range(args.repeats):  # baseline, variant, baseline, variant, ...
+                reference = measure_in_subprocess("template", shape, args, (f"{key}={baseline}",))
+                row = measure_in_subprocess("template", shape, args, (f"{key}={name}",))
+                pairs.append((reference, row))
+            # the pair of median training ratio, with the spread of the ratios beside it
+            ratios = sorted(r["train_s"] / b["train_s"] for b, r in pairs)
+            reference, row = sorted(pairs, key=lambda p: p[1]["train_s"] / p[0]["train_s"])[
+                (len(pairs) - 1) // 2
+            ]
             train_ratio = row["train_s"] / reference["train_s"]
             eval_ratio = row["eval_ms"] / reference["eval_ms"]
             star = "*" if row["projected"] else " "
+            spread = f"  ({ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""
             print(
                 f"{name:<{width}}{shape:<9}{row['train_s']:>8.3f}{star}"
                 f"{reference['train_s']:>{column - 1}.3f}{star}{train_ratio:>7.2f}"
-                f"{row['eval_ms']:>9.1f}{reference['eval_ms']:>{column}.1f}{eval_ratio:>7.2f}",
+                f"{row['eval_ms']:>9.1f}{reference['eval_ms']:>{column}.1f}{eval_ratio:>7.2f}"
+                f"{spread}",
                 flush=True,
             )
 
