@@ -19,12 +19,14 @@ With ``--steps N`` each epoch stops after N batches and seconds per epoch are pr
 the measured time per batch (marked ``*``).
 
 ``--weightings [names]`` adds one ML-100K row per loss-weighting strategy (all without names),
-each relative to ``weighting=fixed`` measured just before it; ``--sharings [names]`` one per
-sharing architecture, relative to ``model.net.sharing=shared``; ``--losses [names]`` one per
-interaction loss, relative to ``bounded_bpr``; ``--encoders [names]`` one per encoder on
-ML-100K and on the ML-1M shape, relative to ``id``. ``--repeats N`` measures N such pairs in
-turn and shows the one of median ratio, with the range of the N ratios: this host's speed
-drifts by tens of percent between processes.
+each relative to ``weighting=fixed``; ``--sharings [names]`` one per sharing architecture,
+relative to ``model.net.sharing=shared``; ``--losses [names]`` one per interaction loss,
+relative to ``bounded_bpr``; ``--encoders [names]`` one per encoder on ML-100K and on the
+ML-1M shape, relative to ``id``. A row and its baseline run in two processes whose epochs
+take turns (baseline, row, baseline, ...): a shared host's speed drifts by tens of percent
+between processes run one after the other, far less between neighbouring epochs.
+``--repeats N`` measures N such pairs and shows the one of median ratio, with the range of
+the N ratios.
 
     python benchmarks/epoch_time.py [--scale ml-100k/dense ...] [--shapes ml-100k ml-1m]
         [--epochs 2] [--steps N] [--weightings [fixed pcgrad ...]] [--sharings [mmoe ...]]
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -124,17 +127,24 @@ def plain_loop(shape: str, epochs: int, steps: int | None, data_dir: str) -> dic
 
 
 class PhaseTimer(L.Callback):
-    """Wall time of each epoch's training phase and of its evaluation (validation loop)."""
+    """Wall time of each epoch's training phase and of its evaluation (validation loop).
 
-    def __init__(self):
+    ``turns`` (two file descriptors): each epoch waits for a byte on the first before it
+    starts and writes one to the second when it ends, so that the parent can run the epochs
+    of two processes in turn (:func:`measure_pair`)."""
+
+    def __init__(self, turns: tuple[int, int] | None = None):
         self.train_seconds: list[float] = []
         self.eval_seconds: list[float] = []
+        self.turns = turns
 
     def on_fit_start(self, trainer, module):
         data = trainer.datamodule
         self.batches_per_epoch = math.ceil(len(data.split.train) / data.hparams.batch_size)
 
     def on_train_epoch_start(self, trainer, module):
+        if self.turns:
+            os.read(self.turns[0], 1)  # this process's turn
         self.start = time.perf_counter()
 
     def on_validation_start(self, trainer, module):
@@ -143,10 +153,14 @@ class PhaseTimer(L.Callback):
 
     def on_train_epoch_end(self, trainer, module):  # after validation, checkpoints and logs
         self.eval_seconds.append(time.perf_counter() - self.middle)
+        if self.turns:
+            os.write(self.turns[1], b"x")  # the other process's turn
 
 
-def template(shape: str, epochs: int, steps: int | None, data_dir: str, overrides) -> dict:
-    timer = PhaseTimer()
+def template(
+    shape: str, epochs: int, steps: int | None, data_dir: str, overrides, turns=None
+) -> dict:
+    timer = PhaseTimer(turns)
     with (
         tempfile.TemporaryDirectory() as out,
         initialize_config_module("mtrec.conf", version_base="1.3"),
@@ -201,6 +215,48 @@ def measure_in_subprocess(loop: str, shape: str, args, extra: tuple[str, ...] = 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def measure_pair(shape: str, args, first: tuple[str, ...], second: tuple[str, ...]):
+    """The template with ``first``'s and with ``second``'s overrides, each in its own process,
+    their epochs run in turn (first, second, first, ...): this host's speed drifts by tens of
+    percent over the seconds between two processes run one after the other, far less between
+    neighbouring epochs. Both processes start (load, build) side by side; each epoch runs alone."""
+    runs = []
+    with tempfile.TemporaryDirectory() as folder:
+        for index, extra in enumerate((first, second)):
+            go_read, go_write = os.pipe()
+            done_read, done_write = os.pipe()
+            command = [sys.executable, __file__, "--row", "template", "--shapes", shape]
+            command += ["--epochs", str(args.epochs), "--data-dir", args.data_dir]
+            command += ["--turns", f"{go_read},{done_write}"]
+            command += ["--steps", str(args.steps)] if args.steps else []
+            output = Path(folder) / f"{index}.out"
+            with output.open("w") as out:
+                process = subprocess.Popen(
+                    command + args.overrides + list(extra),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    pass_fds=(go_read, done_write),
+                )
+            os.close(go_read)
+            os.close(done_write)
+            runs.append((process, go_write, done_read, output))
+        for _ in range(args.epochs):
+            for process, go, done, output in runs:
+                os.write(go, b"x")
+                if not os.read(done, 1):  # the process ended before its epoch did
+                    process.wait()
+                    sys.exit(f"{' '.join(process.args[-3:])} failed:\n{output.read_text()[-3000:]}")
+        rows = []
+        for process, go, done, output in runs:
+            os.close(go)
+            os.close(done)
+            if process.wait() != 0:
+                sys.exit(f"{' '.join(process.args[-3:])} failed:\n{output.read_text()[-3000:]}")
+            rows.append(json.loads(output.read_text().strip().splitlines()[-1]))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -218,6 +274,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="batches per epoch (projects the rest)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--row", choices=["plain", "template"], help="measure one loop only (JSON)")
+    parser.add_argument("--turns", help=argparse.SUPPRESS)  # two pipes: epochs in turn
     parser.add_argument(
         "--weightings", nargs="*", help="ML-100K rows per strategy (all without names)"
     )
@@ -240,7 +297,8 @@ def main() -> None:
         if args.row == "plain":
             row = plain_loop(shape, args.epochs, args.steps, args.data_dir)
         else:
-            row = template(shape, args.epochs, args.steps, args.data_dir, args.overrides)
+            turns = tuple(int(fd) for fd in args.turns.split(",")) if args.turns else None
+            row = template(shape, args.epochs, args.steps, args.data_dir, args.overrides, turns)
         print(json.dumps(row))
         return
     note = "; * projected from --steps" if args.steps else ""
@@ -303,11 +361,11 @@ def overhead_table(args, note: str) -> None:
 
 
 def variant_rows(args, key: str, names: list[str], baseline: str, shapes=("ml-100k",)) -> None:
-    """One template row per value of ``key`` and shape, relative to ``baseline``'s, each
-    measured right after a run of the baseline (printed beside it): a shared host's speed
-    drifts by tens of percent over the minutes a list of rows takes. The training epoch and
-    the evaluation each against the baseline's. With ``--repeats N``, N such pairs in turn, the
-    one of median training ratio shown with the range of the N ratios."""
+    """One template row per value of ``key`` and shape, relative to ``baseline``'s, the two
+    measured with their epochs in turn (:func:`measure_pair`; the baseline's figures printed
+    beside): the training epoch and the evaluation each against the baseline's. With
+    ``--repeats N``, N such pairs, the one of median training ratio shown with the range of
+    the N ratios."""
     title = key.rsplit(".", 1)[-1]
     width = max(14, len(title) + 1, *(len(n) + 1 for n in names))
     column = max(13, len(baseline) + 5)  # the baseline's figures
@@ -317,10 +375,9 @@ def variant_rows(args, key: str, names: list[str], baseline: str, shapes=("ml-10
     for shape in shapes:
         for name in [n for n in names if n != baseline]:
             pairs = []
-            for _ in range(args.repeats):  # baseline, variant, baseline, variant, ...
-                reference = measure_in_subprocess("template", shape, args, (f"{key}={baseline}",))
-                row = measure_in_subprocess("template", shape, args, (f"{key}={name}",))
-                pairs.append((reference, row))
+            for _ in range(args.repeats):  # each pair's epochs in turn
+                pair = measure_pair(shape, args, (f"{key}={baseline}",), (f"{key}={name}",))
+                pairs.append(tuple(pair))
             # the pair of median training ratio, with the spread of the ratios beside it
             ratios = sorted(r["train_s"] / b["train_s"] for b, r in pairs)
             reference, row = sorted(pairs, key=lambda p: p[1]["train_s"] / p[0]["train_s"])[
