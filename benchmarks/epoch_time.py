@@ -205,11 +205,19 @@ def epoch_figures(train_seconds, eval_seconds, steps, batches_per_epoch) -> dict
     }
 
 
-def measure_in_subprocess(loop: str, shape: str, args, extra: tuple[str, ...] = ()) -> dict:
-    command = [sys.executable, __file__, "--row", loop, "--shapes", shape]
+def row_command(
+    loop: str, shape: str, args, extra: tuple[str, ...] = (), options: tuple[str, ...] = ()
+) -> list[str]:
+    """The command that measures one row in a process of its own (``--row``): ``options``
+    before the Hydra overrides, ``extra`` overrides after the command line's."""
+    command = [sys.executable, __file__, "--row", loop, "--shapes", shape, *options]
     command += ["--epochs", str(args.epochs), "--data-dir", args.data_dir]
     command += ["--steps", str(args.steps)] if args.steps else []
-    result = subprocess.run(command + args.overrides + list(extra), capture_output=True, text=True)
+    return command + args.overrides + list(extra)
+
+
+def measure_in_subprocess(loop: str, shape: str, args, extra: tuple[str, ...] = ()) -> dict:
+    result = subprocess.run(row_command(loop, shape, args, extra), capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"{loop} on {shape} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -225,14 +233,11 @@ def measure_pair(shape: str, args, first: tuple[str, ...], second: tuple[str, ..
         for index, extra in enumerate((first, second)):
             go_read, go_write = os.pipe()
             done_read, done_write = os.pipe()
-            command = [sys.executable, __file__, "--row", "template", "--shapes", shape]
-            command += ["--epochs", str(args.epochs), "--data-dir", args.data_dir]
-            command += ["--turns", f"{go_read},{done_write}"]
-            command += ["--steps", str(args.steps)] if args.steps else []
+            turns = ("--turns", f"{go_read},{done_write}")
             output = Path(folder) / f"{index}.out"
             with output.open("w") as out:
                 process = subprocess.Popen(
-                    command + args.overrides + list(extra),
+                    row_command("template", shape, args, extra, turns),
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     text=True,
@@ -245,16 +250,19 @@ def measure_pair(shape: str, args, first: tuple[str, ...], second: tuple[str, ..
             for process, go, done, output in runs:
                 os.write(go, b"x")
                 if not os.read(done, 1):  # the process ended before its epoch did
-                    process.wait()
-                    sys.exit(f"{' '.join(process.args[-3:])} failed:\n{output.read_text()[-3000:]}")
+                    _stop_if_failed(process, output)
         rows = []
         for process, go, done, output in runs:
             os.close(go)
             os.close(done)
-            if process.wait() != 0:
-                sys.exit(f"{' '.join(process.args[-3:])} failed:\n{output.read_text()[-3000:]}")
+            _stop_if_failed(process, output)
             rows.append(json.loads(output.read_text().strip().splitlines()[-1]))
     return rows
+
+
+def _stop_if_failed(process: subprocess.Popen, output: Path) -> None:
+    if process.wait() != 0:
+        sys.exit(f"{' '.join(process.args[-3:])} failed:\n{output.read_text()[-3000:]}")
 
 
 def main() -> None:
@@ -374,16 +382,15 @@ def variant_rows(args, key: str, names: list[str], baseline: str, shapes=("ml-10
     print(f"\n{title:<{width}}{header}", flush=True)
     for shape in shapes:
         for name in [n for n in names if n != baseline]:
-            pairs = []
-            for _ in range(args.repeats):  # each pair's epochs in turn
-                pair = measure_pair(shape, args, (f"{key}={baseline}",), (f"{key}={name}",))
-                pairs.append(tuple(pair))
-            # the pair of median training ratio, with the spread of the ratios beside it
-            ratios = sorted(r["train_s"] / b["train_s"] for b, r in pairs)
-            reference, row = sorted(pairs, key=lambda p: p[1]["train_s"] / p[0]["train_s"])[
-                (len(pairs) - 1) // 2
+            pairs = [  # each pair's epochs in turn
+                measure_pair(shape, args, (f"{key}={baseline}",), (f"{key}={name}",))
+                for _ in range(args.repeats)
             ]
-            train_ratio = row["train_s"] / reference["train_s"]
+            # the pair of median training ratio, with the spread of the ratios beside it
+            ratios = sorted(row["train_s"] / reference["train_s"] for reference, row in pairs)
+            pairs.sort(key=lambda pair: pair[1]["train_s"] / pair[0]["train_s"])
+            reference, row = pairs[(len(pairs) - 1) // 2]
+            train_ratio = ratios[(len(pairs) - 1) // 2]
             eval_ratio = row["eval_ms"] / reference["eval_ms"]
             star = "*" if row["projected"] else " "
             spread = f"  ({ratios[0]:.2f}-{ratios[-1]:.2f})" if len(ratios) > 1 else ""

@@ -20,12 +20,12 @@ import torch
 EPSILON = 1e-12  # below this a squared norm counts as zero
 
 
-def faces(tasks: int, like: torch.Tensor) -> torch.Tensor:
-    """Every nonempty subset of ``range(tasks)`` as a row of 0/1 (``like``'s dtype and
-    device), singletons first."""
+def faces(tasks: int, like: torch.Tensor, empty: bool = False) -> torch.Tensor:
+    """Every nonempty subset of ``range(tasks)`` (``empty``: the empty one first) as a row of
+    0/1 (``like``'s dtype and device), smallest first."""
     rows = [
         [1.0 if i in subset else 0.0 for i in range(tasks)]
-        for size in range(1, tasks + 1)
+        for size in range(0 if empty else 1, tasks + 1)
         for subset in itertools.combinations(range(tasks), size)
     ]
     return torch.tensor(rows, dtype=like.dtype, device=like.device)
@@ -69,8 +69,7 @@ def cagrad_weights(gram: torch.Tensor, c: float, norm_eps: float = 1e-4) -> torc
     """
     tasks = gram.shape[0]
     g = gram.to(torch.float64)
-    trace = _diagonal(g).sum()
-    g = torch.where(trace < norm_eps, torch.zeros_like(g), g / trace)  # TorchJD's normalize
+    g = _normalised(g, norm_eps)
     mean = g.sum(-1) / tasks  # b = G g0 in weight space
     sqrt_phi = c * (g.sum() / tasks**2).clamp_min(0).sqrt()
     w = _cagrad_two(g, mean, sqrt_phi) if tasks == 2 else _cagrad_faces(g, mean, sqrt_phi)
@@ -228,14 +227,11 @@ def dual_cone_weights(
     """
     tasks = gram.shape[0]
     g = gram.to(torch.float64)
-    trace = _diagonal(g).sum()
-    g = torch.where(trace < norm_eps, torch.zeros_like(g), g / trace)
-    g = g + reg_eps * torch.eye(tasks, dtype=g.dtype, device=g.device)
+    g = _normalised(g, norm_eps) + reg_eps * torch.eye(tasks, dtype=g.dtype, device=g.device)
     u = targets.to(torch.float64)
     if tasks == 2:
         return (u + (-(u @ g)).clamp_min(0) / _diagonal(g)).to(gram.dtype)
-    none = torch.zeros(1, tasks, dtype=g.dtype, device=g.device)
-    free = torch.cat([none, faces(tasks, g)])  # (sets, K)
+    free = faces(tasks, g, empty=True)  # (sets, K)
     fixed = 1 - free
     # G on the free block, the identity on the fixed one: the fixed part of the answer is 0
     systems = g * free[:, :, None] * free[:, None, :] + torch.diag_embed(fixed)
@@ -243,7 +239,7 @@ def dual_cone_weights(
     pull = -(at_bound @ g) * free
     v = at_bound + torch.linalg.solve(systems, pull.unsqueeze(-1)).squeeze(-1)
     feasible = (v - u[:, None, :] >= -1e-9 * (1 + v.abs())).all(-1)
-    values = torch.where(feasible, ((v @ g) * v).sum(-1), torch.inf)  # all at bound: feasible
+    values = torch.where(feasible, _quadratic(v, g), torch.inf)  # all at bound: feasible
     best = values.argmin(-1)[:, None, None].expand(-1, 1, tasks)
     return v.gather(1, best).squeeze(1).to(gram.dtype)
 
@@ -318,8 +314,7 @@ def _pcd_active_sets(scaled: torch.Tensor, taus: torch.Tensor, tol: float) -> to
     held) of least ``|d - g_0|``; the primary gradient alone where none is."""
     secondary = scaled[1:, 1:]
     need = taus * _diagonal(secondary) - scaled[1:, 0]  # > 0: g_0 alone breaks constraint j
-    empty = torch.zeros(1, secondary.shape[0], dtype=scaled.dtype, device=scaled.device)
-    masks = torch.cat([empty, faces(secondary.shape[0], scaled)])
+    masks = faces(secondary.shape[0], scaled, empty=True)
     mus = (_restricted_inverses(secondary, masks) @ need).clamp_min(0)
     slack_tol = tol * _diagonal(scaled).max()
     feasible = ((mus @ secondary - need) >= -slack_tol).all(-1)
@@ -341,6 +336,12 @@ def graddrop(rows: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
 def _diagonal(matrix: torch.Tensor) -> torch.Tensor:
     """The diagonal of a square matrix, as a strided view (the compiler's ``diagonal`` warns)."""
     return matrix.flatten()[:: matrix.shape[0] + 1]
+
+
+def _normalised(gram: torch.Tensor, norm_eps: float) -> torch.Tensor:
+    """``gram`` divided by its trace (zero below ``norm_eps``), as TorchJD's ``normalize``."""
+    trace = _diagonal(gram).sum()
+    return torch.where(trace < norm_eps, torch.zeros_like(gram), gram / trace)
 
 
 def _quadratic(weights: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
