@@ -20,6 +20,7 @@ from mtrec.mtl.weighting import (
     DualProj,
     FairGrad,
     GradDrop,
+    GradVac,
     NashMTL,
     PCGrad,
     UPGrad,
@@ -160,6 +161,30 @@ def test_pcd_by_hand():
     torch.testing.assert_close(combine(PCD(tau=tau), rows), rows[0], atol=1e-6, rtol=0)
 
 
+def test_gradvac_by_hand():
+    # g1 = (1, 0), g2 = (-1, 1), targets 0. Task 1: cos = -1/sqrt 2 < 0, so
+    # g1 += |g1| (0 - cos) / |g2| g2 = (1/sqrt 2) / sqrt 2 g2 = g2 / 2, giving (1/2, 1/2);
+    # task 2: the same cosine with g1, g2 += sqrt 2 (1/sqrt 2) / 1 g1 = g1, giving (0, 1).
+    # The sum (1/2, 3/2) = 2 g1 + 3/2 g2; each target moves to beta cos = -1/(2 sqrt 2).
+    rows = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
+    gradvac = bound(GradVac(beta=0.5), TWO)
+    torch.testing.assert_close(
+        gradvac.gradient_weights(rows, rows @ rows.T), torch.tensor([2.0, 1.5])
+    )
+    cos = -1 / math.sqrt(2)
+    expected = torch.tensor([[0.0, 0.5 * cos], [0.5 * cos, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(gradvac.targets, expected)
+    # agreeing gradients above their targets are left alone (the targets still move)
+    agreeing = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    fresh = bound(GradVac(beta=0.5), TWO)
+    torch.testing.assert_close(
+        fresh.gradient_weights(agreeing, agreeing @ agreeing.T), torch.ones(2)
+    )
+    torch.testing.assert_close(
+        fresh.targets[0, 1], torch.tensor(0.5 / math.sqrt(2), dtype=torch.float64)
+    )
+
+
 def test_graddrop_follows_its_definition_on_fixed_draws(monkeypatch):
     rows = torch.tensor([[1.0, -2.0, 0.5], [3.0, 1.0, -0.5]])
     # sign purity P = (1 + sum / sum |.|) / 2: 1, 1/3, 1/2; with draws 0.5, 0.5, 0.25 keep
@@ -197,6 +222,13 @@ def test_equal_to_torchjd(tasks, conflicting, seed):
     ours = combine(GradDrop(), rows)
     torch.manual_seed(seed)
     assert_equal(ours, tjd.GradDrop()(rows))
+    ours, theirs = bound(GradVac(beta=0.5), (TWO, THREE)[tasks - 2]), tjd.GradVac(beta=0.5)
+    for step in range(4):  # the moving target cosines, step after step, the same orders
+        moved = rows + 0.3 * step * rows.roll(1, dims=0)
+        torch.manual_seed(seed + step)
+        mine = ours.shared_gradient(moved, moved @ moved.T)[0]
+        torch.manual_seed(seed + step)
+        assert_equal(mine, theirs(moved))
     ours, theirs = bound(PCD(tau=0.3), (TWO, THREE)[tasks - 2]), tjd.PCD(tau=0.3)
     for step in range(3):  # the moving averages of the squared norms, step after step
         scaled = rows * torch.linspace(1, 2, tasks, dtype=rows.dtype)[:, None] ** step
@@ -273,16 +305,18 @@ def _converged_nash(tasks: int, max_norm: float):
 
 def test_compiled_solvers_give_the_eager_weights():
     rows = random_rows(3, True, 0).float()
-    for make in (lambda: CAGrad(c=0.4), lambda: PCD(tau=0.3), MGDA, UPGrad, AlignedMTL):
+    for make in (lambda: CAGrad(c=0.4), lambda: PCD(tau=0.3), MGDA, UPGrad, AlignedMTL, GradVac):
         for tasks in (TWO, THREE):
             eager, compiled = bound(make(), tasks), bound(make(), tasks)
             compiled.use_compiler()
             part = rows[: len(tasks)]
-            for _ in range(2):
-                torch.testing.assert_close(
-                    compiled.gradient_weights(part, part @ part.T),
-                    eager.gradient_weights(part, part @ part.T),
-                )
+            for step in range(2):
+                torch.manual_seed(step)
+                compiled_weights = compiled.gradient_weights(part, part @ part.T)
+                torch.manual_seed(step)
+                eager_weights = eager.gradient_weights(part, part @ part.T)
+                torch.testing.assert_close(compiled_weights, eager_weights)
+            torch.testing.assert_close(compiled.state_dict(), eager.state_dict())
 
 
 def test_pcd_state_travels_in_checkpoints():
@@ -309,6 +343,8 @@ def test_pcd_state_travels_in_checkpoints():
         (lambda: PCD(beta=1.0), "weighting.beta=1.0"),
         (lambda: UPGrad(reg_eps=-1e-4), "weighting.reg_eps=-0.0001"),
         (lambda: DualProj(reg_eps=-1), "weighting.reg_eps=-1"),
+        (lambda: GradVac(beta=1.5), "weighting.beta=1.5"),
+        (lambda: GradVac(eps=-1), "weighting.eps=-1"),
     ],
 )
 def test_bad_settings_get_one_message(make, message):

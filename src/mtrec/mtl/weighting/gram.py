@@ -121,6 +121,39 @@ class PCGrad(GramWeighting):
         return solvers.pcgrad_weights(gram, orders)
 
 
+class GradVac(GramWeighting):
+    """GradVac (Wang et al., "Gradient Vaccine: Investigating and Improving Multi-task
+    Optimization in Massively Multilingual Models", ICLR 2021): each gradient pulled toward
+    a moving target cosine (``beta``) with each other task's, in an order drawn at random per
+    task each step (three or more tasks). The targets are a buffer: they travel in
+    checkpoints."""
+
+    def __init__(self, beta: float = 0.5, eps: float = 1e-8):
+        super().__init__()
+        self.beta = fraction("beta", beta, "0.5", closed=True)
+        if eps < 0:
+            raise ConfigError(f"weighting.eps={eps} is negative: use eps >= 0, e.g. 1e-8.")
+        self.eps = float(eps)
+
+    def bind(self, tasks: tuple[Task, ...]) -> None:
+        super().bind(tasks)
+        count = len(tasks)
+        self.register_buffer("targets", torch.zeros(count, count, dtype=torch.float64))
+        # each task's others, in order: [[1, 2], [0, 2], [0, 1]] for three
+        self.others = torch.tensor([[j for j in range(count) if j != i] for i in range(count)])
+
+    def gradient_weights(self, received: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+        orders = self.others
+        if len(orders) > 2:  # drawn here, eagerly, as TorchJD draws them: the same seed, the same
+            orders = torch.stack([row[torch.randperm(len(row))] for row in orders])
+        return self.solve(gram, self.targets, orders.to(gram.device))
+
+    def weights(
+        self, gram: torch.Tensor, targets: torch.Tensor, orders: torch.Tensor
+    ) -> torch.Tensor:
+        return solvers.gradvac_weights(gram, targets, orders, self.beta, self.eps)
+
+
 class DualConeProjection(GramWeighting, ABC):
     """A projection onto the dual cone of the tasks' gradients (the directions along which no
     task's loss rises, to first order); ``reg_eps`` on the diagonal of the trace-normalised

@@ -89,13 +89,15 @@ class MetaBalance(MagnitudeBalance):
                 "weighting.main=<one of them>."
             )
 
-    def balanced_parts(self, parts: Sequence[int], width: int) -> tuple[int, ...]:
-        """The parts balanced separately: each shared part."""
-        return tuple(parts) or (width,)
-
     def shared_gradient(self, received: torch.Tensor, gram: torch.Tensor, parts=()):
-        pieces = received.split(self.balanced_parts(parts, received.shape[1]), dim=1)
-        norms = torch.stack([piece.norm(dim=1) for piece in pieces])  # (parts, tasks)
+        pieces = received.split(tuple(parts) or (received.shape[1],), dim=1)
+        scale = self.scales(torch.stack([piece.norm(dim=1) for piece in pieces]))
+        combined = [(s.unsqueeze(1) * piece).sum(0) for s, piece in zip(scale, pieces, strict=True)]
+        return torch.cat(combined), None
+
+    def scales(self, norms: torch.Tensor) -> torch.Tensor:
+        """Each task's factor in each part, from this step's gradient norms (parts, tasks),
+        after the moving averages take them in."""
         if self.norms.shape != norms.shape:  # the first step
             self.norms = torch.zeros_like(norms)
         self.norms.mul_(self.beta).add_(norms, alpha=1 - self.beta)
@@ -103,8 +105,7 @@ class MetaBalance(MagnitudeBalance):
         scale = self.relax * self.norms[:, main : main + 1] / (self.norms + EPSILON)
         scale = scale + 1 - self.relax
         scale[:, main] = 1.0
-        combined = [(s.unsqueeze(1) * piece).sum(0) for s, piece in zip(scale, pieces, strict=True)]
-        return torch.cat(combined), None
+        return scale
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         saved = state_dict.get(prefix + "norms")
@@ -122,7 +123,9 @@ class MultiBalance(MetaBalance):
     """MultiBalance (He et al., "MultiBalance: Multi-Objective Gradient Balancing in
     Industrial-Scale Multi-Task Recommendation System", 2024): MetaBalance's balancing taken
     on the gradients with respect to the shared representation as a whole (every shared
-    part together, one magnitude per task) instead of per shared parameter."""
+    part together, one magnitude per task) instead of per shared parameter: a weighting of
+    the rows, from the norms on the Gram matrix's diagonal."""
 
-    def balanced_parts(self, parts: Sequence[int], width: int) -> tuple[int, ...]:
-        return (width,)
+    def shared_gradient(self, received: torch.Tensor, gram: torch.Tensor, parts=()):
+        weights = self.scales(gram.diagonal().clamp_min(0).sqrt().unsqueeze(0))[0]
+        return weights @ received, weights

@@ -190,6 +190,47 @@ def pcgrad_weights(gram: torch.Tensor, orders: torch.Tensor | None = None) -> to
     return total.to(gram.dtype)
 
 
+def gradvac_weights(
+    gram: torch.Tensor, targets: torch.Tensor, orders: torch.Tensor, beta: float, eps: float
+) -> torch.Tensor:
+    """GradVac's weights (Wang et al., "Gradient Vaccine: Investigating and Improving
+    Multi-task Optimization in Massively Multilingual Models", ICLR 2021, Algorithm 2): for
+    each task i, the other tasks j in the order ``orders[i]``; where the cosine ``phi`` of
+    the (already corrected) ``g_i`` with ``g_j`` is below its target ``phi_hat[i, j]``,
+    ``g_i += |g_i| (phi_hat sqrt(1 - phi^2) - phi sqrt(1 - phi_hat^2)) / (|g_j|
+    sqrt(1 - phi_hat^2)) g_j``, which brings the cosine to the target; then ``phi_hat[i, j]
+    <- (1 - beta) phi_hat + beta phi``. The corrected rows are summed. ``g_i = c_i G`` is
+    kept as coefficients ``c_i``, so everything reads the Gram matrix; ``targets``
+    (``phi_hat``) moves in place."""
+    tasks = gram.shape[0]
+    g = gram.to(torch.float64)
+    hats = targets.to(torch.float64)
+    eye = torch.eye(tasks, dtype=g.dtype, device=g.device)
+    norms = _diagonal(g).clamp_min(0).sqrt()
+    visits = eye[orders]  # each task j of each order, one-hot
+    total = torch.zeros(tasks, dtype=g.dtype, device=g.device)
+    moved = []
+    for i in range(tasks):
+        current, inner, row = eye[i], g[i], hats[i]  # c_i, c_i G, phi_hat[i]
+        for position in range(tasks - 1):
+            j = visits[i, position]
+            norm_i = (inner @ current).clamp_min(0).sqrt()
+            norm_j = norms @ j
+            phi = (inner @ j) / (norm_i * norm_j + eps)
+            hat = row @ j
+            off = (1 - phi * phi).clamp_min(0).sqrt()
+            off_hat = (1 - hat * hat).clamp_min(0).sqrt()
+            step = norm_i * (hat * off - phi * off_hat) / (norm_j * off_hat + eps)
+            step = torch.where(phi < hat, step, 0.0)
+            current = current + step * j
+            inner = inner + step * (j @ g)
+            row = row + (beta * (phi - hat)) * j
+        total = total + current
+        moved.append(row)
+    targets.copy_(torch.stack(moved).to(targets.dtype))
+    return total.to(gram.dtype)
+
+
 def config_weights(gram: torch.Tensor) -> torch.Tensor:
     """ConFIG's weights (Liu et al., "ConFIG: Towards Conflict-free Training of Physics
     Informed Neural Networks", ICLR 2025, Eq. 2): the direction with an equal cosine to every
