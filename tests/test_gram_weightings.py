@@ -18,6 +18,7 @@ from mtrec.mtl.weighting import (
     CAGrad,
     ConFIG,
     DualProj,
+    ExcessMTL,
     FairGrad,
     GradDrop,
     GradVac,
@@ -185,6 +186,19 @@ def test_gradvac_by_hand():
     )
 
 
+def test_excess_mtl_by_hand():
+    # g1 = (1, 0), g2 = (0, 2): the first step's excess risks are sum g^2 / sqrt(g^2) = |g|,
+    # (1, 2), used raw: w = softmax(log(1/2, 1/2) + (1, 2)) = (1, e) / (1 + e). The second
+    # step, same rows: the sums double, the risks are |g| / sqrt 2, each 1 / sqrt 2 of its
+    # baseline, an equal shift, so the weights stay.
+    rows = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    excess = bound(ExcessMTL(step_size=1.0), TWO)
+    expected = torch.tensor([1.0, math.e]) / (1 + math.e)
+    for _ in range(2):
+        torch.testing.assert_close(excess.gradient_weights(rows, rows @ rows.T), expected)
+    torch.testing.assert_close(excess.baseline, torch.tensor([1.0, 2.0]))
+
+
 def test_graddrop_follows_its_definition_on_fixed_draws(monkeypatch):
     rows = torch.tensor([[1.0, -2.0, 0.5], [3.0, 1.0, -0.5]])
     # sign purity P = (1 + sum / sum |.|) / 2: 1, 1/3, 1/2; with draws 0.5, 0.5, 0.25 keep
@@ -229,6 +243,10 @@ def test_equal_to_torchjd(tasks, conflicting, seed):
         mine = ours.shared_gradient(moved, moved @ moved.T)[0]
         torch.manual_seed(seed + step)
         assert_equal(mine, theirs(moved))
+    ours, theirs = bound(ExcessMTL(), (TWO, THREE)[tasks - 2]), tjd.ExcessMTL()
+    for step in range(4):  # the running sums step after step; the width changes at the last
+        moved = (rows + 0.3 * step * rows.roll(1, dims=0))[:, : 30 - 10 * (step == 3)]
+        assert_equal(ours.shared_gradient(moved, moved @ moved.T)[0], theirs(moved))
     ours, theirs = bound(PCD(tau=0.3), (TWO, THREE)[tasks - 2]), tjd.PCD(tau=0.3)
     for step in range(3):  # the moving averages of the squared norms, step after step
         scaled = rows * torch.linspace(1, 2, tasks, dtype=rows.dtype)[:, None] ** step
@@ -305,7 +323,8 @@ def _converged_nash(tasks: int, max_norm: float):
 
 def test_compiled_solvers_give_the_eager_weights():
     rows = random_rows(3, True, 0).float()
-    for make in (lambda: CAGrad(c=0.4), lambda: PCD(tau=0.3), MGDA, UPGrad, AlignedMTL, GradVac):
+    strategies = (lambda: CAGrad(c=0.4), lambda: PCD(tau=0.3), MGDA, UPGrad, AlignedMTL, GradVac)
+    for make in (*strategies, ExcessMTL):
         for tasks in (TWO, THREE):
             eager, compiled = bound(make(), tasks), bound(make(), tasks)
             compiled.use_compiler()
@@ -319,14 +338,16 @@ def test_compiled_solvers_give_the_eager_weights():
             torch.testing.assert_close(compiled.state_dict(), eager.state_dict())
 
 
-def test_pcd_state_travels_in_checkpoints():
+@pytest.mark.parametrize("make", [PCD, GradVac, ExcessMTL])
+def test_state_travels_in_checkpoints(make):
     rows = random_rows(2, True, 0)
-    trained = bound(PCD(), TWO)
+    trained = bound(make(), TWO)
     trained.shared_gradient(rows, rows @ rows.T)
     trained.shared_gradient(2 * rows, 4 * rows @ rows.T)
-    restored = bound(PCD(), TWO)
+    restored = bound(make(), TWO)
     restored.load_state_dict(trained.state_dict())
-    assert int(restored.steps) == 2
+    if make is PCD:
+        assert int(restored.steps) == 2
     torch.testing.assert_close(
         restored.shared_gradient(rows, rows @ rows.T)[0],
         trained.shared_gradient(rows, rows @ rows.T)[0],
@@ -345,6 +366,7 @@ def test_pcd_state_travels_in_checkpoints():
         (lambda: DualProj(reg_eps=-1), "weighting.reg_eps=-1"),
         (lambda: GradVac(beta=1.5), "weighting.beta=1.5"),
         (lambda: GradVac(eps=-1), "weighting.eps=-1"),
+        (lambda: ExcessMTL(step_size=0), "weighting.step_size=0"),
     ],
 )
 def test_bad_settings_get_one_message(make, message):

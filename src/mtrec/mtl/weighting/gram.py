@@ -1,7 +1,8 @@
 """The classic gradient-level strategies at the cost of a step: each one's weights from the
 K x K Gram matrix of the tasks' gradients, solved in torch (:mod:`.solvers`: closed forms for
 two tasks, every face or a few Newton steps for more), compiled with the step when the step
-is (``model.compile``). GradDrop, which masks coordinates, reads the gradient rows instead.
+is (``model.compile``). GradDrop, which masks coordinates, and ExcessMTL, which keeps a sum
+per coordinate, read the gradient rows instead.
 
 Each equals its TorchJD aggregator (tests compare them within 1e-5, two and three tasks; MGDA
 with three tasks against its optimality conditions, which TorchJD's iterations approach),
@@ -241,3 +242,47 @@ class GradDrop(GradientLevel):
         # drawn here, eagerly, as TorchJD draws them: the same seed gives the same draws
         draws = torch.rand(received.shape[1], dtype=received.dtype, device=received.device)
         return self.combine(received, draws), None
+
+
+class ExcessMTL(GradientLevel):
+    """ExcessMTL (He et al., "Robust Multi-Task Learning with Excess Risks", ICML 2024): task
+    weights moved by an exponentiated-gradient step toward the tasks of larger excess risk,
+    estimated from each coordinate's running sum of squared gradients; ``step_size`` (the
+    paper's eta_alpha, 1). Reads the rows, as its estimate is per coordinate. As TorchJD's,
+    the state restarts when the rows' width changes (an epoch's last, smaller batch)."""
+
+    def __init__(self, step_size: float = 1.0):
+        super().__init__()
+        if not step_size > 0:
+            raise ConfigError(
+                f"weighting.step_size={step_size} is not valid: use a number > 0, e.g. 1.0."
+            )
+        self.step_size = float(step_size)
+        self.update = solvers.excess_mtl_weights
+
+    def use_compiler(self) -> None:
+        self.update = compile_or_eager(solvers.excess_mtl_weights)
+
+    def bind(self, tasks: tuple[Task, ...]) -> None:
+        super().bind(tasks)
+        count = len(tasks)
+        # (tasks, width) once the first step shows the width; the weights start uniform
+        self.register_buffer("squares", torch.zeros(count, 0))
+        self.register_buffer("task_weights", torch.full((count,), 1.0 / count))
+        self.register_buffer("baseline", torch.zeros(count))
+
+    def gradient_weights(self, received: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+        first = self.squares.shape != received.shape
+        if first:  # the first step, or a new width: start again
+            self.squares = torch.zeros_like(received)
+            self.task_weights = received.new_full((len(received),), 1.0 / len(received))
+            self.baseline = received.new_zeros(len(received))
+        return self.update(
+            received, self.squares, self.task_weights, self.baseline, self.step_size, first
+        )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "squares")
+        if saved is not None:  # sized as the saved run's rows
+            self.squares = torch.zeros_like(saved, device=self.squares.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

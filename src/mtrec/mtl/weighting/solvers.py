@@ -374,6 +374,31 @@ def graddrop(rows: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     return torch.where(purity > draws, positive, 0.0) + torch.where(purity < draws, negative, 0.0)
 
 
+def excess_mtl_weights(
+    rows: torch.Tensor,
+    squares: torch.Tensor,
+    weights: torch.Tensor,
+    baseline: torch.Tensor,
+    step_size: float,
+    first: bool,
+) -> torch.Tensor:
+    """ExcessMTL's weights (He et al., "Robust Multi-Task Learning with Excess Risks", ICML
+    2024, Eqs. 6, 7 and 9): each task's excess risk ``e_t = sum g_t^2 / sqrt(S_t)``, with
+    ``S_t`` the running sum of ``g_t^2`` per coordinate (an AdaGrad diagonal Hessian), taken
+    relative to the first step's (``first``: this is it, kept in ``baseline`` and used raw, as
+    the official code); then the exponentiated-gradient step ``w <- softmax(log w + eta e)``.
+    ``squares``, ``weights`` and ``baseline`` move in place."""
+    square = rows.square()
+    squares.add_(square)
+    risks = (square / (squares + 1e-7).sqrt()).sum(1)
+    if first:
+        baseline.copy_(risks)
+    else:
+        risks = risks / (baseline + 1e-7)
+    weights.copy_(torch.softmax(weights.log() + step_size * risks, dim=0))
+    return weights.to(rows.dtype, copy=True)
+
+
 def _diagonal(matrix: torch.Tensor) -> torch.Tensor:
     """The diagonal of a square matrix, as a strided view (the compiler's ``diagonal`` warns)."""
     return matrix.flatten()[:: matrix.shape[0] + 1]
