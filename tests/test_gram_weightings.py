@@ -12,6 +12,7 @@ import torchjd.aggregation as tjd
 from mtrec.errors import ConfigError
 from mtrec.mtl.tasks import BY_NAME
 from mtrec.mtl.weighting import (
+    IMTLG,
     MGDA,
     PCD,
     AlignedMTL,
@@ -162,6 +163,17 @@ def test_pcd_by_hand():
     torch.testing.assert_close(combine(PCD(tau=tau), rows), rows[0], atol=1e-6, rtol=0)
 
 
+def test_imtl_g_by_hand():
+    # orthogonal gradients of norms 2 and 1: G = diag(4, 1), d = (2, 1), G^+ d = (1/2, 1),
+    # so w = (1/3, 2/3) and the update (2/3, 2/3) projects to 2/3 on both unit gradients
+    rows = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    torch.testing.assert_close(combine(IMTLG(), rows), torch.tensor([2 / 3, 2 / 3]))
+    # parallel gradients (1, 0) and (2, 0): G^+ = G / 25, d = (1, 2), G^+ d = (1, 2) / 5,
+    # w = (1/3, 2/3), the update (5/3, 0)
+    rows = torch.tensor([[1.0, 0.0], [2.0, 0.0]])
+    torch.testing.assert_close(combine(IMTLG(), rows), torch.tensor([5 / 3, 0.0]))
+
+
 def test_gradvac_by_hand():
     # g1 = (1, 0), g2 = (-1, 1), targets 0. Task 1: cos = -1/sqrt 2 < 0, so
     # g1 += |g1| (0 - cos) / |g2| g2 = (1/sqrt 2) / sqrt 2 g2 = g2 / 2, giving (1/2, 1/2);
@@ -225,6 +237,7 @@ def test_equal_to_torchjd(tasks, conflicting, seed):
             ours = combine(NashMTL(max_norm=max_norm), rows)
             assert_equal(ours, _converged_nash(tasks, max_norm)(rows))
     assert_equal(combine(ConFIG(), rows), tjd.ConFIG()(rows))
+    assert_equal(combine(IMTLG(), rows), tjd.IMTLG()(rows))
     assert_equal(combine(UPGrad(), rows), tjd.UPGrad()(rows))
     assert_equal(combine(DualProj(), rows), tjd.DualProj()(rows))
     assert_equal(combine(AlignedMTL(), rows), tjd.AlignedMTL()(rows))
@@ -323,8 +336,8 @@ def _converged_nash(tasks: int, max_norm: float):
 
 def test_compiled_solvers_give_the_eager_weights():
     rows = random_rows(3, True, 0).float()
-    strategies = (lambda: CAGrad(c=0.4), lambda: PCD(tau=0.3), MGDA, UPGrad, AlignedMTL, GradVac)
-    for make in (*strategies, ExcessMTL):
+    solved = (lambda: CAGrad(c=0.4), lambda: PCD(tau=0.3), MGDA, UPGrad, AlignedMTL, IMTLG)
+    for make in (*solved, GradVac, ExcessMTL):
         for tasks in (TWO, THREE):
             eager, compiled = bound(make(), tasks), bound(make(), tasks)
             compiled.use_compiler()

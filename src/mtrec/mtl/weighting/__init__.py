@@ -10,6 +10,7 @@ magnitudes there. All are
 from mtrec.mtl.weighting.base import FixedWeighting, SingleTask, Weighting
 from mtrec.mtl.weighting.gradient import Aggregation, GradientLevel
 from mtrec.mtl.weighting.gram import (
+    IMTLG,
     MGDA,
     PCD,
     AlignedMTL,
@@ -32,6 +33,7 @@ __all__ = [
     "DBMTL",
     "DWA",
     "FAMO",
+    "IMTLG",
     "MGDA",
     "PCD",
     "RLW",

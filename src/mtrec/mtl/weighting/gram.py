@@ -122,6 +122,15 @@ class PCGrad(GramWeighting):
         return solvers.pcgrad_weights(gram, orders)
 
 
+class IMTLG(GramWeighting):
+    """IMTL-G (Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021): the combination
+    whose projection on every task's unit gradient is the same, by the pseudo-inverse of the
+    Gram matrix (TorchJD's generalisation to dependent gradients)."""
+
+    def weights(self, gram: torch.Tensor) -> torch.Tensor:
+        return solvers.imtl_g_weights(gram)
+
+
 class GradVac(GramWeighting):
     """GradVac (Wang et al., "Gradient Vaccine: Investigating and Improving Multi-task
     Optimization in Massively Multilingual Models", ICLR 2021): each gradient pulled toward

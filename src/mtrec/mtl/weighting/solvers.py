@@ -231,6 +231,17 @@ def gradvac_weights(
     return total.to(gram.dtype)
 
 
+def imtl_g_weights(gram: torch.Tensor) -> torch.Tensor:
+    """IMTL-G's weights (Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021, in
+    the form of Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", 2024):
+    ``w = G^+ d / sum(G^+ d)`` with ``d_i = |g_i|``, so the combined gradient has an equal
+    projection on every task's unit gradient (zero where ``G^+ d`` sums to zero)."""
+    g = gram.to(torch.float64)
+    v = torch.linalg.pinv(g) @ _diagonal(g).clamp_min(0).sqrt()
+    total = v.sum()
+    return torch.where(total.abs() < 1e-12, 0.0, v / total).to(gram.dtype)
+
+
 def config_weights(gram: torch.Tensor) -> torch.Tensor:
     """ConFIG's weights (Liu et al., "ConFIG: Towards Conflict-free Training of Physics
     Informed Neural Networks", ICLR 2025, Eq. 2): the direction with an equal cosine to every
