@@ -13,6 +13,7 @@ import torch
 
 from mtrec.errors import ConfigError
 from mtrec.mtl.tasks import BY_NAME, Task
+from mtrec.mtl.weighting import solvers
 from mtrec.mtl.weighting.base import EPSILON, Weighting, check_several_tasks, fraction
 
 
@@ -51,7 +52,7 @@ class DBMTL(MagnitudeBalance):
 
     def gradient_weights(self, received: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
         self.steps += 1
-        now = gram.diagonal().clamp(min=0).sqrt()
+        now = solvers.gradient_norms(gram)
         keep = self.beta / int(self.steps) ** self.beta_sigma
         self.norms.copy_(now + keep * (self.norms - now))
         return self.norms.max() / (self.norms + EPSILON)
@@ -127,5 +128,5 @@ class MultiBalance(MetaBalance):
     the rows, from the norms on the Gram matrix's diagonal."""
 
     def shared_gradient(self, received: torch.Tensor, gram: torch.Tensor, parts=()):
-        weights = self.scales(gram.diagonal().clamp_min(0).sqrt().unsqueeze(0))[0]
+        weights = self.scales(solvers.gradient_norms(gram).unsqueeze(0))[0]
         return weights @ received, weights

@@ -206,7 +206,7 @@ def gradvac_weights(
     g = gram.to(torch.float64)
     hats = targets.to(torch.float64)
     eye = torch.eye(tasks, dtype=g.dtype, device=g.device)
-    norms = _diagonal(g).clamp_min(0).sqrt()
+    norms = gradient_norms(g)
     visits = eye[orders]  # each task j of each order, one-hot
     total = torch.zeros(tasks, dtype=g.dtype, device=g.device)
     moved = []
@@ -237,7 +237,7 @@ def imtl_g_weights(gram: torch.Tensor) -> torch.Tensor:
     ``w = G^+ d / sum(G^+ d)`` with ``d_i = |g_i|``, so the combined gradient has an equal
     projection on every task's unit gradient (zero where ``G^+ d`` sums to zero)."""
     g = gram.to(torch.float64)
-    v = torch.linalg.pinv(g) @ _diagonal(g).clamp_min(0).sqrt()
+    v = torch.linalg.pinv(g) @ gradient_norms(g)
     total = v.sum()
     return torch.where(total.abs() < 1e-12, 0.0, v / total).to(gram.dtype)
 
@@ -249,7 +249,7 @@ def config_weights(gram: torch.Tensor) -> torch.Tensor:
     projections on it. With ``n_i = |g_i|`` and ``c = pinv(N^-1 G N^-1) 1``, the direction
     is ``sum_j c_j g_j / n_j``; for two tasks ``c`` is a multiple of ``(1, 1)``."""
     g = gram.to(torch.float64)
-    norms = _diagonal(g).clamp_min(0).sqrt()
+    norms = gradient_norms(g)
     inverse_norms = torch.where(norms > 0, 1.0 / norms.clamp_min(EPSILON), 0.0)
     if g.shape[0] == 2:  # equal cosines to two gradients: the bisector of their unit vectors
         along = inverse_norms
@@ -413,6 +413,11 @@ def excess_mtl_weights(
 def _diagonal(matrix: torch.Tensor) -> torch.Tensor:
     """The diagonal of a square matrix, as a strided view (the compiler's ``diagonal`` warns)."""
     return matrix.flatten()[:: matrix.shape[0] + 1]
+
+
+def gradient_norms(gram: torch.Tensor) -> torch.Tensor:
+    """Each task's gradient norm, ``sqrt(G_ii)`` (rounding never makes it NaN)."""
+    return _diagonal(gram).clamp_min(0).sqrt()
 
 
 def _normalised(gram: torch.Tensor, norm_eps: float) -> torch.Tensor:
