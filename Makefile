@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON3) -m venv $(VENV)
 	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e '.[dev,mtl]'
+	$(BIN)/python -m pip install -e '.[dev,mtl,trackers,search]'
 	touch $(STAMP)
 
 install: $(STAMP)

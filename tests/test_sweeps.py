@@ -321,12 +321,14 @@ def test_the_summary_orders_metrics_task_by_task_and_diagnostics_by_pair():
 
 
 def test_optuna_search_config_returns_a_validation_objective():
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     from hydra import compose, initialize_config_module
 
     with initialize_config_module("mtrec.conf", version_base="1.3"):
         cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
     assert cfg.optimized_metric == "val/mrr" and cfg.data.val_fraction > 0
+    assert cfg.hydra.sweeper._target_.endswith("mtrec_optuna_sweeper.optuna_sweeper.OptunaSweeper")
+    assert cfg.hydra.sweeper.n_jobs == cfg.hydra.launcher.n_jobs == 2  # trials side by side
+    assert cfg.callbacks.pruning.monitor == cfg.optimized_metric  # what the study optimises
     assert set(cfg.hydra.sweeper.params) == {
         "model.net.embedding_dim",
         "optimizer.lr",

@@ -185,6 +185,8 @@ def test_the_built_wheel_trains_with_no_source_tree(tmp_path, ratings_folder):
         "tasks/like.yaml",
         "weighting/pcgrad.yaml",
         "model/multitask.yaml",
+        "logger/mlflow.yaml",
+        "hydra/sweeper/optuna.yaml",
     ):
         assert f"mtrec/conf/{config}" in names
     installed = tmp_path / "installed"
@@ -201,7 +203,7 @@ def test_the_built_wheel_trains_with_no_source_tree(tmp_path, ratings_folder):
         check=True,
     )
     assert where.stdout.strip().startswith(str(installed))
-    for overrides in (["weighting=pcgrad"], ["model.net.sharing=mmoe"]):
+    for overrides in (["weighting=pcgrad", "logger=[csv,mlflow]"], ["model.net.sharing=mmoe"]):
         done = subprocess.run(
             [sys.executable, "-S", "-m", "mtrec.train", f"data.path={ratings_folder}", *overrides]
             + ["trainer.max_epochs=1", "model.compile=false", "hydra.run.dir=run"],
@@ -214,4 +216,7 @@ def test_the_built_wheel_trains_with_no_source_tree(tmp_path, ratings_folder):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
         assert {"test/mrr", "test/mse"} <= final.keys()
+        if "logger=[csv,mlflow]" in overrides:  # the trackers' configs and store, installed
+            assert (tmp_path / "run/csv/metrics.csv").is_file()
+            assert (tmp_path / "outputs/mlflow.db").is_file()
         shutil.rmtree(tmp_path / "run")

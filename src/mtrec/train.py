@@ -13,8 +13,10 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from mtrec.errors import ConfigError, UserError
@@ -24,23 +26,26 @@ from mtrec.runs.folder import completed_metrics, last_checkpoint, read_checkpoin
 from mtrec.runs.naming import register_resolvers
 from mtrec.runs.rerun import SKIP, afresh, check_rerun
 from mtrec.runs.sweep import job_interrupted, sweep_stopped
+from mtrec.runs.trackers import finish_runs
 from mtrec.validation import validate
 
 log = logging.getLogger(__name__)
 register_resolvers()
 
 
-def register_twins_sweeper() -> None:
-    """``hydra/sweeper=twins``. Hydra finds sweepers by scanning ``hydra_plugins``, which
-    misses an editable install's modules, and re-executes the modules it scans (the basic
-    sweeper's too): so import it after the scan, then register it."""
+def register_sweepers() -> None:
+    """``hydra/sweeper=twins`` and ``hydra/sweeper=optuna``. Hydra finds sweepers by scanning
+    ``hydra_plugins``, which misses an editable install's modules, and re-executes the modules
+    it scans (the basic sweeper's too): so import them after the scan, then register them."""
     plugins = Plugins.instance()
+    from hydra_plugins.mtrec_optuna_sweeper.optuna_sweeper import OptunaSweeper
     from hydra_plugins.mtrec_twins_sweeper.twins_sweeper import TwinsSweeper
 
     plugins.register(TwinsSweeper)
+    plugins.register(OptunaSweeper)
 
 
-register_twins_sweeper()
+register_sweepers()
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
@@ -74,14 +79,32 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
     validate(cfg)
     log.info("Config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     checkpoint = resume_from(cfg)
+    # first: a tracker's store that cannot be used stops the run before any work
+    loggers = [tracker(c, checkpoint) for c in (cfg.get("logger") or {}).values()]
     datamodule, module = build(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks += extra_callbacks
-    loggers = [
-        instantiate(c, **resumed_logging(c, checkpoint)) for c in (cfg.get("logger") or {}).values()
-    ]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+    try:
+        metrics = fit_and_test(trainer, module, datamodule, checkpoint)
+    except BaseException:
+        finish_runs(loggers, failed=True)
+        raise
+    finish_runs(loggers, failed=False)
+    log.info(
+        "Final metrics: %s",
+        {name: round(value, 4) for name, value in metrics.items() if "/gate/" not in name},
+    )
+    return metrics
+
+
+def fit_and_test(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    checkpoint: str | None,
+) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     metrics = held_out_metrics(trainer)
     if datamodule.has_validation:  # the test rows are read once, after all choices are made
@@ -91,11 +114,17 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[s
             metrics = held_out_metrics(trainer)
         trainer.test(module, datamodule=datamodule, ckpt_path=selected)
         metrics.update(held_out_metrics(trainer))
-    log.info(
-        "Final metrics: %s",
-        {name: round(value, 4) for name, value in metrics.items() if "/gate/" not in name},
-    )
     return metrics
+
+
+def tracker(config: DictConfig, checkpoint: str | None) -> Logger:
+    """The logger ``config`` describes; its own :class:`UserError` as it was raised."""
+    try:
+        return instantiate(config, **resumed_logging(config, checkpoint))
+    except InstantiationException as error:
+        if isinstance(error.__cause__, UserError):
+            raise error.__cause__ from None
+        raise
 
 
 def resumed_logging(logger: DictConfig, checkpoint: str | None) -> dict:

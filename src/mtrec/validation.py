@@ -34,6 +34,7 @@ from mtrec.mtl.objective import check_settings
 from mtrec.mtl.tasks import task_named
 from mtrec.mtl.weighting.gradient import check_aggregator
 from mtrec.reference_keys import ALIASES, apply_reference_keys
+from mtrec.runs.trackers import check_trackers
 from mtrec.training.optim import check_sparse_ddp, check_sparse_optimizer, check_sparse_rows
 from mtrec.training.selection import check_targets
 
@@ -301,8 +302,19 @@ def enough_negatives(cfg: DictConfig) -> None:
         )
 
 
+def trackers_installed(cfg: DictConfig) -> None:
+    loggers = cfg.get("logger") or {}
+    check_trackers({name: str(logger.get("_target_")) for name, logger in loggers.items()})
+
+
 # The checks that relate several keys, run after RULES, in this order.
-CHECKS = (fractions_leave_training_rows, owners_checks, some_loss_weighs, enough_negatives)
+CHECKS = (
+    trackers_installed,
+    fractions_leave_training_rows,
+    owners_checks,
+    some_loss_weighs,
+    enough_negatives,
+)
 
 
 def lookup(cfg: DictConfig, key: str) -> Any:

@@ -23,9 +23,19 @@ from mtrec.runs.folder import LAST_CHECKPOINT
 from mtrec.runs.twins import TWIN_KEYS
 
 # Keys that say where things go or which preset was used, never what a run is.
-HIDDEN_KEYS = ("experiment", "name", "ckpt_path", "debug", "threads")
+HIDDEN_KEYS = (
+    "experiment",
+    "name",
+    "ckpt_path",
+    "debug",
+    "threads",
+    "logger",
+    "search.study",
+    "search.storage",
+)
 HIDDEN_PREFIXES = ("hydra.", "paths.", "data.path", "data.cache_dir", "callbacks.", "logger.")
 MAX_NAME_LENGTH = 120
+SEARCH_TRIAL = "search.trial"  # set by hydra/sweeper=optuna for each trial
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, str, bool]]:
@@ -60,8 +70,11 @@ def swept_keys(sweep_dir: str | Path) -> list[str] | None:
     keys = [k for k, _, sweep in parse_overrides(saved.hydra.overrides.task) if sweep]
     params = OmegaConf.select(saved, "hydra.sweeper.params") or {}
     keys += [k for k in params if k not in keys]
-    if str(OmegaConf.select(saved, "hydra.sweeper._target_")).endswith("TwinsSweeper"):
+    sweeper = str(OmegaConf.select(saved, "hydra.sweeper._target_"))
+    if sweeper.endswith("TwinsSweeper"):
         keys += [k for k in TWIN_KEYS if k not in keys]  # the twins differ in these
+    if sweeper.endswith("OptunaSweeper"):
+        keys = [SEARCH_TRIAL, *keys]  # a search's trials may repeat settings: named by number
     return [k for k in keys if not is_hidden(k)]
 
 
@@ -173,6 +186,17 @@ def swept_values(*, _root_: DictConfig) -> dict:
     return values
 
 
+def sweep_label(*, _root_: DictConfig) -> str:
+    """What groups a run with the others of its sweep in a tracker: the sweep's folder under
+    ``outputs/sweeps`` (``<name>/<date_time>_<token>``), or for a single run its ``name``."""
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
+            folder = Path(hydra_cfg.sweep.dir)
+            return f"{folder.parent.name}/{folder.name}"
+    return str(_root_.get("name", "train"))
+
+
 def unique_token() -> str:
     """Six random hex digits: two sweeps started in the same second get different folders."""
     return os.urandom(3).hex()
@@ -197,6 +221,7 @@ def register_resolvers() -> None:
         "mtrec.run_name": (run_name, False),
         "mtrec.run_dir": (run_dir, False),
         "mtrec.swept_values": (swept_values, False),
+        "mtrec.sweep_label": (sweep_label, False),
         "mtrec.token": (unique_token, True),  # cached: one token per sweep, shared by its jobs
         "mtrec.one_minus": (one_minus, False),
         "mtrec.times_three": (times_three, False),

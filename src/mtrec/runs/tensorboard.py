@@ -1,4 +1,5 @@
-"""TensorBoard extras: a real HParams session per run, and item embeddings for the projector."""
+"""TensorBoard extras: a real HParams session per run (its hyperparameters to every tracker),
+and item embeddings for the projector."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def mark_differing(summary, keys: Sequence[str]):
 
 
 class HParamsSession(L.Callback):
-    """Writes one HParams session for the run, with the metrics its tasks report.
+    """Writes one HParams session for the run, with the metrics its tasks report, and gives
+    every other tracker (MLflow, W&B, CSV) the same hyperparameters.
 
     TensorBoard's dashboard reads each metric's value from the run's own scalar of that name
     (its last step), so the table shows the final ``test/...`` (and ``val/...``) values, never a
@@ -62,15 +64,20 @@ class HParamsSession(L.Callback):
         self.swept = list(swept or {})
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        logger = _tensorboard(trainer)
-        if logger is None or not trainer.is_global_zero or trainer.ckpt_path:
+        if not trainer.is_global_zero or trainer.ckpt_path:
             return  # a resumed run continues the session its first start wrote
+        values = {key: _hparam_value(value) for key, value in self.hparams.items()}
+        for other in trainer.loggers:  # MLflow, W&B, CSV: the same key set as parameters
+            if not isinstance(other, TensorBoardLogger):
+                other.log_hyperparams(values)
+        logger = _tensorboard(trainer)
+        if logger is None:
+            return
         prefixes = ["test"] + (
             ["val"] if getattr(trainer.datamodule, "has_validation", False) else []
         )
         names = metric_names(pl_module.tasks, pl_module.hparams.get("top_k", 10))
         metrics = {f"{prefix}/{name}": 0.0 for prefix in prefixes for name in names}
-        values = {key: _hparam_value(value) for key, value in self.hparams.items()}
         logger.hparams.update(values)  # the run folder's hparams.yaml holds them too
         writer = logger.experiment.file_writer
         for summary in hparams_summaries(values, metrics):

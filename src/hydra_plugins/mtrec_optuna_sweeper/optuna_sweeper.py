@@ -1,0 +1,148 @@
+"""``hydra/sweeper=optuna``: a search on Optuna's current API, with pruning.
+
+Each batch of ``n_jobs`` trials is asked of the study, run by Hydra's launcher (side by side
+with ``hydra/launcher=joblib``) and told back; the runs report their per-epoch validation
+metric to the study themselves (:class:`~mtrec.search.pruning.TrialPruning`), which is how
+a trial is pruned while it trains. Hydra's earlier Optuna sweeper pins Optuna below 3.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from mtrec.errors import ConfigError
+
+log = logging.getLogger(__name__)
+INSTALL = "pip install 'mtrec[search]' (in a checkout: pip install -e '.[search]')"
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(
+        self,
+        direction: str,
+        study_name: str,
+        storage: str | None,
+        n_trials: int,
+        n_jobs: int,
+        sampler: Any = None,
+        pruner: Any = None,
+        params: DictConfig | None = None,
+    ) -> None:
+        if importlib.util.find_spec("optuna") is None:
+            raise ConfigError(
+                f"A search (hydra/sweeper=optuna) needs the optuna package. Fix: {INSTALL}."
+            )
+        if direction not in ("maximize", "minimize"):
+            raise ConfigError(
+                f"hydra.sweeper.direction={direction} is not valid: use maximize or minimize."
+            )
+        if not (isinstance(n_trials, int) and n_trials >= 1):
+            raise ConfigError(f"hydra.sweeper.n_trials={n_trials} is not valid: use 1 or more.")
+        if not (isinstance(n_jobs, int) and n_jobs >= 1):
+            raise ConfigError(f"hydra.sweeper.n_jobs={n_jobs} is not valid: use 1 or more.")
+        self.direction, self.study_name, self.storage = direction, study_name, storage
+        self.n_trials, self.n_jobs = n_trials, n_jobs
+        self.sampler, self.pruner = sampler, pruner
+        self.params = OmegaConf.to_container(params, resolve=True) if params else {}
+        self.config: DictConfig | None = None
+        self.launcher = None
+        self.job_idx = 0
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna
+
+        from mtrec.search.space import override, search_space
+        from mtrec.search.study import leftover_trials, record_best
+
+        metric = self.config.get("optimized_metric")
+        if not metric:
+            raise ConfigError(
+                "hydra/sweeper=optuna needs the metric each trial returns: set "
+                "optimized_metric, e.g. optimized_metric=val/mrr (or use hparams_search=optuna)."
+            )
+        space, fixed = search_space(self.params, arguments)
+        if not space:
+            raise ConfigError(
+                "hydra.sweeper.params has nothing to search: give at least one key a "
+                "choice(...), range(...) or interval(...)."
+            )
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # as Hydra's sweepers do
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the trials are logged below
+        storage = self.storage or f"sqlite:///{(sweep_dir / 'optuna.db').resolve()}"
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            sampler=self.sampler,  # Hydra built both from their configs
+            pruner=self.pruner,
+            direction=self.direction,
+            load_if_exists=True,
+        )
+        study.set_metric_names([str(metric)])
+        leftover_trials(study)
+        done = sum(t.state.is_finished() for t in study.trials)
+        log.info(
+            "Study %s in %s: %d trials to run of %d (%d done before), %d at a time",
+            self.study_name,
+            storage,
+            max(self.n_trials - done, 0),
+            self.n_trials,
+            done,
+            self.n_jobs,
+        )
+        shared = [f"search.study={self.study_name}", f"search.storage='{storage}'"]
+        while done < self.n_trials:
+            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
+            overrides = [
+                tuple(
+                    [f"search.trial={trial.number}"]
+                    + [override(k, v) for k, v in trial.params.items()]
+                    + fixed
+                    + shared
+                )
+                for trial in trials
+            ]
+            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            self.job_idx += len(returns)
+            stopped = False
+            for trial, job in zip(trials, returns, strict=True):
+                value, state = _outcome(job)
+                stopped = stopped or state == "interrupted"
+                if state == "completed":
+                    study.tell(trial, value, skip_if_finished=True)  # pruned: told by the run
+                else:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            done += len(trials)
+            if stopped:
+                break
+        record_best(study, sweep_dir, storage)
+
+
+def _outcome(job) -> tuple[float | None, str]:
+    """The trial's value and how its run ended: completed, failed or interrupted."""
+    try:
+        value = job.return_value
+    except Exception as error:  # the run's own failure: its job.json holds the message
+        log.warning("A trial failed: %s: %s", type(error).__name__, error)
+        return None, "failed"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, "interrupted"
+    return float(value), "completed"
