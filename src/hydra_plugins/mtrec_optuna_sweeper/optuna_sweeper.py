@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,9 @@ class OptunaSweeper(Sweeper):
             direction=self.direction,
             load_if_exists=True,
         )
-        study.set_metric_names([str(metric)])
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and what names the axis
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([str(metric)])
         leftover_trials(study)
         done = sum(t.state.is_finished() for t in study.trials)
         log.info(
