@@ -27,6 +27,9 @@ INSTALL = "pip install 'mtrec[search]' (in a checkout: pip install -e '.[search]
 
 
 class OptunaSweeper(Sweeper):
+    """Runs ``n_trials`` trials of the study ``study_name`` in ``storage`` (a database URL;
+    None: ``<sweep folder>/optuna.db``), ``n_jobs`` at a time, sampling ``params``."""
+
     def __init__(
         self,
         direction: str,

@@ -10,7 +10,6 @@ sweep can open at once, and the end of each W&B run.
 from __future__ import annotations
 
 import importlib.util
-import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from filelock import FileLock
 from lightning.pytorch.loggers import Logger, MLFlowLogger, WandbLogger
 
 from mtrec.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 # The package each optional tracker's logger needs, by the end of its config's _target_.
 PACKAGES = {"MLFlowLogger": "mlflow", "mlflow_logger": "mlflow", "WandbLogger": "wandb"}
@@ -54,30 +51,13 @@ def mlflow_logger(
     (``<store folder>/mlflow-artifacts/<experiment>``) rather than into the current folder. A
     store written by another MLflow version is refused, with the command that upgrades it.
     """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     artifacts = None
-    lock = None
     if tracking_uri.startswith(SQLITE):
         store = Path(tracking_uri.removeprefix(SQLITE))
         store.parent.mkdir(parents=True, exist_ok=True)
         artifacts = (store.parent / "mlflow-artifacts" / experiment_name).resolve().as_uri()
-        lock = FileLock(f"{store}.lock")
-    try:
-        if lock is not None:
-            with lock:
-                client = MlflowClient(tracking_uri)
-                if client.get_experiment_by_name(experiment_name) is None:
-                    client.create_experiment(experiment_name, artifact_location=artifacts)
-    except MlflowException as error:
-        if "out-of-date database schema" not in str(error):
-            raise
-        raise ConfigError(
-            f"logger.mlflow.tracking_uri={tracking_uri}: the store was written by another "
-            f"MLflow version. Fix: back it up, then run `mlflow db upgrade {tracking_uri}`, or "
-            "give another store (logger.mlflow.tracking_uri=sqlite:///<new file>)."
-        ) from None
+        with FileLock(f"{store}.lock"):
+            _create_experiment(tracking_uri, experiment_name, artifacts)
     return MLFlowLogger(
         experiment_name=experiment_name,
         run_name=run_name,
@@ -86,6 +66,25 @@ def mlflow_logger(
         log_model=log_model,
         artifact_location=artifacts,
     )
+
+
+def _create_experiment(tracking_uri: str, name: str, artifacts: str) -> None:
+    """The store's tables and the experiment, where missing; a stale store refused."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = MlflowClient(tracking_uri)
+        if client.get_experiment_by_name(name) is None:
+            client.create_experiment(name, artifact_location=artifacts)
+    except MlflowException as error:
+        if "out-of-date database schema" not in str(error):
+            raise
+        raise ConfigError(
+            f"logger.mlflow.tracking_uri={tracking_uri}: the store was written by another "
+            f"MLflow version. Fix: back it up, then run `mlflow db upgrade {tracking_uri}`, or "
+            "give another store (logger.mlflow.tracking_uri=sqlite:///<new file>)."
+        ) from None
 
 
 def finish_runs(loggers: Iterable[Logger], failed: bool) -> None:

@@ -28,8 +28,8 @@ class TrialPruning(L.Callback):
     """Reports ``monitor`` after every validation epoch (step = epochs done) and, when the
     pruner says so, ends the trial as pruned and stops training after that epoch.
 
-    Outside a search (``trial`` unset) it does nothing. The run then ends as usual (its
-    held-out metrics, its folder), so a pruned trial's folder holds what it trained.
+    A pruned run ends as usual (its held-out metrics, checkpoint and ``job.json``), so its
+    folder holds what it trained. Outside a search (``trial`` unset) it does nothing.
     """
 
     def __init__(
