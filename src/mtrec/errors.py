@@ -27,3 +27,17 @@ class ConfigError(UserError, ValueError):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite: the message names the step and the likely cause."""
+
+
+def instantiate_as_raised(config: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, with a constructor's own :class:`UserError` raised as it
+    was (Hydra wraps it in an ``InstantiationException`` that names the target first)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(config, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, UserError):
+            raise error.__cause__ from None
+        raise

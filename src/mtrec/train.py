@@ -13,13 +13,12 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from mtrec.errors import ConfigError, UserError
+from mtrec.errors import ConfigError, UserError, instantiate_as_raised
 from mtrec.memory import keep_freed_memory
 from mtrec.reference_keys import apply_reference_keys
 from mtrec.runs.folder import completed_metrics, last_checkpoint, read_checkpoint
@@ -118,13 +117,8 @@ def fit_and_test(
 
 
 def tracker(config: DictConfig, checkpoint: str | None) -> Logger:
-    """The logger ``config`` describes; its own :class:`UserError` as it was raised."""
-    try:
-        return instantiate(config, **resumed_logging(config, checkpoint))
-    except InstantiationException as error:
-        if isinstance(error.__cause__, UserError):
-            raise error.__cause__ from None
-        raise
+    """The logger ``config`` describes (a bad tracker store: its own message)."""
+    return instantiate_as_raised(config, **resumed_logging(config, checkpoint))
 
 
 def resumed_logging(logger: DictConfig, checkpoint: str | None) -> dict:

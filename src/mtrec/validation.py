@@ -20,13 +20,13 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mtrec.data.movielens import check_variant
 from mtrec.data.synthetic import SHAPES
-from mtrec.errors import ConfigError, shown
+from mtrec.errors import ConfigError, instantiate_as_raised, shown
 from mtrec.models.embeddings import embedding_size
 from mtrec.models.protocol import Recommender, SharesRows
 from mtrec.mtl.losses import factorization_loss
@@ -185,12 +185,7 @@ def weighting_checks(cfg: DictConfig):
     aggregator = lookup(cfg, "weighting.aggregator._target_")
     if isinstance(aggregator, str):
         check_aggregator(aggregator)
-    try:
-        strategy = instantiate(weighting)
-    except InstantiationException as error:  # a constructor's ConfigError, as it was raised
-        if isinstance(error.__cause__, ConfigError):
-            raise error.__cause__ from None
-        raise
+    strategy = instantiate_as_raised(weighting)  # a constructor's ConfigError, as raised
     names = task_names(cfg)
     strategy.check(names, len(names) >= 2 and issubclass(net_class(cfg), SharesRows))
     return strategy
@@ -215,10 +210,8 @@ def tasks_checks(cfg: DictConfig, net: type) -> None:
         raise ConfigError("tasks=[] trains nothing: give at least one, e.g. tasks=[rating].")
     for name, task in tasks.items():
         try:
-            built = instantiate(task)
+            built = instantiate_as_raised(task)
         except InstantiationException as error:
-            if isinstance(error.__cause__, ConfigError):
-                raise error.__cause__ from None
             raise ConfigError(f"tasks.{name}: {error}") from None
         if issubclass(net, Recommender):
             built.check_net(net)

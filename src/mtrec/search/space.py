@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -40,18 +40,16 @@ def search_space(
         space.pop(key, None)
         fixed.pop(key, None)
         if parsed.is_sweep_override():
-            space[key] = distribution(key, parsed.value())
+            space[key] = distribution(key, parsed)
         else:
             fixed[key] = line
     return space, list(fixed.values())
 
 
-def distribution(key: str, sweep: Any) -> BaseDistribution:
-    if isinstance(sweep, ChoiceSweep):
-        return CategoricalDistribution(list(sweep.list))
-    if isinstance(sweep, RangeSweep):
-        values = list(range_values(sweep.start, sweep.stop, sweep.step))
-        return CategoricalDistribution(values)
+def distribution(key: str, parsed: Override) -> BaseDistribution:
+    sweep = parsed.value()
+    if isinstance(sweep, ChoiceSweep | RangeSweep):  # their values, as Hydra enumerates them
+        return CategoricalDistribution(list(parsed.sweep_iterator()))
     if isinstance(sweep, IntervalSweep):
         log = "log" in sweep.tags
         if isinstance(sweep.start, int) and isinstance(sweep.end, int):
@@ -63,15 +61,8 @@ def distribution(key: str, sweep: Any) -> BaseDistribution:
     )
 
 
-def range_values(start: float, stop: float, step: float):
-    value = start
-    while (value < stop) if step > 0 else (value > stop):
-        yield value
-        value += step
-
-
 def override(key: str, value: Any) -> str:
-    """``key=value`` as a command-line override: floats in full, strings quoted when needed."""
+    """``key=value`` as a command-line override: floats in full, booleans as Hydra reads them."""
     if isinstance(value, bool):
         return f"{key}={str(value).lower()}"
     if isinstance(value, float):
