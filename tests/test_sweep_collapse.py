@@ -103,3 +103,16 @@ def test_a_sweep_that_never_logged_effective_rank_has_no_such_figure(tmp_path):
     assert (tmp_path / "summary.csv").exists() and (tmp_path / "curve_test_mrr.png").exists()
     assert not (tmp_path / "effective_rank.png").exists()
     assert figures.effective_rank_figure(*tables.read_sweep(tmp_path)) is None
+
+
+def test_legend_labels_round_a_searchs_sampled_values_but_not_names(tmp_path):
+    """A search's trials carry sampled floats in full (their folder names must not collide);
+    the legend shows four significant digits, and other values as they were given."""
+    overrides = ["optimizer.lr=0.005536916898297913", "model.l2=4.925222337791059e-08"]
+    write_run(tmp_path, "a", [*overrides, "weighting=pcgrad", "model.net.embedding_dim=64"], [])
+    (job,), _ = tables.read_sweep(tmp_path)
+    keys = ["optimizer.lr", "model.l2", "weighting", "model.net.embedding_dim"]
+    assert (
+        figures.run_label(job, keys)
+        == "lr=0.005537, l2=4.925e-08, weighting=pcgrad, embedding_dim=64"
+    )

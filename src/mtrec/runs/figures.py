@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -60,7 +61,18 @@ def _save(fig, path: Path) -> Path:
 
 def _setting_label(setting: tuple, exclude: str | None = None) -> str:
     """``key=value, ...`` with the last part of each key, ``exclude`` left out."""
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in setting if k != exclude)
+    return ", ".join(
+        f"{k.rsplit('.', 1)[-1]}={_legend_value(v)}" for k, v in setting if k != exclude
+    )
+
+
+def _legend_value(value) -> str:
+    """A value as a legend shows it: decimals to four significant digits, since a search's
+    sampled values run to 17 (``lr=0.005536916898297913``) and push the plot aside."""
+    text = str(value)
+    if not re.fullmatch(r"[-+]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][-+]?\d+)", text):
+        return text
+    return f"{float(text):.4g}"
 
 
 def run_label(job: Job, keys: list[str]) -> str:
