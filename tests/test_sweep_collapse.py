@@ -116,3 +116,13 @@ def test_legend_labels_round_a_searchs_sampled_values_but_not_names(tmp_path):
         figures.run_label(job, keys)
         == "lr=0.005537, l2=4.925e-08, weighting=pcgrad, embedding_dim=64"
     )
+
+
+def test_curves_mark_whole_epochs_only(tmp_path):
+    history = [{"epoch": e, "test/mrr": 0.1 * e} for e in (1, 2, 3)]
+    write_run(tmp_path, "a", ["seed=0"], history)
+    jobs, keys = tables.read_sweep(tmp_path)
+    fig = figures.curve_figure(jobs, keys, "test/mrr")
+    fig.canvas.draw()
+    ticks = [t for t in fig.axes[0].get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)

@@ -154,6 +154,7 @@ def curve_figure(jobs: list[Job], keys: list[str], name: str):
         ax.axhline(0, color="0.4", linewidth=0.8, linestyle="--")
         title += " (below 0: the tasks' gradients conflict)"
     ax.set(xlabel="epoch", ylabel=name, title=title)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs: no 2.5 between 2 and 3
     if tasks.lower_is_better(name):  # a few huge first-epoch errors would flatten the rest
         top = min(max(values), 2 * float(pd.Series(values).median()))
         ax.set_ylim(min(values) - 0.02 * top, top * 1.02)
