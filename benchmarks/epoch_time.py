@@ -18,6 +18,8 @@ Figures are medians over epochs 2.. (the first pays one-off costs: compiling, al
 With ``--steps N`` each epoch stops after N batches and seconds per epoch are projected from
 the measured time per batch (marked ``*``).
 
+``--compile [modes]`` adds one ML-100K row per ``model.compile`` mode (``step`` without
+names), relative to ``loss`` (the step's parts apart, the path before the compiled step);
 ``--weightings [names]`` adds one ML-100K row per loss-weighting strategy (all without names),
 each relative to ``weighting=fixed``; ``--sharings [names]`` one per sharing architecture,
 relative to ``model.net.sharing=shared``; ``--losses [names]`` one per interaction loss,
@@ -29,8 +31,9 @@ between processes run one after the other, far less between neighbouring epochs.
 the N ratios.
 
     python benchmarks/epoch_time.py [--scale ml-100k/dense ...] [--shapes ml-100k ml-1m]
-        [--epochs 2] [--steps N] [--weightings [fixed pcgrad ...]] [--sharings [mmoe ...]]
-        [--losses [softmax ...]] [--encoders [history]] [--repeats 3] [override ...]
+        [--epochs 2] [--steps N] [--compile [step false]] [--weightings [fixed pcgrad ...]]
+        [--sharings [mmoe ...]] [--losses [softmax ...]] [--encoders [history]] [--repeats 3]
+        [override ...]
 """
 
 from __future__ import annotations
@@ -284,6 +287,9 @@ def main() -> None:
     parser.add_argument("--row", choices=["plain", "template"], help="measure one loop only (JSON)")
     parser.add_argument("--turns", help=argparse.SUPPRESS)  # two pipes: epochs in turn
     parser.add_argument(
+        "--compile", nargs="*", help="ML-100K rows per model.compile mode, against loss"
+    )
+    parser.add_argument(
         "--weightings", nargs="*", help="ML-100K rows per strategy (all without names)"
     )
     parser.add_argument(
@@ -314,6 +320,8 @@ def main() -> None:
         scale_table(args, note)
     if args.shapes:
         overhead_table(args, note)
+    if args.compile is not None:
+        variant_rows(args, "model.compile", args.compile or ["step"], "loss")
     if args.weightings is not None:
         variant_rows(args, "weighting", args.weightings or WEIGHTINGS, "fixed")
     if args.sharings is not None:

@@ -30,8 +30,9 @@ class StepEngine:
     Per-task gradients on what the tasks share are taken when the strategy needs them or
     ``diagnostics is True``; the diagnostics are kept whenever they are taken, unless
     ``diagnostics is False``. ``compile`` runs the objective and the loss weights (forward and
-    backward) through ``torch.compile``. ``read_once``: the shared rows are gathered once per
-    step and every lookup reads them (sparse tables: one sparse gradient per table).
+    backward) through ``torch.compile`` (:meth:`use_compiler`). ``read_once``: the shared rows
+    are gathered once per step and every lookup reads them (sparse tables: one sparse gradient
+    per table).
 
     Plain object, not a module: the net, objective and weighting stay registered where the
     caller keeps them (and their checkpoint keys with them).
@@ -65,13 +66,19 @@ class StepEngine:
             if self.task_gradients and diagnostics is not False
             else None
         )
-        self.losses = compile_or_eager(self._losses) if compile else self._losses
+        self.losses = self.weighted_losses
         if compile:
-            weighting.use_compiler()
+            self.use_compiler()
         self._constant_weights: torch.Tensor | None = None
         self._fields_checked = False
 
-    def _losses(
+    def use_compiler(self) -> None:
+        """Run the objective and the loss weights (forward and backward) through
+        ``torch.compile``, and let the strategy compile its own per-step work."""
+        self.losses = compile_or_eager(self.weighted_losses)
+        self.weighting.use_compiler()
+
+    def weighted_losses(
         self, batch: Mapping[str, torch.Tensor], shared=None
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Each task's loss, the penalty and the weighted total (``"loss"``) of a batch, and

@@ -3,6 +3,7 @@ chunks of steps, the optimizer and its schedule, DDP, logging, held-out metrics.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import partial
 
@@ -21,8 +22,12 @@ from mtrec.mtl.evaluation import evaluate
 from mtrec.mtl.objective import Objective
 from mtrec.mtl.step import LOSS, StepEngine
 from mtrec.mtl.weighting import FixedWeighting, Weighting
+from mtrec.training.compiled_step import CompiledStep, unsupported
 from mtrec.training.lightning_internals import check_internals, count_optimizer_steps
 from mtrec.training.optim import check_sparse_ddp, check_sparse_rows, row_sparse
+
+log = logging.getLogger(__name__)
+COMPILE = ("step", "loss", False)  # model.compile: the whole step, the loss alone, nothing
 
 
 class RecommenderModule(L.LightningModule):
@@ -42,10 +47,16 @@ class RecommenderModule(L.LightningModule):
     Lightning's wrappers would run, minus their per-step callback hooks. ``step_hooks`` sends
     every step through Lightning (``manual_backward``, ``LightningOptimizer.step``) so that
     ``on_before_backward``, ``on_after_backward`` and ``on_before_optimizer_step`` run;
-    multi-device strategies and mixed precision always go that way. ``compile`` runs the
-    objective and a loss-level weighting (forward and backward) through ``torch.compile``,
-    falling back to eager execution where compiling fails. Per-step losses are written to the
-    loggers every ``trainer.log_every_n_steps`` optimizer steps (``train_step/...``).
+    multi-device strategies and mixed precision always go that way.
+
+    ``compile="step"`` (or ``True``) compiles each plain step whole: forward, gradients, the
+    weighting and Adam's update in one graph (:class:`~mtrec.training.compiled_step.CompiledStep`),
+    the optimizer's state kept in the optimizer. Where it cannot (another optimizer, hooks,
+    several devices, sparse rows) it says so once and runs ``compile="loss"``: the objective
+    and a loss-level weighting (forward and backward) through ``torch.compile``, autograd and
+    the optimizer apart, eager where compiling fails. ``False``: nothing compiled. Per-step
+    losses are written to the loggers every ``trainer.log_every_n_steps`` optimizer steps
+    (``train_step/...``).
 
     ``sparse_rows``: the net's embedding tables give sparse gradients and are updated row by
     row (:class:`~mtrec.training.optim.RowSparseAdam`, built from ``optimizer``'s Adam
@@ -70,12 +81,18 @@ class RecommenderModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         top_k: int = 10,
-        compile: bool = False,
+        compile: bool | str = False,
         step_hooks: bool = False,
         diagnostics: bool | str = "auto",
         sparse_rows: bool = False,
     ):
         super().__init__()
+        compile = "step" if compile is True else compile
+        if compile not in COMPILE:
+            raise ConfigError(
+                f"model.compile={compile} is not valid: use step (the whole training step "
+                "compiled), loss (the loss alone, the step's parts apart) or false."
+            )
         # Only plain values go into checkpoints, so they load with torch.load(weights_only=True).
         ignored = ["net", "objective", "weighting", "optimizer", "scheduler"]
         self.save_hyperparameters(ignore=ignored, logger=False)
@@ -88,7 +105,7 @@ class RecommenderModule(L.LightningModule):
             net,
             self.objective,
             self.weighting,
-            compile=compile and not sparse_rows,
+            compile=compile == "loss" and not sparse_rows,
             diagnostics=diagnostics,
             read_once=sparse_rows,
         )
@@ -96,7 +113,7 @@ class RecommenderModule(L.LightningModule):
         self.task_gradients = self.engine.task_gradients
         self.make_optimizer = optimizer or partial(torch.optim.Adam, lr=1e-3)
         if sparse_rows:
-            self._sparse_tables(compile)
+            self._sparse_tables(bool(compile))
         self.make_scheduler = scheduler
         # Sums of the loss terms over the epoch, on the device: no host synchronisation per step.
         self.loss_sums: dict[str, torch.Tensor] = {}
@@ -105,6 +122,9 @@ class RecommenderModule(L.LightningModule):
         self.epoch_diagnostics: dict[str, torch.Tensor] = {}
         # the parameters whose gradients are averaged over DDP ranks by this module, if any
         self.synced_gradients: list[nn.Parameter] | None = None
+        # the whole step compiled (model.compile=step), made after the run's first step
+        self.compiled_step: CompiledStep | None = None
+        self.compile_step = False
 
     def _sparse_tables(self, compile: bool) -> None:
         """Sparse row updates: every embedding table gives sparse gradients (the rows the
@@ -140,6 +160,29 @@ class RecommenderModule(L.LightningModule):
             check_sparse_ddp(type(self.weighting).__name__)
         if data_parallel:  # DDP's reducer takes the tables' gradients from the backward pass
             self.engine.read_once = False
+        self.compiled_step = None  # made again after this fit's first step
+        self.compile_step = self._can_compile_step()
+
+    def _can_compile_step(self) -> bool:
+        """Whether each plain step runs compiled whole; if not under ``model.compile=step``,
+        one line says why, and the step runs as under ``model.compile=loss``."""
+        if self.hparams.compile != "step" or not self.trainable:
+            return False
+        if self.hparams.step_hooks:
+            why = "model.step_hooks=true sends each step through Lightning"
+        elif not self.plain_steps:
+            why = (
+                f"{type(self.trainer.strategy).__name__} with precision "
+                f"{self.trainer.precision} steps through Lightning"
+            )
+        else:
+            why = unsupported(self.optimizers().optimizer, self.engine)
+        if why is None:
+            return True
+        log.info("model.compile=step: %s; the step runs as with model.compile=loss", why)
+        if not self.hparams.sparse_rows:
+            self.engine.use_compiler()
+        return False
 
     def on_train_start(self) -> None:
         # Under DDP a step's gradients are averaged over the ranks once, after the tasks'
@@ -174,6 +217,11 @@ class RecommenderModule(L.LightningModule):
         backward = torch.Tensor.backward if self.plain_steps else self.manual_backward
         step_losses = []
         for batch in chunk:
+            if self.compiled_step is not None:
+                losses = self.compiled_step.step(batch)
+                self.weighting.after_step()
+                step_losses.append(losses)
+                continue
             optimizer.optimizer.zero_grad()
             if self.synced_gradients is None:
                 losses = self.engine.step(batch, backward)
@@ -187,6 +235,8 @@ class RecommenderModule(L.LightningModule):
                 optimizer.step()
             self.weighting.after_step()
             step_losses.append({name: value.detach() for name, value in losses.items()})
+            if self.compile_step:  # the first step built Adam's state: the rest are compiled
+                self.compiled_step = CompiledStep(self.engine, optimizer.optimizer)
         per_step = {name: torch.stack([s[name] for s in step_losses]) for name in step_losses[0]}
         if not torch.isfinite(per_step[LOSS].sum()):  # one check per chunk, not per step
             self._diverged(per_step[LOSS], steps_before)

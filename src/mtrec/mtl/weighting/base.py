@@ -31,6 +31,9 @@ class Weighting(nn.Module):
     #: True when the strategy needs each task's gradient on what the tasks share to train
     #: (gradient-level strategies, GradNorm); others get them only for diagnostics.
     task_gradients = False
+    #: True when :meth:`after_backward` gives the strategy's own parameters their gradient
+    #: (GradNorm): the optimizer steps after that hook, so the step is not compiled whole.
+    sets_own_gradients = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -110,6 +110,7 @@ class GradNorm(Weighting):
     """
 
     task_gradients = True
+    sets_own_gradients = True
 
     def __init__(self, alpha: float = 1.5):
         super().__init__()
