@@ -17,7 +17,7 @@ from mtrec.errors import ConfigError
 from mtrec.models import MultiTaskNet
 from mtrec.mtl.objective import Objective
 from mtrec.mtl.step import LOSS, StepEngine
-from mtrec.mtl.weighting import MGDA, FixedWeighting, GradNorm, PCGrad, Uncertainty
+from mtrec.mtl.weighting import DBMTL, MGDA, FixedWeighting, GradNorm, PCGrad, Uncertainty
 from mtrec.training.compiled_step import CompiledStep, unsupported
 from mtrec.training.module import RecommenderModule
 
@@ -130,6 +130,12 @@ def test_what_the_compiled_step_cannot_serve_is_named():
     _, _, gradnorm, optimizer = build(GradNorm, OPTIMIZERS["adam"])
     assert unsupported(optimizer, gradnorm) == (
         "GradNorm sets its weights' gradients after the backward pass"
+    )
+    # a moving state traced again at every step: faster with the step's parts apart
+    _, _, db_mtl, optimizer = build(DBMTL, OPTIMIZERS["adam"])
+    assert (
+        unsupported(optimizer, db_mtl)
+        == "DBMTL's per-step state would be traced again at every step"
     )
 
 

@@ -43,9 +43,11 @@ def unsupported(optimizer: torch.optim.Optimizer, engine: StepEngine) -> str | N
         return "the learning rate is a tensor"
     if engine.read_once:
         return "model.sparse_rows=true updates the tables row by row, apart"
+    name = type(engine.weighting).__name__
     if engine.weighting.sets_own_gradients:
-        name = type(engine.weighting).__name__
         return f"{name} sets its weights' gradients after the backward pass"
+    if not engine.weighting.compiles_whole:
+        return f"{name}'s per-step state would be traced again at every step"
     return None
 
 

@@ -138,6 +138,8 @@ class GradVac(GramWeighting):
     task each step (three or more tasks). The targets are a buffer: they travel in
     checkpoints."""
 
+    compiles_whole = False  # its moving targets
+
     def __init__(self, beta: float = 0.5, eps: float = 1e-8):
         super().__init__()
         self.beta = fraction("beta", beta, "0.5", closed=True)
@@ -208,6 +210,8 @@ class PCD(GramWeighting):
     gradient scaled by the root of its moving squared norm (``beta``; ``eps`` under the
     root). The moving averages are buffers, so they travel in checkpoints."""
 
+    compiles_whole = False  # its moving averages and step counter
+
     def __init__(self, tau: float = 0.02, beta: float = 0.999, eps: float = 1e-8):
         super().__init__()
         self.tau = fraction("tau", tau, "0.02", closed=True)
@@ -259,6 +263,8 @@ class ExcessMTL(GradientLevel):
     estimated from each coordinate's running sum of squared gradients; ``step_size`` (the
     paper's eta_alpha, 1). Reads the rows, as its estimate is per coordinate. As TorchJD's,
     the state restarts when the rows' width changes (an epoch's last, smaller batch)."""
+
+    compiles_whole = False  # its state, re-sized with the rows' width
 
     def __init__(self, step_size: float = 1.0):
         super().__init__()
