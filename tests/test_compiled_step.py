@@ -17,7 +17,15 @@ from mtrec.errors import ConfigError
 from mtrec.models import MultiTaskNet
 from mtrec.mtl.objective import Objective
 from mtrec.mtl.step import LOSS, StepEngine
-from mtrec.mtl.weighting import DBMTL, MGDA, FixedWeighting, GradNorm, PCGrad, Uncertainty
+from mtrec.mtl.weighting import (
+    MGDA,
+    PCD,
+    ExcessMTL,
+    FixedWeighting,
+    GradNorm,
+    PCGrad,
+    Uncertainty,
+)
 from mtrec.training.compiled_step import CompiledStep, unsupported
 from mtrec.training.module import RecommenderModule
 
@@ -70,6 +78,7 @@ STRATEGIES = {
     "uncertainty": Uncertainty,  # learned log-variances: parameters of the weighting
     "mgda": MGDA,  # per-task gradients, weights from the Gram matrix
     "pcgrad": PCGrad,
+    "pcd": PCD,  # moving averages in buffers, updated inside the graph
 }
 OPTIMIZERS = {
     "adam": partial(torch.optim.Adam, lr=0.01, fused=True),
@@ -86,6 +95,7 @@ OPTIMIZERS = {
         ("uncertainty", "adam_l2", "shared"),
         ("mgda", "adam", "shared"),
         ("pcgrad", "adam", "shared"),
+        ("pcd", "adam", "shared"),
         ("mgda", "adam", "shared_bottom"),  # shared values from a layer: their own backward
     ],
 )
@@ -107,6 +117,9 @@ def test_the_compiled_step_gives_the_parameters_of_the_separate_one(strategy, op
     assert not torch._dynamo.utils.counters["graph_break"]
 
     torch.testing.assert_close(losses[LOSS], expected_losses[LOSS].detach())
+    # nothing outside the graph is differentiable: no autograd graph is kept from step to step
+    assert not losses[LOSS].requires_grad
+    assert not any(buffer.requires_grad for buffer in weighting2.buffers())
     for (name, p), q in zip(net.named_parameters(), net2.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
     for p, q in zip(weighting.parameters(), weighting2.parameters(), strict=True):
@@ -131,11 +144,10 @@ def test_what_the_compiled_step_cannot_serve_is_named():
     assert unsupported(optimizer, gradnorm) == (
         "GradNorm sets its weights' gradients after the backward pass"
     )
-    # a moving state traced again at every step: faster with the step's parts apart
-    _, _, db_mtl, optimizer = build(DBMTL, OPTIMIZERS["adam"])
-    assert (
-        unsupported(optimizer, db_mtl)
-        == "DBMTL's per-step state would be traced again at every step"
+    # a state re-sized with the rows' width (each epoch's last batch): retraced at each change
+    _, _, excess, optimizer = build(ExcessMTL, OPTIMIZERS["adam"])
+    assert unsupported(optimizer, excess) == (
+        "ExcessMTL's state, re-sized with the rows' width, would retrace the step"
     )
 
 

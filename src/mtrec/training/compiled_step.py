@@ -47,7 +47,7 @@ def unsupported(optimizer: torch.optim.Optimizer, engine: StepEngine) -> str | N
     if engine.weighting.sets_own_gradients:
         return f"{name} sets its weights' gradients after the backward pass"
     if not engine.weighting.compiles_whole:
-        return f"{name}'s per-step state would be traced again at every step"
+        return f"{name}'s state, re-sized with the rows' width, would retrace the step"
     return None
 
 
@@ -135,14 +135,15 @@ class CompiledStep:
             ],
             dtype=torch.float64,
         )
-        losses, received, gram, weights, in_combination = self.compiled(
-            self.params,
-            self.exp_avgs,
-            self.exp_avg_sqs,
-            self.step_counts,
-            scalars,
-            dict(batch),
-        )
+        with torch.no_grad():  # torch.func takes the gradients; nothing outside needs them
+            losses, received, gram, weights, in_combination = self.compiled(
+                self.params,
+                self.exp_avgs,
+                self.exp_avg_sqs,
+                self.step_counts,
+                scalars,
+                dict(batch),
+            )
         engine = self.engine
         engine.weighting.after_backward(received, losses)
         if received is not None and engine.diagnostics is not None:

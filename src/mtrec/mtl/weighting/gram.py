@@ -138,8 +138,6 @@ class GradVac(GramWeighting):
     task each step (three or more tasks). The targets are a buffer: they travel in
     checkpoints."""
 
-    compiles_whole = False  # its moving targets
-
     def __init__(self, beta: float = 0.5, eps: float = 1e-8):
         super().__init__()
         self.beta = fraction("beta", beta, "0.5", closed=True)
@@ -209,8 +207,6 @@ class PCD(GramWeighting):
     task's gradient, with at least a fraction ``tau`` of progress for each other task, every
     gradient scaled by the root of its moving squared norm (``beta``; ``eps`` under the
     root). The moving averages are buffers, so they travel in checkpoints."""
-
-    compiles_whole = False  # its moving averages and step counter
 
     def __init__(self, tau: float = 0.02, beta: float = 0.999, eps: float = 1e-8):
         super().__init__()

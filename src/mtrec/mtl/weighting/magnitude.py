@@ -33,8 +33,6 @@ class DBMTL(MagnitudeBalance):
     ``g = sum_t (max_s m_s / m_t) g_t``, with ``m_t`` the moving average of ``||g_t||``
     (``m_t <- n_t + beta / k^sigma (m_t - n_t)`` at step k, the paper's 0.9 and 0.5)."""
 
-    compiles_whole = False  # k is read on the host each step
-
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.5):
         super().__init__()
         self.beta = fraction("beta", beta, "0.9")
@@ -68,8 +66,6 @@ class MetaBalance(MagnitudeBalance):
     1: equal magnitudes, 0: unchanged), separately for each shared parameter: here each shared
     part (the user rows, the item rows, a shared layer's output). The main task's gradient is
     kept as it is. ``mtl/norm/<task>`` logs the averages (of the first part)."""
-
-    compiles_whole = False  # its moving averages
 
     def __init__(self, main: str = "interaction", relax: float = 0.7, beta: float = 0.9):
         super().__init__()
