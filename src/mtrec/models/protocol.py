@@ -110,12 +110,18 @@ class TableRows:
         with torch.no_grad():
             return self.table(self.ids)
 
-    def send(self, gradient: torch.Tensor) -> None:
-        weight = self.table.weight
-        rows = gradient.reshape(-1, weight.shape[1])
+    def rows(self, gradient: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ids and the table rows' gradient that ``gradient`` (on the gathered rows)
+        gives, the padding row's masked: what the embedding's backward adds by index."""
+        rows = gradient.reshape(-1, self.table.weight.shape[1])
         ids = self.ids.reshape(-1)
         if self.table.padding_idx is not None:  # the padding row never learns
             rows = rows * (ids != self.table.padding_idx).unsqueeze(1).to(rows)
+        return ids, rows
+
+    def send(self, gradient: torch.Tensor) -> None:
+        weight = self.table.weight
+        ids, rows = self.rows(gradient)
         if self.table.sparse:  # as a sparse table's own backward: one row per id, unsummed
             gradient = torch.sparse_coo_tensor(
                 ids.long().unsqueeze(0), rows, weight.shape, check_invariants=False

@@ -123,19 +123,31 @@ class StepEngine:
             copies = TaskCopies(shared, self.tasks) if shared else None  # separate: nothing
         losses, weights = self.losses(batch, copies.copies) if copies else self.losses(batch)
         backward(losses[LOSS])
-        received = in_combination = None
-        if copies is not None:
-            combined, in_combination = self.weighting.shared_gradient(
-                copies.received, copies.gram, copies.parts
-            )
-            copies.send(combined)
-            received = copies.received
+        if copies is None:
+            self.after_backward(losses)
+            return losses
+        combined, in_combination = self.weighting.shared_gradient(
+            copies.received, copies.gram, copies.parts
+        )
+        copies.send(combined)
+        self.after_backward(losses, copies.received, copies.gram, weights, in_combination)
+        return losses
+
+    def after_backward(
+        self,
+        losses: Mapping[str, torch.Tensor],
+        received: torch.Tensor | None = None,
+        gram: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+        in_combination: torch.Tensor | None = None,
+    ) -> None:
+        """After a step's gradients: the strategy's hook (with each task's gradient on what
+        the tasks share, if taken) and the diagnostics of the weights that combined them."""
         self.weighting.after_backward(received, losses)
         if received is not None and self.diagnostics is not None:
             weights = self.constant_weights(received) if weights is None else weights
             effective = weights if in_combination is None else weights * in_combination
-            self.diagnostics.update(copies.gram, weights, effective)
-        return losses
+            self.diagnostics.update(gram, weights, effective)
 
     def _step_reading_rows_once(self, batch: Mapping[str, torch.Tensor], backward: Backward):
         """A step with sparse tables: the rows the tasks share are gathered once and every
@@ -148,7 +160,7 @@ class StepEngine:
         backward(losses[LOSS])
         if single:
             single.send(single.received[0])
-        self.weighting.after_backward(None, losses)
+        self.after_backward(losses)
         return losses
 
     def constant_weights(self, like: torch.Tensor) -> torch.Tensor:

@@ -115,9 +115,7 @@ class CompiledStep:
         self.exp_avg_sqs = [s["exp_avg_sq"] for s in state]
         self.step_counts = [s["step"] for s in state]
         self.steps = int(self.step_counts[0])  # Adam's bias correction, kept on the host
-        self.decoupled = bool(group.get("decoupled_weight_decay")) or isinstance(
-            optimizer, torch.optim.AdamW
-        )
+        self.decoupled = group["decoupled_weight_decay"]  # AdamW's, or Adam's with it set
         self.per_task = engine.task_gradients
         optimizer.zero_grad()  # the compiled step keeps its gradients inside the graph
         self.compiled = compile_or_eager(self._step)
@@ -144,12 +142,7 @@ class CompiledStep:
                 scalars,
                 dict(batch),
             )
-        engine = self.engine
-        engine.weighting.after_backward(received, losses)
-        if received is not None and engine.diagnostics is not None:
-            weights = engine.constant_weights(received) if weights is None else weights
-            effective = weights if in_combination is None else weights * in_combination
-            engine.diagnostics.update(gram, weights, effective)
+        self.engine.after_backward(losses, received, gram, weights, in_combination)
         return losses
 
     def _call(self, params, *args):
@@ -188,8 +181,7 @@ class CompiledStep:
                 p.view_as(v) for p, v in zip(combined.split(parts), values.values(), strict=True)
             ]
             grads = send(list(grads), pieces)
-        with torch.no_grad():
-            self._adam(params, grads, exp_avgs, exp_avg_sqs, step_counts, scalars)
+        self._adam(params, grads, exp_avgs, exp_avg_sqs, step_counts, scalars)  # under no_grad
         out = {name: value.detach() for name, value in out.items()}
         weights = weights[0].detach() if weights else None
         return out, received, gram, weights, in_combination
@@ -208,10 +200,7 @@ class CompiledStep:
 
             def send(grads, pieces):
                 for part, piece, i in zip(shared.values(), pieces, tables, strict=True):
-                    ids, rows = part.ids.reshape(-1), piece.reshape(-1, grads[i].shape[1])
-                    if part.table.padding_idx is not None:  # the padding row never learns
-                        rows = rows * (ids != part.table.padding_idx).unsqueeze(1).to(rows)
-                    grads[i] = grads[i].index_add(0, ids, rows)
+                    grads[i] = grads[i].index_add(0, *part.rows(piece))
                 return grads
 
             return values, send

@@ -161,28 +161,23 @@ class RecommenderModule(L.LightningModule):
         if data_parallel:  # DDP's reducer takes the tables' gradients from the backward pass
             self.engine.read_once = False
         self.compiled_step = None  # made again after this fit's first step
-        self.compile_step = self._can_compile_step()
+        self.compile_step = self.hparams.compile == "step" and self.trainable
+        if self.compile_step:
+            why = self._why_not_compiled_whole()
+            if why is not None:  # one line, then the step as under model.compile=loss
+                log.info("model.compile=step: %s; the step runs as with model.compile=loss", why)
+                self.compile_step = False
+                if not self.hparams.sparse_rows:
+                    self.engine.use_compiler()
 
-    def _can_compile_step(self) -> bool:
-        """Whether each plain step runs compiled whole; if not under ``model.compile=step``,
-        one line says why, and the step runs as under ``model.compile=loss``."""
-        if self.hparams.compile != "step" or not self.trainable:
-            return False
+    def _why_not_compiled_whole(self) -> str | None:
+        """Why this run's steps cannot be compiled whole, or ``None``."""
         if self.hparams.step_hooks:
-            why = "model.step_hooks=true sends each step through Lightning"
-        elif not self.plain_steps:
-            why = (
-                f"{type(self.trainer.strategy).__name__} with precision "
-                f"{self.trainer.precision} steps through Lightning"
-            )
-        else:
-            why = unsupported(self.optimizers().optimizer, self.engine)
-        if why is None:
-            return True
-        log.info("model.compile=step: %s; the step runs as with model.compile=loss", why)
-        if not self.hparams.sparse_rows:
-            self.engine.use_compiler()
-        return False
+            return "model.step_hooks=true sends each step through Lightning"
+        if not self.plain_steps:
+            strategy = type(self.trainer.strategy).__name__
+            return f"{strategy} with precision {self.trainer.precision} steps through Lightning"
+        return unsupported(self.optimizers().optimizer, self.engine)
 
     def on_train_start(self) -> None:
         # Under DDP a step's gradients are averaged over the ranks once, after the tasks'
@@ -219,24 +214,12 @@ class RecommenderModule(L.LightningModule):
         for batch in chunk:
             if self.compiled_step is not None:
                 losses = self.compiled_step.step(batch)
-                self.weighting.after_step()
-                step_losses.append(losses)
-                continue
-            optimizer.optimizer.zero_grad()
-            if self.synced_gradients is None:
-                losses = self.engine.step(batch, backward)
             else:
-                with self.trainer.strategy.model.no_sync():
-                    losses = self.engine.step(batch, backward)
-                self._average_gradients()
-            if self.plain_steps:
-                optimizer.optimizer.step()
-            else:
-                optimizer.step()
+                losses = self._separate_step(batch, optimizer, backward)
+                if self.compile_step:  # this step built Adam's state: the rest are compiled
+                    self.compiled_step = CompiledStep(self.engine, optimizer.optimizer)
             self.weighting.after_step()
             step_losses.append({name: value.detach() for name, value in losses.items()})
-            if self.compile_step:  # the first step built Adam's state: the rest are compiled
-                self.compiled_step = CompiledStep(self.engine, optimizer.optimizer)
         per_step = {name: torch.stack([s[name] for s in step_losses]) for name in step_losses[0]}
         if not torch.isfinite(per_step[LOSS].sum()):  # one check per chunk, not per step
             self._diverged(per_step[LOSS], steps_before)
@@ -247,6 +230,22 @@ class RecommenderModule(L.LightningModule):
         self._log_steps(per_step, steps_before)
         if chunk_idx + 1 == self.trainer.num_training_batches:  # the epoch's training is done
             self.epoch_diagnostics = self._diagnostics()
+
+    def _separate_step(self, batch, optimizer, backward) -> dict[str, torch.Tensor]:
+        """One step with its parts apart: the engine's losses and gradients, then the
+        optimizer (through Lightning's wrapper unless the steps are plain)."""
+        optimizer.optimizer.zero_grad()
+        if self.synced_gradients is None:
+            losses = self.engine.step(batch, backward)
+        else:
+            with self.trainer.strategy.model.no_sync():
+                losses = self.engine.step(batch, backward)
+            self._average_gradients()
+        if self.plain_steps:
+            optimizer.optimizer.step()
+        else:
+            optimizer.step()
+        return losses
 
     def _diagnostics(self) -> dict[str, torch.Tensor]:
         """This epoch's ``mtl/...`` values: the engine's, the gates' use of gated nets, and
