@@ -1,6 +1,7 @@
 """The whole training step compiled (``model.compile=step``) against the step's parts apart
 (``model.compile=loss``): the same parameters and optimizer state after a few steps, within
-float tolerance, for loss-level and gradient-level strategies, Adam and AdamW."""
+float tolerance, for loss-level and gradient-level strategies, Adam and AdamW, and sparse
+rows (the tables' lazy Adam inside the graph)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import torch
 from mtrec.data.datamodule import MovieLensDataModule
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
-from mtrec.models import MultiTaskNet
+from mtrec.models import MatrixFactorization, MultiTaskNet
 from mtrec.mtl.objective import Objective
 from mtrec.mtl.step import LOSS, StepEngine
+from mtrec.mtl.tasks import RATING, Interaction, Rating
 from mtrec.mtl.weighting import (
     MGDA,
     PCD,
@@ -28,6 +30,7 @@ from mtrec.mtl.weighting import (
 )
 from mtrec.training.compiled_step import CompiledStep, unsupported
 from mtrec.training.module import RecommenderModule
+from mtrec.training.optim import RowSparseAdam
 
 USERS, ITEMS, BATCH = 30, 40, 16
 
@@ -215,3 +218,132 @@ def test_a_bad_compile_setting_is_named():
     net = MultiTaskNet(DataInfo(USERS, ITEMS), embedding_dim=4, layer_sizes=(12, 8))
     with pytest.raises(ConfigError, match="model.compile=fast is not valid: use step"):
         RecommenderModule(net, compile="fast")
+
+
+def sparse_build(make_weighting, sharing, **settings):
+    """A net whose tables give sparse gradients, with the optimizer sparse rows use."""
+    torch.manual_seed(0)
+    net = MultiTaskNet(
+        DataInfo(USERS, ITEMS), embedding_dim=4, layer_sizes=(12, 8), sharing=sharing, **settings
+    )
+    for table in net.modules():
+        if isinstance(table, torch.nn.Embedding):
+            table.sparse = True
+    weighting = make_weighting()
+    engine = StepEngine(net, Objective(), weighting, read_once=True)
+    optimizer = RowSparseAdam([*net.parameters(), *weighting.parameters()], lr=0.01, compile=False)
+    return net, engine, optimizer
+
+
+def sparse_batches(count: int, collide: bool) -> list[dict[str, torch.Tensor]]:
+    """Batches whose negatives never repeat their pair's item, or (``collide``) whose first
+    pair draws its own item as the negative. That item's bias then gets a gradient of
+    exactly zero, yet it was read, so lazy Adam still decays its moments and moves it by
+    them. (Compiled, the two logits may differ in the last bit, and Adam's first step on a
+    gradient of about 1e-9 is as large as on any other: no float tolerance covers it.)"""
+    steps = batches(count, seed=3)
+    generator = torch.Generator().manual_seed(4)
+    for batch in steps:
+        shift = torch.randint(1, ITEMS, batch["items"].shape, generator=generator)
+        batch["negatives"] = ((batch["items"] + shift) % ITEMS).unsqueeze(1)
+        if collide:
+            batch["negatives"][0, 0] = batch["items"][0]
+    return steps
+
+
+def sparse_steps(strategy, sharing, settings, steps):
+    """The parameters and optimizer after ``steps`` on the separate path, and the same
+    compiled (after the first step, as in a run), with the parameters it started from."""
+    net, engine, reference = sparse_build(STRATEGIES[strategy], sharing, **settings)
+    for batch in steps:
+        separate_step(engine, reference, batch)
+    net2, engine2, optimizer2 = sparse_build(STRATEGIES[strategy], sharing, **settings)
+    start = {name: p.detach().clone() for name, p in net2.named_parameters()}
+    assert unsupported(optimizer2, engine2) is None
+    separate_step(engine2, optimizer2, steps[0])
+    step = CompiledStep(engine2, optimizer2)
+    assert step.rows  # the tables are updated row by row inside the graph
+    torch._dynamo.utils.counters.clear()
+    for batch in steps[1:]:
+        step.step(batch)
+    return (net, reference), (net2, optimizer2), start
+
+
+def assert_same_steps(separate, compiled, steps, tolerance):
+    (net, reference), (net2, optimizer2) = separate, compiled
+    for (name, p), q in zip(net.named_parameters(), net2.parameters(), strict=True):
+        torch.testing.assert_close(q, p, **tolerance, msg=name)
+    for p, q in zip(net.parameters(), net2.parameters(), strict=True):
+        state, state2 = reference.state[p], optimizer2.state[q]
+        assert float(state2["step"]) == float(state["step"]) == len(steps)
+        torch.testing.assert_close(state2["exp_avg"], state["exp_avg"], **tolerance)
+        torch.testing.assert_close(state2["exp_avg_sq"], state["exp_avg_sq"], rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "sharing", "settings"),
+    [
+        ("fixed", "shared", {}),  # the shared rows read once
+        ("fixed", "separate", {"rating_biases": True}),  # tables not read at the negatives
+        ("fixed", "cross_stitch", {}),  # every head reads every task's tables
+        ("fixed", "mmoe", {}),  # one wide table per side, mixed per id
+        ("pcgrad", "shared", {}),  # each task's copy of the shared rows
+        ("mgda", "shared_bottom", {}),  # shared values from a layer over the rows
+    ],
+)
+def test_the_compiled_step_updates_sparse_rows_as_the_separate_path(strategy, sharing, settings):
+    steps = sparse_batches(6, collide=False)
+    separate, (net2, optimizer2), start = sparse_steps(strategy, sharing, settings, steps)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert all(t.sparse for t in net2.modules() if isinstance(t, torch.nn.Embedding))
+    assert_same_steps(separate, (net2, optimizer2), steps, {"rtol": 1e-4, "atol": 1e-6})
+    read = {
+        "user": {int(u) for b in steps for u in b["users"]},
+        "item": {int(i) for b in steps for i in [*b["items"], *b["negatives"].flatten()]},
+    }
+    for name, p in net2.named_parameters():  # rows no batch read: bit-identical
+        if p.shape[0] in (USERS, ITEMS) and ("embeddings" in name or "biases" in name):
+            unread = sorted(set(range(p.shape[0])) - read["user" if "user" in name else "item"])
+            assert torch.equal(p[unread], start[name][unread]), name
+
+
+@pytest.mark.parametrize("sharing", ["shared", "separate"])
+def test_a_row_read_with_a_zero_gradient_moves_as_lazy_adam_moves_it(sharing, monkeypatch):
+    """The step's arithmetic run eagerly, in the same float order as the separate path, with
+    an item that is its own pair's negative: its bias's gradient is exactly zero."""
+    monkeypatch.setenv("TORCHDYNAMO_DISABLE", "1")
+    steps = sparse_batches(6, collide=True)
+    separate, compiled, _ = sparse_steps("fixed", sharing, {"rating_biases": True}, steps)
+    assert_same_steps(separate, compiled, steps, {"rtol": 1e-6, "atol": 1e-7})
+
+
+def test_what_sparse_rows_cannot_compile_is_named():
+    data = DataInfo(USERS, ITEMS)
+    tables = MatrixFactorization(data)
+    for table in tables.modules():
+        if isinstance(table, torch.nn.Embedding):
+            table.sparse = True
+    engine = StepEngine(tables, Objective([RATING]), FixedWeighting({"rating": 1.0}))
+    optimizer = RowSparseAdam(tables.parameters())
+    assert unsupported(optimizer, engine) == (
+        "MatrixFactorization does not say which ids index its tables"
+    )
+    for task, why in [
+        (Interaction(factorization_loss="sampled_softmax"), "the interaction loss reads ids"),
+        (Rating(negative_rating_ratio=1), "the rating loss reads ids"),
+    ]:
+        net, _, optimizer = sparse_build(STRATEGIES["fixed"], "shared")
+        engine = StepEngine(net, Objective([task]), FixedWeighting({task.name: 1.0}))
+        assert unsupported(optimizer, engine).startswith(why)
+
+
+def test_a_sparse_rows_run_compiled_whole_trains_as_the_separate_path(ratings_folder, tmp_path):
+    whole, trainer = fit(ratings_folder, tmp_path / "whole", compile="step", sparse_rows=True)
+    assert whole.compiled_step is not None and whole.compiled_step.rows
+    separate, _ = fit(ratings_folder, tmp_path / "separate", compile="loss", sparse_rows=True)
+    assert separate.compiled_step is None
+    for p, q in zip(separate.parameters(), whole.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5)
+    optimizer = trainer.optimizers[0]  # the tables' step counts: plain numbers, as saved
+    assert {int(s["step"]) for s in optimizer.state.values()} == {trainer.global_step}

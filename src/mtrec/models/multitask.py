@@ -24,6 +24,7 @@ from mtrec.models.encoders import (
 from mtrec.models.protocol import (
     EmbeddingNorms,
     Gated,
+    IndexedTables,
     Ranker,
     Recommender,
     Represents,
@@ -43,7 +44,9 @@ from mtrec.models.sharing import (
 )
 
 
-class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Represents):
+class MultiTaskNet(
+    Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Represents, IndexedTables
+):
     """Heads over user and item embeddings, one per task of ``tasks``.
 
     - interaction head (matrix factorization): ``p_ij = u_i . q_j + b_j``
@@ -397,6 +400,26 @@ class MultiTaskNet(Recommender, Ranker, SharesRows, EmbeddingNorms, Gated, Repre
         if self._encoded(side):
             return self._lookup(side, task, ids)
         return TableRows(self._side(side)[0][task], ids)
+
+    def tables_read(self) -> dict[str, dict[str, tuple[nn.Embedding, ...]]]:
+        """Each head's tables of a side, read at that side's ids: the task's own (every task's
+        under cross-stitch, which mixes them), the biases of its score; none under an
+        encoder, which reads whole tables."""
+        if self._encoded("user") or self._encoded("item"):
+            return {}
+        read = {}
+        for task in self._tasks:
+            sides = {}
+            for side, tables in (("user", self.user_tables), ("item", self.item_tables)):
+                mixes = isinstance(self._side(side)[1], CrossStitch)
+                sides[side] = tuple(_distinct(tables)) if mixes else (tables[task],)
+            if task == "interaction":
+                sides["item"] += (self.item_biases,)
+            if task == "rating" and self.rating_biases:
+                sides["user"] += (self.rating_user_biases,)
+                sides["item"] += (self.rating_item_biases,)
+            read[task] = sides
+        return read
 
     def _encoded(self, side: str) -> bool:
         """Whether an encoder makes a side's rows (else they are the table's own)."""

@@ -11,6 +11,9 @@ are capabilities a net takes on by inheriting them, checked once when a run is b
 - :class:`Gated`: ``gate_use()``, mixture-of-experts gate shares to log.
 - :class:`Represents`: ``vectors()``, every id's vector as each task reads it, whose
   collapse (effective rank, information abundance) is logged every epoch.
+- :class:`IndexedTables`: ``tables_read()``, the embedding tables each head reads in
+  training and the kind of id that indexes them, so a step can read and update only the
+  rows of its batch (:class:`~mtrec.training.batch_rows.BatchRows`, under sparse rows).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from torch import nn
 from mtrec.errors import ConfigError
 
 Rows = Mapping[str, torch.Tensor]
+# the batch fields that hold each kind of id (:class:`IndexedTables`)
+ID_FIELDS: dict[str, tuple[str, ...]] = {"user": ("users",), "item": ("items", "negatives")}
 
 
 class Head(Protocol):
@@ -157,3 +162,12 @@ class Represents(ABC):
     def vectors(self) -> dict[tuple[str, str], torch.Tensor]:
         """Every id's vector (n × d) as each task reads it, keyed ``(side, task)``, side
         ``user`` or ``item``; computed without gradients."""
+
+
+class IndexedTables(ABC):
+    @abstractmethod
+    def tables_read(self) -> dict[str, dict[str, tuple[nn.Embedding, ...]]]:
+        """For each head, the embedding tables it reads in training, by the kind of id that
+        indexes them (:data:`ID_FIELDS`): ``"user"`` tables at the user ids the head is given,
+        ``"item"`` tables at its item ids. Empty when a head reads more of a table than the
+        rows of those ids (an encoder over whole tables)."""

@@ -61,6 +61,13 @@ class Task(ABC):
     def evaluator(self, top_k: int, device: torch.device, sync: bool) -> Evaluator:
         """What accumulates the task's held-out metrics (``sync``: add up over DDP ranks)."""
 
+    @property
+    def id_fields(self) -> tuple[str, ...] | None:
+        """The batch's id fields its loss gives its head, each whole; ``None`` where it reads
+        ids beyond them or a part of one (every item, a value per item id, some of the
+        negatives): a step that sees only the batch's rows cannot serve it."""
+        return ("users", "items")
+
     def check_net(self, net_class: type[Recommender]) -> None:
         """One clear error, when the run is built, for a net this task's settings cannot use."""
         return None
@@ -105,6 +112,12 @@ class Interaction(Task):
     def evaluator(self, top_k, device, sync):
         return RankingEvaluator(top_k, device, sync)
 
+    @property
+    def id_fields(self):
+        if self.factorization_loss in losses.CATALOGUE | losses.CORRECTED:
+            return None
+        return ("users", "items", "negatives")
+
     def check_net(self, net_class):
         if self.factorization_loss in losses.CATALOGUE and not issubclass(net_class, Ranker):
             raise ConfigError(
@@ -139,6 +152,10 @@ class Rating(Task):
     regression: ClassVar[bool] = True
 
     negative_rating_ratio: int = 0
+
+    @property
+    def id_fields(self):
+        return None if self.negative_rating_ratio else ("users", "items")
 
     def evaluator(self, top_k, device, sync):
         return RatingEvaluator(self.head, device, sync)

@@ -12,6 +12,9 @@ parameter) is what the compiled step reads and updates in place, so checkpoints,
 learning-rate schedules see an ordinary ``torch.optim.Adam``. What this step cannot serve
 (:func:`unsupported`) runs the separate path (:class:`~mtrec.mtl.step.StepEngine` and
 ``optimizer.step()``), with one log line.
+
+Under sparse rows (:class:`~mtrec.training.optim.RowSparseAdam`) the step sees only the rows
+its batch reads (:mod:`mtrec.training.batch_rows`): no sparse tensor enters the graph.
 """
 
 from __future__ import annotations
@@ -27,11 +30,15 @@ from torch.nn import functional as F
 from mtrec.compile import compile_or_eager
 from mtrec.models.protocol import TableRows
 from mtrec.mtl.step import LOSS, StepEngine
+from mtrec.training.batch_rows import BatchRows, table_reads
+from mtrec.training.optim import RowSparseAdam
+
+ADAMS = (torch.optim.Adam, torch.optim.AdamW, RowSparseAdam)  # what the step's update computes
 
 
 def unsupported(optimizer: torch.optim.Optimizer, engine: StepEngine) -> str | None:
     """Why the compiled step cannot run this optimizer and engine, or ``None`` if it can."""
-    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+    if type(optimizer) not in ADAMS:
         return f"{type(optimizer).__name__} is not Adam or AdamW"
     if len(optimizer.param_groups) != 1:
         return "the optimizer has several parameter groups"
@@ -41,8 +48,9 @@ def unsupported(optimizer: torch.optim.Optimizer, engine: StepEngine) -> str | N
             return f"{option}=True"
     if isinstance(group["lr"], torch.Tensor):
         return "the learning rate is a tensor"
-    if engine.read_once:
-        return "model.sparse_rows=true updates the tables row by row, apart"
+    why = table_reads(engine)[1]
+    if why is not None:
+        return why
     name = type(engine.weighting).__name__
     if engine.weighting.sets_own_gradients:
         return f"{name} sets its weights' gradients after the backward pass"
@@ -111,10 +119,13 @@ class CompiledStep:
             if isinstance(m, nn.Embedding) and id(m.weight) in index
         }
         state = [optimizer.state[p] for p in self.params]
+        self.rows = BatchRows(engine, self.params, state)  # sparse tables, by their rows
+        self.dense = [i for i in range(len(self.params)) if i not in self.rows.indices]
         self.exp_avgs = [s["exp_avg"] for s in state]
         self.exp_avg_sqs = [s["exp_avg_sq"] for s in state]
-        self.step_counts = [s["step"] for s in state]
-        self.steps = int(self.step_counts[0])  # Adam's bias correction, kept on the host
+        self.step_counts = [state[i]["step"] for i in self.dense]
+        # Adam's bias corrections, kept on the host (and each sparse table's: BatchRows)
+        self.steps = int(self.step_counts[0]) if self.dense else 0
         self.decoupled = group["decoupled_weight_decay"]  # AdamW's, or Adam's with it set
         self.per_task = engine.task_gradients
         optimizer.zero_grad()  # the compiled step keeps its gradients inside the graph
@@ -130,10 +141,12 @@ class CompiledStep:
                 lr / (1 - beta1**self.steps),  # Adam's step size
                 math.sqrt(1 - beta2**self.steps),  # the second moment's correction
                 1 - lr * self.group["weight_decay"],  # decoupled weight decay's factor
+                *self.rows.step_sizes(lr, (beta1, beta2)),
             ],
             dtype=torch.float64,
         )
-        with torch.no_grad():  # torch.func takes the gradients; nothing outside needs them
+        # torch.func takes the gradients inside: nothing outside needs them
+        with torch.no_grad(), self.rows.dense_lookups():
             losses, received, gram, weights, in_combination = self.compiled(
                 self.params,
                 self.exp_avgs,
@@ -151,17 +164,38 @@ class CompiledStep:
         return functional_call(self.module, named, args, tie_weights=False)
 
     def _step(self, params, exp_avgs, exp_avg_sqs, step_counts, scalars, batch):
+        tables, ids, sizes = params, {}, {}
+        if self.rows:  # the step sees the batch's rows: ids become their positions
+            batch, ids, sizes = self.rows.positions(batch)
+            params = self.rows.gather(params, ids)
         received = gram = in_combination = None
-        values, send = self._shared_values(params, batch) if self.per_task else ({}, None)
+        # sparse rows: the rows the tasks share are read once, as on the separate path, so
+        # their gradient is a sum, not added by index (atomic adds on the CPU) per lookup
+        read_once = bool(self.rows) and not self.per_task
+        values, send = (
+            self._shared_values(params, batch, tables_only=read_once)
+            if self.per_task or read_once
+            else ({}, None)
+        )
+        tasks = self.engine.tasks
         if not values:  # one gradient of the weighted total
+            by_id = {}
 
             def total(ps):
                 out, weights = self._call(ps, "losses", batch)
                 return out[LOSS], (out, _tensors(weights))
 
             grads, (out, weights) = grad(total, has_aux=True)(params)
+        elif read_once:  # one copy of the shared rows, read by every task
+
+            def total(ps, rows):
+                out, weights = self._call(ps, "losses", batch, dict.fromkeys(tasks, rows))
+                return out[LOSS], (out, _tensors(weights))
+
+            rows = {key: value.detach() for key, value in values.items()}
+            (grads, got), (out, weights) = grad(total, argnums=(0, 1), has_aux=True)(params, rows)
+            grads, by_id = send(list(grads), list(got.values()))
         else:  # each task's gradient on its own copy of the shared values, then combined
-            tasks = self.engine.tasks
             copies = {task: {k: v.detach() for k, v in values.items()} for task in tasks}
 
             def total(ps, rows):
@@ -180,15 +214,38 @@ class CompiledStep:
             pieces = [
                 p.view_as(v) for p, v in zip(combined.split(parts), values.values(), strict=True)
             ]
-            grads = send(list(grads), pieces)
-        self._adam(params, grads, exp_avgs, exp_avg_sqs, step_counts, scalars)  # under no_grad
+            grads, by_id = send(list(grads), pieces)
+        dense = self.dense  # under no_grad
+        self._adam(
+            [tables[i] for i in dense],
+            [grads[i] for i in dense],
+            [exp_avgs[i] for i in dense],
+            [exp_avg_sqs[i] for i in dense],
+            step_counts,
+            scalars[:3],
+        )
+        if self.rows:
+            self.rows.update(
+                tables,
+                params,
+                grads,
+                by_id,
+                exp_avgs,
+                exp_avg_sqs,
+                ids,
+                sizes,
+                scalars[3:],
+                self.group,
+            )
         out = {name: value.detach() for name, value in out.items()}
         weights = weights[0].detach() if weights else None
         return out, received, gram, weights, in_combination
 
-    def _shared_values(self, params, batch):
+    def _shared_values(self, params, batch, tables_only=False):
         """What the tasks share for the batch as tensors, and ``send(grads, pieces)``: the
-        parameters' gradients plus what ``pieces`` (a gradient per value) gives them."""
+        parameters' gradients plus what ``pieces`` (a gradient per value) gives them, and the
+        rows of sparse tables that get them (``{index: [(positions, rows), ...]}``).
+        ``tables_only``: nothing unless the tasks share table rows only."""
         shared = self._call(params, "shared", batch)
         if all(isinstance(part, TableRows) for part in shared.values()):
             # a table's rows: gathered, their gradient added to the table's by row
@@ -199,22 +256,30 @@ class CompiledStep:
             }
 
             def send(grads, pieces):
+                by_id = {}
                 for part, piece, i in zip(shared.values(), pieces, tables, strict=True):
-                    grads[i] = grads[i].index_add(0, *part.rows(piece))
-                return grads
+                    if i in self.rows.indices:  # summed by id with the rest, in the update
+                        by_id.setdefault(i, []).append(part.rows(piece))
+                    else:
+                        grads[i] = grads[i].index_add(0, *part.rows(piece))
+                return grads, by_id
 
             return values, send
+        if tables_only:
+            return {}, None
         values, pullback = vjp(lambda ps: self._call(ps, "shared_values", batch), params)
 
         def send(grads, pieces):
             (extra,) = pullback(dict(zip(values, pieces, strict=True)))
-            return [g + e for g, e in zip(grads, extra, strict=True)]
+            return [g + e for g, e in zip(grads, extra, strict=True)], {}
 
         return values, send
 
     def _adam(self, params, grads, exp_avgs, exp_avg_sqs, step_counts, scalars):
         """Adam's update (Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR
         2015) as ``torch.optim.Adam`` and ``AdamW`` compute it for each parameter."""
+        if not params:
+            return
         beta1, beta2 = self.group["betas"]
         decay, eps = self.group["weight_decay"], self.group["eps"]
         step_size, correction, shrink = scalars.to(params[0].dtype).unbind()

@@ -52,7 +52,7 @@ class RecommenderModule(L.LightningModule):
     ``compile="step"`` (or ``True``) compiles each plain step whole: forward, gradients, the
     weighting and Adam's update in one graph (:class:`~mtrec.training.compiled_step.CompiledStep`),
     the optimizer's state kept in the optimizer. Where it cannot (another optimizer, hooks,
-    several devices, sparse rows) it says so once and runs ``compile="loss"``: the objective
+    several devices) it says so once and runs ``compile="loss"``: the objective
     and a loss-level weighting (forward and backward) through ``torch.compile``, autograd and
     the optimizer apart, eager where compiling fails. ``False``: nothing compiled. Per-step
     losses are written to the loggers every ``trainer.log_every_n_steps`` optimizer steps
@@ -60,9 +60,11 @@ class RecommenderModule(L.LightningModule):
 
     ``sparse_rows``: the net's embedding tables give sparse gradients and are updated row by
     row (:class:`~mtrec.training.optim.RowSparseAdam`, built from ``optimizer``'s Adam
-    arguments), so a step costs what its batch reads, not the catalogue; ``compile`` then
-    compiles the row update and the objective runs eagerly. On one device the rows the tasks
-    share are then gathered once per step and read by every lookup (one sparse gradient per
+    arguments), so a step costs what its batch reads, not the catalogue. ``compile="step"``
+    keeps the tables out of sparse tensors: the step reads and updates the batch's rows
+    inside its graph (:mod:`mtrec.training.batch_rows`); otherwise the row update is
+    compiled apart and the objective runs eagerly, and on one device the rows the tasks
+    share are gathered once per step and read by every lookup (one sparse gradient per
     table).
 
     Per-task gradients on what the tasks share (each task's own copy of the batch's shared
