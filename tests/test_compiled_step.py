@@ -136,6 +136,30 @@ def test_the_compiled_step_gives_the_parameters_of_the_separate_one(strategy, op
         assert engine2.diagnostics.epoch_means().keys() == engine.diagnostics.epoch_means().keys()
 
 
+def test_a_state_that_starts_again_with_the_width_keeps_one_graph_per_width():
+    """ExcessMTL starts again when the rows' width changes (an epoch's last, smaller batch,
+    here the fourth): compiled whole, one graph per width, the separate path's parameters."""
+    steps = batches(7)
+    steps[3] = {name: value[: BATCH // 2] for name, value in steps[3].items()}
+    net, weighting, engine, reference = build(ExcessMTL, OPTIMIZERS["adam"])
+    engine.use_compiler()
+    for batch in steps:
+        separate_step(engine, reference, batch)
+    net2, weighting2, engine2, optimizer2 = build(ExcessMTL, OPTIMIZERS["adam"])
+    assert unsupported(optimizer2, engine2) is None
+    separate_step(engine2, optimizer2, steps[0])
+    step = CompiledStep(engine2, optimizer2)
+    torch._dynamo.utils.counters.clear()
+    for batch in steps[1:]:
+        step.step(batch)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # full and half width
+    assert not torch._dynamo.utils.counters["graph_break"]
+    for (name, p), q in zip(net.named_parameters(), net2.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
+    for name, buffer in weighting.named_buffers():
+        torch.testing.assert_close(dict(weighting2.named_buffers())[name], buffer, msg=name)
+
+
 def test_what_the_compiled_step_cannot_serve_is_named():
     _, _, engine, _ = build(STRATEGIES["fixed"], OPTIMIZERS["adam"])
     parameters = list(engine.net.parameters())
@@ -146,11 +170,6 @@ def test_what_the_compiled_step_cannot_serve_is_named():
     _, _, gradnorm, optimizer = build(GradNorm, OPTIMIZERS["adam"])
     assert unsupported(optimizer, gradnorm) == (
         "GradNorm sets its weights' gradients after the backward pass"
-    )
-    # a state re-sized with the rows' width (each epoch's last batch): retraced at each change
-    _, _, excess, optimizer = build(ExcessMTL, OPTIMIZERS["adam"])
-    assert unsupported(optimizer, excess) == (
-        "ExcessMTL's state, re-sized with the rows' width, would retrace the step"
     )
 
 

@@ -211,6 +211,26 @@ def test_excess_mtl_by_hand():
     torch.testing.assert_close(excess.baseline, torch.tensor([1.0, 2.0]))
 
 
+def test_excess_mtl_starts_again_when_the_width_changes():
+    """An epoch's last, narrower rows start the state again (as TorchJD's ExcessMTL), and so
+    do the next epoch's full rows: each such step weighs as a fresh instance's first; the
+    state keeps its shapes throughout (the room of the widest rows)."""
+    generator = torch.Generator().manual_seed(0)
+    wide, later = torch.randn(2, 6, generator=generator), torch.randn(2, 6, generator=generator)
+    narrow = torch.randn(2, 4, generator=generator)
+    excess = bound(ExcessMTL(step_size=0.5), TWO)
+    seen = []
+    for rows in (wide, later, narrow, wide, later):
+        seen.append(excess.gradient_weights(rows, rows @ rows.T))
+        assert excess.squares.shape == (2, 6) and int(excess.width) == rows.shape[1]
+    first_wide = bound(ExcessMTL(step_size=0.5), TWO).gradient_weights(wide, wide @ wide.T)
+    first_narrow = bound(ExcessMTL(step_size=0.5), TWO).gradient_weights(narrow, narrow @ narrow.T)
+    torch.testing.assert_close(seen[2], first_narrow)
+    torch.testing.assert_close(seen[3], first_wide)
+    torch.testing.assert_close(seen[4], seen[1])  # and goes on as after the first step
+    assert not torch.allclose(seen[1], seen[0])  # a second step on other rows moves them
+
+
 def test_graddrop_follows_its_definition_on_fixed_draws(monkeypatch):
     rows = torch.tensor([[1.0, -2.0, 0.5], [3.0, 1.0, -0.5]])
     # sign purity P = (1 + sum / sum |.|) / 2: 1, 1/3, 1/2; with draws 0.5, 0.5, 0.25 keep
@@ -364,6 +384,21 @@ def test_state_travels_in_checkpoints(make):
     torch.testing.assert_close(
         restored.shared_gradient(rows, rows @ rows.T)[0],
         trained.shared_gradient(rows, rows @ rows.T)[0],
+    )
+
+
+def test_excess_mtl_goes_on_from_a_checkpoint_saved_before_the_width_was_kept():
+    rows = random_rows(2, True, 0)
+    trained = bound(ExcessMTL(), TWO)
+    trained.shared_gradient(rows, rows @ rows.T)
+    saved = trained.state_dict()
+    del saved["width"]  # as checkpoints of earlier versions hold it: the sums' width is it
+    restored = bound(ExcessMTL(), TWO)
+    restored.load_state_dict(saved)
+    assert int(restored.width) == rows.shape[1]
+    torch.testing.assert_close(
+        restored.shared_gradient(2 * rows, 4 * rows @ rows.T)[0],
+        trained.shared_gradient(2 * rows, 4 * rows @ rows.T)[0],
     )
 
 

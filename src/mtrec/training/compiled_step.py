@@ -54,8 +54,6 @@ def unsupported(optimizer: torch.optim.Optimizer, engine: StepEngine) -> str | N
     name = type(engine.weighting).__name__
     if engine.weighting.sets_own_gradients:
         return f"{name} sets its weights' gradients after the backward pass"
-    if not engine.weighting.compiles_whole:
-        return f"{name}'s state, re-sized with the rows' width, would retrace the step"
     return None
 
 

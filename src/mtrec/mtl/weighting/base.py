@@ -34,10 +34,6 @@ class Weighting(nn.Module):
     #: True when :meth:`after_backward` gives the strategy's own parameters their gradient
     #: (GradNorm): the optimizer steps after that hook, so the step is not compiled whole.
     sets_own_gradients = False
-    #: False where the strategy's state is re-sized with the rows' width (ExcessMTL), so the
-    #: compiler would trace the step again at each change: compiled whole its ML-100K epoch
-    #: took 4.9 x that of the step's parts apart.
-    compiles_whole = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -258,9 +258,10 @@ class ExcessMTL(GradientLevel):
     weights moved by an exponentiated-gradient step toward the tasks of larger excess risk,
     estimated from each coordinate's running sum of squared gradients; ``step_size`` (the
     paper's eta_alpha, 1). Reads the rows, as its estimate is per coordinate. As TorchJD's,
-    the state restarts when the rows' width changes (an epoch's last, smaller batch)."""
-
-    compiles_whole = False  # its state, re-sized with the rows' width
+    the state restarts when the rows' width changes (an epoch's last, smaller batch). The
+    running sums keep the room of the widest rows seen, a narrower step using a prefix, and
+    ``width`` is the last step's: the state's shapes stay fixed from step to step, so a
+    compiled step is not traced again at each change."""
 
     def __init__(self, step_size: float = 1.0):
         super().__init__()
@@ -277,23 +278,25 @@ class ExcessMTL(GradientLevel):
     def bind(self, tasks: tuple[Task, ...]) -> None:
         super().bind(tasks)
         count = len(tasks)
-        # (tasks, width) once the first step shows the width; the weights start uniform
+        # (tasks, room) once the first step shows the width; the weights start uniform
         self.register_buffer("squares", torch.zeros(count, 0))
         self.register_buffer("task_weights", torch.full((count,), 1.0 / count))
         self.register_buffer("baseline", torch.zeros(count))
+        self.register_buffer("width", torch.tensor(0))  # the last step's (0: none yet)
 
     def gradient_weights(self, received: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
-        first = self.squares.shape != received.shape
-        if first:  # the first step, or a new width: start again
-            self.squares = torch.zeros_like(received)
-            self.task_weights = received.new_full((len(received),), 1.0 / len(received))
-            self.baseline = received.new_zeros(len(received))
+        if self.squares.shape[1] < received.shape[1]:  # wider than ever (the first step)
+            self.squares = received.new_zeros(received.shape)
+            self.task_weights = self.task_weights.to(received)
+            self.baseline = self.baseline.to(received)
         return self.update(
-            received, self.squares, self.task_weights, self.baseline, self.step_size, first
+            received, self.squares, self.width, self.task_weights, self.baseline, self.step_size
         )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         saved = state_dict.get(prefix + "squares")
         if saved is not None:  # sized as the saved run's rows
             self.squares = torch.zeros_like(saved, device=self.squares.device)
+            # saved before the last width was kept: the sums' own
+            state_dict.setdefault(prefix + "width", torch.tensor(saved.shape[1]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

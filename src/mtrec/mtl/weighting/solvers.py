@@ -387,25 +387,33 @@ def graddrop(rows: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
 
 def excess_mtl_weights(
     rows: torch.Tensor,
-    squares: torch.Tensor,
+    sums: torch.Tensor,
+    width: torch.Tensor,
     weights: torch.Tensor,
     baseline: torch.Tensor,
     step_size: float,
-    first: bool,
 ) -> torch.Tensor:
     """ExcessMTL's weights (He et al., "Robust Multi-Task Learning with Excess Risks", ICML
     2024, Eqs. 6, 7 and 9): each task's excess risk ``e_t = sum g_t^2 / sqrt(S_t)``, with
     ``S_t`` the running sum of ``g_t^2`` per coordinate (an AdaGrad diagonal Hessian), taken
-    relative to the first step's (``first``: this is it, kept in ``baseline`` and used raw, as
-    the official code); then the exponentiated-gradient step ``w <- softmax(log w + eta e)``.
-    ``squares``, ``weights`` and ``baseline`` move in place."""
+    relative to the first step's (kept in ``baseline`` and used raw, as the official code);
+    then the exponentiated-gradient step ``w <- softmax(log w + eta e)``.
+
+    ``sums`` holds ``S`` in its first ``rows.shape[1]`` columns; ``width`` is the last
+    step's width: where it differs (the first step, a new width) everything starts again,
+    from uniform weights and zero sums. ``sums``, ``width``, ``weights`` and ``baseline``
+    move in place; the choice is made with tensors, so a compiled step keeps one graph."""
+    count, current = rows.shape
+    first = width != current
+    sums.mul_(~first)  # starting again: zero sums
+    width.fill_(current)
+    weights.copy_(torch.where(first, torch.full_like(weights, 1.0 / count), weights))
+    squares = sums[:, :current]
     square = rows.square()
     squares.add_(square)
     risks = (square / (squares + 1e-7).sqrt()).sum(1)
-    if first:
-        baseline.copy_(risks)
-    else:
-        risks = risks / (baseline + 1e-7)
+    baseline.copy_(torch.where(first, risks, baseline))
+    risks = torch.where(first, risks, risks / (baseline + 1e-7))
     weights.copy_(torch.softmax(weights.log() + step_size * risks, dim=0))
     return weights.to(rows.dtype, copy=True)
 
