@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from mtrec.errors import ConfigError
-from mtrec.models.protocol import Ranker, Recommender, Rows
+from mtrec.models.protocol import ID_FIELDS, Ranker, Recommender, Rows
 from mtrec.mtl import losses
 from mtrec.mtl.metrics import BinaryEvaluator, Evaluator, RankingEvaluator, RatingEvaluator
 
@@ -63,10 +63,11 @@ class Task(ABC):
 
     @property
     def id_fields(self) -> tuple[str, ...] | None:
-        """The batch's id fields its loss gives its head, each whole; ``None`` where it reads
-        ids beyond them or a part of one (every item, a value per item id, some of the
-        negatives): a step that sees only the batch's rows cannot serve it."""
-        return ("users", "items")
+        """The id fields of :attr:`fields`, which its loss gives its head whole; ``None``
+        where it reads ids beyond them or a part of one (every item, a value per item id,
+        some of the negatives): a step that sees only the batch's rows cannot serve it."""
+        ids = {name for names in ID_FIELDS.values() for name in names}
+        return tuple(field for field in self.fields if field in ids)
 
     def check_net(self, net_class: type[Recommender]) -> None:
         """One clear error, when the run is built, for a net this task's settings cannot use."""
@@ -114,9 +115,8 @@ class Interaction(Task):
 
     @property
     def id_fields(self):
-        if self.factorization_loss in losses.CATALOGUE | losses.CORRECTED:
-            return None
-        return ("users", "items", "negatives")
+        reads_every_item = self.factorization_loss in losses.CATALOGUE | losses.CORRECTED
+        return None if reads_every_item else super().id_fields
 
     def check_net(self, net_class):
         if self.factorization_loss in losses.CATALOGUE and not issubclass(net_class, Ranker):
@@ -155,7 +155,7 @@ class Rating(Task):
 
     @property
     def id_fields(self):
-        return None if self.negative_rating_ratio else ("users", "items")
+        return None if self.negative_rating_ratio else super().id_fields
 
     def evaluator(self, top_k, device, sync):
         return RatingEvaluator(self.head, device, sync)

@@ -399,18 +399,18 @@ def excess_mtl_weights(
     relative to the first step's (kept in ``baseline`` and used raw, as the official code);
     then the exponentiated-gradient step ``w <- softmax(log w + eta e)``.
 
-    ``sums`` holds ``S`` in its first ``rows.shape[1]`` columns; ``width`` is the last
-    step's width: where it differs (the first step, a new width) everything starts again,
-    from uniform weights and zero sums. ``sums``, ``width``, ``weights`` and ``baseline``
-    move in place; the choice is made with tensors, so a compiled step keeps one graph."""
+    ``sums`` holds ``S`` in its first ``rows.shape[1]`` columns (the rest is never read
+    before a restart writes it); ``width`` is the last step's width: where it differs (the
+    first step, a new width) everything starts again, from uniform weights and this step's
+    squares. ``sums``, ``width``, ``weights`` and ``baseline`` move in place; the choice is
+    made with tensors, so a compiled step keeps one graph."""
     count, current = rows.shape
     first = width != current
-    sums.mul_(~first)  # starting again: zero sums
     width.fill_(current)
     weights.copy_(torch.where(first, torch.full_like(weights, 1.0 / count), weights))
     squares = sums[:, :current]
     square = rows.square()
-    squares.add_(square)
+    squares.copy_(torch.where(first, square, squares + square))
     risks = (square / (squares + 1e-7).sqrt()).sum(1)
     baseline.copy_(torch.where(first, risks, baseline))
     risks = torch.where(first, risks, risks / (baseline + 1e-7))
