@@ -27,8 +27,9 @@ import torch
 
 from mtrec.data.info import DataInfo
 from mtrec.models import MultiTaskNet
-from mtrec.models.sharing import SHARINGS
+from mtrec.models.mixers import SHARINGS
 from mtrec.mtl.collapse import collapse
+from mtrec.mtl.tasks import reference_tasks
 from mtrec.runs import tables
 
 MRR = "val/mrr_interaction"
@@ -92,7 +93,7 @@ def cost(repeats: int = 20) -> str:
     torch.set_num_threads(1)
     lines = ["| architecture | diagnostics ms per epoch |", "|---|---|"]
     for sharing in SHARINGS:
-        net = MultiTaskNet(DataInfo(943, 1682), sharing=sharing)
+        net = MultiTaskNet(DataInfo(943, 1682), sharing=sharing, tasks=reference_tasks())
         collapse(net.vectors())
         seconds = []
         for _ in range(repeats):

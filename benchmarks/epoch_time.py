@@ -57,9 +57,10 @@ from omegaconf import open_dict
 
 from mtrec.models import MultiTaskNet
 from mtrec.models.encoders import ENCODERS
-from mtrec.models.sharing import SHARINGS
+from mtrec.models.mixers import SHARINGS
 from mtrec.mtl import losses
 from mtrec.mtl.evaluation import evaluate
+from mtrec.mtl.tasks import reference_tasks
 from mtrec.train import train
 
 # (shape, recipe name, overrides): the rows of the scale table
@@ -99,7 +100,8 @@ def plain_loop(shape: str, epochs: int, steps: int | None, data_dir: str) -> dic
     users, items, ratings = (
         t.numpy() for t in (train_split.users, train_split.items, train_split.ratings)
     )
-    net = MultiTaskNet(dm.data_info())
+    tasks = reference_tasks()
+    net = MultiTaskNet(dm.data_info(), tasks=tasks)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     rng = np.random.RandomState(0)
     batches_per_epoch = math.ceil(len(users) / 256)
@@ -115,7 +117,7 @@ def plain_loop(shape: str, epochs: int, steps: int | None, data_dir: str) -> dic
             r = torch.from_numpy(ratings[rows])
             negatives = torch.from_numpy(rng.randint(0, dm.num_items, len(rows)))
             positive, predicted = net(u, i)
-            negative = net.interaction_logits(u, negatives)
+            negative = net.head(tasks[0].name)(u, negatives)
             loss = 0.99 * losses.bounded_bpr(positive, negative.unsqueeze(-1))
             loss = loss + 0.01 * losses.regression_loss(predicted, r)
             optimizer.zero_grad()
@@ -123,7 +125,7 @@ def plain_loop(shape: str, epochs: int, steps: int | None, data_dir: str) -> dic
             optimizer.step()
             loss.item()
         middle = time.perf_counter()
-        evaluate(net, held)
+        evaluate(net, held, tasks=tasks)
         train_seconds.append(middle - start)
         eval_seconds.append(time.perf_counter() - middle)
     return epoch_figures(train_seconds, eval_seconds, steps, batches_per_epoch)

@@ -21,8 +21,9 @@ import torch
 from mtrec.data.info import DataInfo
 from mtrec.memory import keep_freed_memory
 from mtrec.models import MultiTaskNet
-from mtrec.models.sharing import TABLE_MIXERS
+from mtrec.models.mixers import TABLE_MIXERS
 from mtrec.mtl.objective import Objective
+from mtrec.mtl.tasks import reference_tasks
 
 USERS, ITEMS, BATCH = 943, 1682, 256
 
@@ -46,7 +47,7 @@ def best_ms(function, steps: int) -> float:
 def measure(sharing: str, settings: dict[str, int], steps: int) -> tuple[float, float, float]:
     torch.compiler.reset()
     torch.manual_seed(0)
-    net = MultiTaskNet(DataInfo(USERS, ITEMS), sharing=sharing, **settings)
+    net = MultiTaskNet(DataInfo(USERS, ITEMS), sharing=sharing, **settings, tasks=reference_tasks())
     objective = Objective()
     loss = torch.compile(lambda batch: sum(objective(net, batch).values()))
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)

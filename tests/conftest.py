@@ -120,3 +120,18 @@ def short_run(run_cli, ratings_folder, tmp_path):
         return folder, json.loads((folder / "metrics.json").read_text())
 
     return run
+
+
+def tasks_named(*names: str):
+    """The built-in tasks of these names, with default settings."""
+    from mtrec.mtl.tasks import Interaction, Like, Rating
+
+    built_in = {task.name: task for task in (Interaction, Rating, Like)}
+    return tuple(built_in[name]() for name in names)
+
+
+def multitask_net(*args, tasks=("interaction", "rating"), **settings):
+    """A MultiTaskNet for built-in tasks given by name (default: the reference's two)."""
+    from mtrec.models import MultiTaskNet
+
+    return MultiTaskNet(*args, tasks=tasks_named(*tasks), **settings)

@@ -96,7 +96,7 @@ def test_a_rating_only_model_trains_its_head_at_weight_one(tmp_path, ratings_fol
 
     from hydra.utils import instantiate
 
-    from mtrec.mtl.tasks import RATING
+    from mtrec.mtl.tasks import Rating
     from mtrec.reference_keys import apply_reference_keys
 
     models = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "model").glob("*"))
@@ -107,7 +107,7 @@ def test_a_rating_only_model_trains_its_head_at_weight_one(tmp_path, ratings_fol
             continue
         apply_reference_keys(cfg)
         strategy = instantiate(cfg.weighting)
-        strategy.bind([RATING])
+        strategy.bind([Rating()])
         assert strategy.loss_weights(torch.ones(1)) == [1.0], name
         rating_only.append(name)
     assert len(rating_only) == 7  # mf, biased_mf, biased_dot, dense, genre_*, sequence_lstm

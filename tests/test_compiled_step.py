@@ -12,13 +12,14 @@ import lightning as L
 import pytest
 import torch
 
+from conftest import multitask_net
 from mtrec.data.datamodule import MovieLensDataModule
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
-from mtrec.models import MatrixFactorization, MultiTaskNet
+from mtrec.models import MatrixFactorization
 from mtrec.mtl.objective import Objective
 from mtrec.mtl.step import LOSS, StepEngine
-from mtrec.mtl.tasks import RATING, Interaction, Rating
+from mtrec.mtl.tasks import Interaction, Rating
 from mtrec.mtl.weighting import (
     MGDA,
     PCD,
@@ -60,7 +61,7 @@ def batches(count: int, seed: int = 1) -> list[dict[str, torch.Tensor]]:
 
 def build(make_weighting, make_optimizer, sharing="shared"):
     torch.manual_seed(0)
-    net = MultiTaskNet(
+    net = multitask_net(
         DataInfo(USERS, ITEMS), embedding_dim=4, layer_sizes=(12, 8), sharing=sharing
     )
     weighting = make_weighting()
@@ -177,7 +178,7 @@ def fit(folder, tmp_path, epochs=2, resume=None, **module_args):
     L.seed_everything(0)
     dm = MovieLensDataModule(path=str(folder), batch_size=16, test_fraction=0.2)
     dm.setup()
-    net = MultiTaskNet(dm.data_info(), embedding_dim=8, layer_sizes=(24, 16))
+    net = multitask_net(dm.data_info(), embedding_dim=8, layer_sizes=(24, 16))
     module = RecommenderModule(net, **module_args)
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -234,7 +235,7 @@ def test_an_optimizer_the_compiled_step_cannot_serve_falls_back_with_one_line(
 
 
 def test_a_bad_compile_setting_is_named():
-    net = MultiTaskNet(DataInfo(USERS, ITEMS), embedding_dim=4, layer_sizes=(12, 8))
+    net = multitask_net(DataInfo(USERS, ITEMS), embedding_dim=4, layer_sizes=(12, 8))
     with pytest.raises(ConfigError, match="model.compile=fast is not valid: use step"):
         RecommenderModule(net, compile="fast")
 
@@ -242,7 +243,7 @@ def test_a_bad_compile_setting_is_named():
 def sparse_build(make_weighting, sharing, **settings):
     """A net whose tables give sparse gradients, with the optimizer sparse rows use."""
     torch.manual_seed(0)
-    net = MultiTaskNet(
+    net = multitask_net(
         DataInfo(USERS, ITEMS), embedding_dim=4, layer_sizes=(12, 8), sharing=sharing, **settings
     )
     for table in net.modules():
@@ -343,7 +344,7 @@ def test_what_sparse_rows_cannot_compile_is_named():
     for table in tables.modules():
         if isinstance(table, torch.nn.Embedding):
             table.sparse = True
-    engine = StepEngine(tables, Objective([RATING]), FixedWeighting({"rating": 1.0}))
+    engine = StepEngine(tables, Objective([Rating()]), FixedWeighting({"rating": 1.0}))
     optimizer = RowSparseAdam(tables.parameters())
     assert unsupported(optimizer, engine) == (
         "MatrixFactorization does not say which ids index its tables"

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
+from conftest import multitask_net
 from mtrec.data.datamodule import MovieLensDataModule
 from mtrec.data.info import DataInfo
 from mtrec.data.interactions import Interactions
 from mtrec.errors import ConfigError
-from mtrec.models import MultiTaskNet
 from mtrec.models.encoders import graph_propagation, history_weights
 
 
@@ -27,19 +27,21 @@ def train_rows(pairs: list[tuple[int, int]], num_users: int, num_items: int) -> 
 
 def test_the_history_term_by_hand():
     train = train_rows([(0, 1), (0, 2), (1, 0)], num_users=3, num_items=3)  # user 2: none
-    net = MultiTaskNet(DataInfo(3, 3, None, train), embedding_dim=2, layer_sizes=(6, 4),
+    net = multitask_net(DataInfo(3, 3, None, train), embedding_dim=2, layer_sizes=(6, 4),
                        encoder="history")  # fmt: skip
-    (history,) = net.user_histories  # shared embeddings: one user table, one encoder
+    (history,) = net.mixer.histories.values()  # shared embeddings: one user table, one encoder
     with torch.no_grad():
-        net.user_embeddings.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]))
+        net.mixer.table("user", "interaction").weight.copy_(
+            torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+        )
         history.items.copy_(torch.tensor([[1.0, 1.0], [3.0, 0.0], [0.0, 4.0]]))
-        net.item_embeddings.weight.copy_(torch.eye(3, 2))
+        net.mixer.table("item", "interaction").weight.copy_(torch.eye(3, 2))
     # user 0: p_0 + (y_1 + y_2) / sqrt(2); user 1: p_1 + y_0; user 2: p_2
     expected = torch.tensor([[1 + 3 / math.sqrt(2), 4 / math.sqrt(2)], [1.0, 2.0], [2.0, 2.0]])
     vectors = net.vectors()
     for task in ("interaction", "rating"):
         assert torch.allclose(vectors["user", task], expected)
-    logits = net.interaction_logits(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    logits = net.head("interaction")(torch.tensor([0, 1]), torch.tensor([0, 1]))
     assert torch.allclose(logits, torch.tensor([expected[0, 0], expected[1, 1]]))
     net.eval()
     assert torch.allclose(net.score_all_items(torch.tensor([2])), torch.tensor([[2.0, 2.0, 0.0]]))
@@ -60,11 +62,11 @@ def test_the_graph_by_hand():
     assert two[0, 0].item() == pytest.approx((1 + 3 / 4) / 3)
     assert two[0, 1].item() == pytest.approx(1 / (2 * math.sqrt(2)) / 3)
     assert two[0, 3].item() == pytest.approx(1 / math.sqrt(2) / 3)  # one hop only: A[u0, i1]
-    net = MultiTaskNet(DataInfo(2, 2, None, train), embedding_dim=4, layer_sizes=(12, 4),
+    net = multitask_net(DataInfo(2, 2, None, train), embedding_dim=4, layer_sizes=(12, 4),
                        encoder="graph", graph_layers=1)  # fmt: skip
     with torch.no_grad():  # each node's row a unit vector: a vector shows its row of P
-        net.user_embeddings.weight.copy_(torch.eye(4)[:2])
-        net.item_embeddings.weight.copy_(torch.eye(4)[2:])
+        net.mixer.table("user", "interaction").weight.copy_(torch.eye(4)[:2])
+        net.mixer.table("item", "interaction").weight.copy_(torch.eye(4)[2:])
     vectors = net.vectors()
     for task in ("interaction", "rating"):
         torch.testing.assert_close(vectors["user", task], expected[:2])
@@ -96,8 +98,8 @@ def test_a_history_holds_training_rows_only(ratings_folder):
     assert torch.allclose(
         weights[split.train.users, split.train.items], counts[split.train.users].rsqrt()
     )
-    net = MultiTaskNet(dm.data_info(), embedding_dim=4, layer_sizes=(12, 4), encoder="history")
-    assert torch.equal(net.user_histories[0].weights, weights)  # what the net reads
+    net = multitask_net(dm.data_info(), embedding_dim=4, layer_sizes=(12, 4), encoder="history")
+    assert torch.equal(net.mixer.histories["interaction"].weights, weights)  # what the net reads
     # the graph: one step of propagation links exactly the training pairs
     one = graph_propagation(split.train, dm.num_users, dm.num_items, layers=1)
     users, items = torch.meshgrid(
@@ -107,9 +109,9 @@ def test_a_history_holds_training_rows_only(ratings_folder):
     trained = torch.zeros_like(linked)
     trained[split.train.users, split.train.items] = True
     assert torch.equal(linked, trained) and torch.equal(one, one.T)
-    net = MultiTaskNet(dm.data_info(), embedding_dim=4, layer_sizes=(12, 4), encoder="graph",
+    net = multitask_net(dm.data_info(), embedding_dim=4, layer_sizes=(12, 4), encoder="graph",
                        graph_layers=1)  # fmt: skip
-    assert torch.equal(net.graph.propagation, one)
+    assert torch.equal(net.mixer.graph.propagation, one)
 
 
 @pytest.mark.parametrize(
@@ -117,11 +119,11 @@ def test_a_history_holds_training_rows_only(ratings_folder):
 )
 def test_every_architecture_reads_the_encoded_users(sharing):
     train = train_rows([(0, 1), (0, 2), (1, 0)], num_users=3, num_items=3)
-    net = MultiTaskNet(DataInfo(3, 3, None, train), embedding_dim=2, layer_sizes=(6, 4),
+    net = multitask_net(DataInfo(3, 3, None, train), embedding_dim=2, layer_sizes=(6, 4),
                        sharing=sharing, encoder="history")  # fmt: skip
     before = net.vectors()
     with torch.no_grad():
-        for history in net.user_histories:
+        for history in net.mixer.histories.values():
             history.items.fill_(1.0)
     after = net.vectors()
     for task in ("interaction", "rating"):
@@ -137,11 +139,11 @@ def test_every_architecture_reads_the_graph(sharing):
     """Moving item 1's rows moves the users who rated it, and not the user who rated nothing."""
     train = train_rows([(0, 1), (0, 2), (1, 0)], num_users=3, num_items=3)
     tasks = ("interaction", "rating", "like")
-    net = MultiTaskNet(DataInfo(3, 3, None, train), embedding_dim=2, layer_sizes=(6, 4),
+    net = multitask_net(DataInfo(3, 3, None, train), embedding_dim=2, layer_sizes=(6, 4),
                        sharing=sharing, encoder="graph", tasks=tasks)  # fmt: skip
     before = net.vectors()
     with torch.no_grad():
-        for table in net.item_tables.values():
+        for table in net.mixer.tables("item"):
             table.weight[1] += 1.0
     after = net.vectors()
     for task in tasks:
@@ -159,7 +161,7 @@ def test_runs_train_the_encoders(short_run, encoder, weighting):
     assert 0 < final["test/mrr"] <= 1 and math.isfinite(final["test/mse"])
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     if encoder == "history":
-        assert state["net.user_histories.0.items"].abs().sum() > 0  # trained from zero
+        assert state["net.mixer.histories.interaction.items"].abs().sum() > 0  # from zero
     assert not [key for key in state if key.endswith(("weights", "propagation"))]  # from data
 
 

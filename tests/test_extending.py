@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import synthetic_ratings
+from conftest import multitask_net, synthetic_ratings, tasks_named
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SHORT = ["trainer.max_epochs=2", "model.compile=false", "data.batch_size=64"]
@@ -34,25 +34,36 @@ def examples() -> tuple[dict[str, str], list[list[str]]]:
     return files, commands
 
 
-def test_the_readme_shows_a_model_a_weighting_and_a_data_source():
+EXAMPLES = ["model", "weighting", "data", "task", "sharing"]  # in the README's order
+
+
+def test_the_readme_shows_a_model_a_weighting_a_data_source_a_task_and_an_architecture():
     files, commands = examples()
     assert {"my_package/nets.py", "my_conf/model/two_tower.yaml"} <= files.keys()
     assert {"my_package/weighting.py", "my_conf/weighting/geometric.yaml"} <= files.keys()
     assert {"my_package/data.py", "my_conf/data/jsonl.yaml"} <= files.keys()
-    assert len(commands) == 3 and all(c[0] == "mtrec-train" for c in commands)
+    assert {"my_package/tasks.py", "my_conf/tasks/stars.yaml"} <= files.keys()
+    assert {"my_package/sharing.py", "my_conf/model/shared_plus_own.yaml"} <= files.keys()
+    assert len(commands) == len(EXAMPLES) and all(c[0] == "mtrec-train" for c in commands)
+
+
+def readme_package(folder: Path) -> None:
+    """The README's files written under ``folder`` (``my_package`` importable from there)."""
+    files, _ = examples()
+    for path, body in files.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_text(body)
+    (folder / "my_package" / "__init__.py").write_text("")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("example", ["model", "weighting", "data"])
+@pytest.mark.parametrize("example", EXAMPLES)
 def test_each_readme_example_trains_from_the_command_line(tmp_path, ratings_folder, example):
-    files, commands = examples()
-    for path, body in files.items():
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_text(body)
-    (tmp_path / "my_package" / "__init__.py").write_text("")
+    _, commands = examples()
+    readme_package(tmp_path)
     ratings = synthetic_ratings()
     ratings.to_json(tmp_path / "ratings.jsonl", orient="records", lines=True)
-    command = commands[["model", "weighting", "data"].index(example)]
+    command = commands[EXAMPLES.index(example)]
     data = [] if example == "data" else [f"data.path={ratings_folder}"]
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     binary = Path(sys.executable).with_name("mtrec-train")
@@ -67,16 +78,28 @@ def test_each_readme_example_trains_from_the_command_line(tmp_path, ratings_fold
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
     assert {"test/mrr", "test/mse"} <= final.keys()
+    if example == "task":  # the new task's own metrics, beside the others'
+        assert {"test/accuracy", "test/macro_f1"} <= final.keys()
+        assert 0 < final["test/accuracy"] <= 1 and 0 < final["test/macro_f1"] <= 1
     config = (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
     expected = {
         "model": "my_package.nets.TwoTowerNet",
         "weighting": "my_package.weighting.GeometricWeighting",
         "data": "my_package.data.JsonLinesRatings",
+        "task": "my_package.tasks.Stars",
+        "sharing": "my_package.sharing.SharedPlusOwn",
     }[example]
     assert expected in config
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    items = saved["state_dict"]["net.item_embeddings.weight"]
-    assert len(items) == ratings["item"].nunique()  # the catalogue of the file read
+    state = saved["state_dict"]
+    if example == "sharing":  # each task's own rows, beside the shared table
+        assert {"net.mixer.own.user.rating.weight", "net.mixer.own.item.interaction.weight"} <= (
+            state.keys()
+        )
+    if example in ("model", "data"):  # the README's net, or the default one
+        table = "item_embeddings" if example == "model" else "mixer.items.interaction"
+        items = state[f"net.{table}.weight"]
+        assert len(items) == ratings["item"].nunique()  # the catalogue of the file read
 
 
 def readme_net_class():
@@ -89,11 +112,10 @@ def readme_net_class():
 
 def two_head_nets():
     """Every two-head net: the zoo's in each sharing architecture, and the README's."""
-    from mtrec.models import MultiTaskNet
-    from mtrec.models.sharing import SHARINGS
+    from mtrec.models.mixers import SHARINGS
 
     nets = {
-        f"multitask-{s}": lambda d, s=s: MultiTaskNet(d, 4, (12, 8), sharing=s) for s in SHARINGS
+        f"multitask-{s}": lambda d, s=s: multitask_net(d, 4, (12, 8), sharing=s) for s in SHARINGS
     }
     nets["readme-two_tower"] = lambda d: readme_net_class()(d, dim=4)
     return nets
@@ -145,3 +167,117 @@ def test_every_two_head_net_serves_every_kind_of_strategy(name, strategy):
         assert plain.keys() == grads.keys()
         for key in plain:
             torch.testing.assert_close(grads[key], plain[key], rtol=1e-5, atol=1e-7)
+
+
+def readme_stars():
+    """The README's Stars task, from the README's own text."""
+    files, _ = examples()
+    namespace: dict = {}
+    exec(compile(files["my_package/tasks.py"], "my_package/tasks.py", "exec"), namespace)
+    return namespace["Stars"]()
+
+
+def test_the_readme_task_is_a_classification_of_the_rating():
+    """Its loss is the cross-entropy of the head's 5 logits against the stars, by hand."""
+    from mtrec.data.info import DataInfo
+    from mtrec.models import MultiTaskNet
+
+    stars = readme_stars()
+    torch.manual_seed(0)
+    net = MultiTaskNet(DataInfo(3, 4), 4, (12, 8), tasks=(*tasks_named("interaction"), stars))
+    batch = {"users": torch.tensor([0, 2]), "items": torch.tensor([1, 3])}
+    batch["ratings"] = torch.tensor([5.0, 1.0])
+    logits = net.head("stars")(batch["users"], batch["items"])
+    assert logits.shape == (2, 5)
+    by_hand = -(logits.log_softmax(-1)[0, 4] + logits.log_softmax(-1)[1, 0]) / 2
+    torch.testing.assert_close(stars.loss(net, batch), by_hand)
+
+
+def test_a_run_with_the_readme_task_trains_under_every_architecture_and_strategy(
+    tmp_path, ratings_folder
+):
+    """The new task with three tasks, under every sharing architecture (fixed weights) and
+    under fixed, mgda, pcgrad, famo and nash_mtl (shared tables): one short epoch each, in
+    this process; every task's loss falls and its metrics come out."""
+    from hydra import compose, initialize_config_module
+
+    from mtrec.models.mixers import SHARINGS
+    from mtrec.train import build
+
+    readme_package(tmp_path)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        cases = [(s, "fixed") for s in SHARINGS]
+        cases += [("shared", w) for w in ("mgda", "pcgrad", "famo", "nash_mtl")]
+        for sharing, weighting in cases:
+            with initialize_config_module("mtrec.conf", version_base="1.3"):
+                cfg = compose(
+                    "train",
+                    [
+                        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+                        "tasks=[interaction,rating,stars]",
+                        f"data.path={ratings_folder}",
+                        f"paths.data_dir={tmp_path}",
+                        f"paths.root_dir={tmp_path}",
+                        f"paths.output_dir={tmp_path}",
+                        "~logger",
+                        f"model.net.sharing={sharing}",
+                        f"weighting={weighting}",
+                        "model.net.embedding_dim=4",
+                        "model.net.layer_sizes=[12,8]",
+                        "model.compile=false",
+                    ],
+                )
+            datamodule, module = build(cfg)
+            assert list(module.net.heads) == ["interaction", "rating", "stars"]
+            batch = next(iter(datamodule.train_dataloader()))[0]
+            losses = module.engine.step(batch, torch.Tensor.backward)
+            assert {"interaction", "rating", "stars"} <= losses.keys(), (sharing, weighting)
+            assert all(torch.isfinite(v) for v in losses.values()), (sharing, weighting)
+            stars_head = module.net.heads["stars"]
+            assert any(p.grad is not None for p in stars_head.parameters()), (sharing, weighting)
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_twins_sweep_with_the_readme_task_gives_its_delta_m_and_trade_off(
+    ratings_folder, tmp_path, run_cli, monkeypatch
+):
+    """The new task has its twin, counts in Δm by its own main metric and direction, and is
+    among the trade-off figure's axes."""
+    names = ("interaction", "rating", "stars")
+    import pandas as pd
+
+    from mtrec.runs import figures, tables
+
+    readme_package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    status, output = run_cli(
+        "-m",
+        "hydra/sweeper=twins",
+        f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+        "tasks=[interaction,rating,stars]",
+        "model.net.sharing=shared,mmoe",
+        f"data.path={ratings_folder}",
+        "trainer.max_epochs=1",
+        "model.compile=false",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
+    assert status == 0, output
+    sweep = tmp_path / "sweep"
+    runs = pd.read_csv(sweep / "summary.csv").set_index("run")
+    assert len(runs) == 8 and (runs.status == "completed").all()  # three twins and the run, twice
+    run = runs.loc["sharing=shared"]
+    twin = {t: runs.loc[f"sharing=shared,weighting=single,task={t}"] for t in names}
+    expected = (100 / 3) * (
+        (twin["interaction"]["test/mrr"] - run["test/mrr"]) / twin["interaction"]["test/mrr"]
+        + (run["test/mse"] - twin["rating"]["test/mse"]) / twin["rating"]["test/mse"]
+        + (twin["stars"]["test/accuracy"] - run["test/accuracy"]) / twin["stars"]["test/accuracy"]
+    )
+    assert run["delta_m"] == pytest.approx(expected, rel=1e-6)
+    assert (sweep / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    labels = [ax.get_xlabel() for ax in figures.pareto_figure(*tables.read_sweep(sweep)).axes]
+    labels += [ax.get_ylabel() for ax in figures.pareto_figure(*tables.read_sweep(sweep)).axes]
+    assert "test/accuracy (higher is better)" in labels

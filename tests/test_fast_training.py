@@ -15,9 +15,9 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+from conftest import multitask_net
 from mtrec import compile as compile_module
 from mtrec.data.datamodule import Chunks, MovieLensDataModule
-from mtrec.models import MultiTaskNet
 from mtrec.training.module import RecommenderModule
 
 
@@ -35,7 +35,7 @@ def fit(folder, log_dir, batches_per_chunk=1, epochs=2, callbacks=(), **module_a
         path=str(folder), batch_size=16, batches_per_chunk=batches_per_chunk, test_fraction=0.2
     )
     dm.setup()
-    net = MultiTaskNet(dm.data_info(), embedding_dim=8, layer_sizes=(24, 16))
+    net = multitask_net(dm.data_info(), embedding_dim=8, layer_sizes=(24, 16))
     module = RecommenderModule(net, **module_args)
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -97,7 +97,7 @@ def test_compiled_losses_and_gradients_equal_eager_ones(ratings_folder, monkeypa
     dm = MovieLensDataModule(path=str(ratings_folder), batch_size=16, batches_per_chunk=2)
     dm.setup()
     torch.manual_seed(0)
-    net = MultiTaskNet(dm.data_info(), embedding_dim=8, layer_sizes=(24, 16))
+    net = multitask_net(dm.data_info(), embedding_dim=8, layer_sizes=(24, 16))
     module = RecommenderModule(net, compile="loss")
     batch = next(iter(dm.train_dataloader()))[0]
 

@@ -10,7 +10,7 @@ import torch
 import torchjd.aggregation as tjd
 
 from mtrec.errors import ConfigError
-from mtrec.mtl.tasks import BY_NAME
+from mtrec.mtl.tasks import Interaction, Like, Rating
 from mtrec.mtl.weighting import (
     IMTLG,
     MGDA,
@@ -29,8 +29,8 @@ from mtrec.mtl.weighting import (
     solvers,
 )
 
-TWO = (BY_NAME["interaction"], BY_NAME["rating"])
-THREE = (*TWO, BY_NAME["like"])
+TWO = (Interaction(), Rating())
+THREE = (*TWO, Like())
 
 
 def bound(strategy, tasks):

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 import mtrec.mtl.metrics
+from conftest import tasks_named
 from mtrec.data.interactions import Interactions, held_out
 from mtrec.models.protocol import Ranker, Recommender
-from mtrec.mtl.evaluation import evaluate
+from mtrec.mtl import evaluation
 from mtrec.mtl.metrics import average_ranks, held_out_ranks, ranking_metrics, user_chunks
 from mtrec.mtl.tasks import metric_names
 
@@ -32,9 +33,15 @@ def brute_force(scores, test_pairs, seen_pairs, k=10):
     }
 
 
+def evaluate(net, held, *args, **kwargs):
+    """The held-out metrics of the built-in tasks the test net serves (``net.heads``)."""
+    return evaluation.evaluate(net, held, *args, tasks=tasks_named(*net.tasks), **kwargs)
+
+
 class FixedScores(Recommender, Ranker):
     """A stand-in net whose scores and ratings are given tables."""
 
+    head_kinds = ("ranking", "score")
     heads = ("interaction", "rating")
 
     def __init__(self, scores, ratings, heads=heads):
@@ -177,7 +184,8 @@ def test_chunks_cover_every_user_row_and_known_item_once():
 class FromHistory(Recommender):
     """A rating-only stand-in whose rating reads the row's history of items."""
 
-    heads = ("rating",)
+    head_kinds = ("score",)
+    heads = tasks = ("rating",)
 
     def head(self, task):
         return self.ratings
@@ -207,7 +215,7 @@ def test_histories_follow_their_rows_into_the_chunks():
 def test_metric_names_are_those_of_the_tasks(heads):
     net, held = random_held_out(heads=heads)
     metrics = evaluate(net, held, k=5)
-    assert tuple(metrics) == metric_names(heads, top_k=5)
+    assert tuple(metrics) == metric_names(tasks_named(*heads), top_k=5)
 
 
 def test_a_share_of_the_chunks_needs_a_process_group():

@@ -1,19 +1,19 @@
 import pytest
 import torch
 
+from conftest import multitask_net
 from mtrec.data.info import DataInfo
-from mtrec.models import MultiTaskNet
 
 
 @pytest.mark.parametrize("sharing", [True, False])
 def test_forward_shapes(sharing):
-    net = MultiTaskNet(
+    net = multitask_net(
         DataInfo(50, 70), embedding_dim=8, layer_sizes=(24, 16), embedding_sharing=sharing
     )
     users, items = torch.randint(0, 50, (13,)), torch.randint(0, 70, (13,))
     logits, ratings = net(users, items)
     assert logits.shape == (13,) and ratings.shape == (13,)
-    assert net.interaction_logits(users.unsqueeze(-1), torch.randint(0, 70, (13, 4))).shape == (
+    assert net.head("interaction")(users.unsqueeze(-1), torch.randint(0, 70, (13, 4))).shape == (
         13,
         4,
     )
@@ -21,33 +21,36 @@ def test_forward_shapes(sharing):
 
 
 def test_score_all_items_matches_pairwise_logits():
-    net = MultiTaskNet(DataInfo(20, 30), embedding_dim=4, layer_sizes=(12, 8))
-    torch.nn.init.normal_(net.item_biases.weight)
+    net = multitask_net(DataInfo(20, 30), embedding_dim=4, layer_sizes=(12, 8))
+    torch.nn.init.normal_(net.heads["interaction"].item_biases.weight)
     users = torch.arange(20)
     all_scores = net.score_all_items(users)
-    pairs = net.interaction_logits(users.unsqueeze(1), torch.arange(30).unsqueeze(0))
+    pairs = net.head("interaction")(users.unsqueeze(1), torch.arange(30).unsqueeze(0))
     torch.testing.assert_close(all_scores, pairs)
 
 
 def test_initial_statistics():
     torch.manual_seed(0)
-    net = MultiTaskNet(DataInfo(2000, 3000), embedding_dim=32)
-    for table in (net.user_embeddings, net.item_embeddings):
+    net = multitask_net(DataInfo(2000, 3000), embedding_dim=32)
+    for table in (net.mixer.table("user", "interaction"), net.mixer.table("item", "interaction")):
         assert abs(table.weight.mean().item()) < 1e-3
         assert table.weight.std().item() == pytest.approx(1 / 32, rel=0.02)
-    assert torch.count_nonzero(net.item_biases.weight) == 0
-    assert [m.in_features for m in net.mlp if isinstance(m, torch.nn.Linear)] == [96, 64]
+    assert torch.count_nonzero(net.heads["interaction"].item_biases.weight) == 0
+    assert [m.in_features for m in net.heads["rating"].mlp if isinstance(m, torch.nn.Linear)] == [
+        96,
+        64,
+    ]
 
 
 def test_sharing_controls_the_embedding_tables():
-    shared = MultiTaskNet(
+    shared = multitask_net(
         DataInfo(10, 12), embedding_dim=4, layer_sizes=(12, 8), embedding_sharing=True
     )
-    separate = MultiTaskNet(
+    separate = multitask_net(
         DataInfo(10, 12), embedding_dim=4, layer_sizes=(12, 8), embedding_sharing=False
     )
-    assert shared.rating_user_embeddings is shared.user_embeddings
-    assert separate.rating_item_embeddings is not separate.item_embeddings
+    assert shared.mixer.table("user", "rating") is shared.mixer.table("user", "interaction")
+    assert separate.mixer.table("item", "rating") is not separate.mixer.table("item", "interaction")
     extra = 10 * 4 + 12 * 4
     assert (
         sum(p.numel() for p in separate.parameters())
@@ -56,17 +59,17 @@ def test_sharing_controls_the_embedding_tables():
 
 
 def test_separate_heads_do_not_share_gradients():
-    net = MultiTaskNet(
+    net = multitask_net(
         DataInfo(10, 12), embedding_dim=4, layer_sizes=(12, 8), embedding_sharing=False
     )
     _, ratings = net(torch.tensor([1, 2]), torch.tensor([3, 4]))
     ratings.sum().backward()
-    assert net.user_embeddings.weight.grad is None
-    assert net.rating_user_embeddings.weight.grad.abs().sum() > 0
+    assert net.mixer.table("user", "interaction").weight.grad is None
+    assert net.mixer.table("user", "rating").weight.grad.abs().sum() > 0
 
 
 def test_layer_sizes_must_match_embedding_dim():
     with pytest.raises(
         ValueError, match=r"layer_sizes=\[64,32\] does not fit model.net.embedding_dim=32"
     ):
-        MultiTaskNet(DataInfo(10, 10), embedding_dim=32, layer_sizes=(64, 32))
+        multitask_net(DataInfo(10, 10), embedding_dim=32, layer_sizes=(64, 32))

@@ -6,13 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import multitask_net
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
 from mtrec.models import MatrixFactorization, MultiTaskNet, SequenceLSTM
 from mtrec.mtl import losses
 from mtrec.mtl.objective import Objective, check_settings
 from mtrec.mtl.step import LOSS, StepEngine
-from mtrec.mtl.tasks import INTERACTION, LIKE, Like, Rating
+from mtrec.mtl.tasks import Interaction, Like, Rating
 from mtrec.mtl.weighting import FixedWeighting
 
 BATCH = {
@@ -25,26 +26,26 @@ BATCH = {
 
 def net(sharing=True, tasks=("interaction", "rating")):
     torch.manual_seed(0)
-    return MultiTaskNet(DataInfo(4, 8), 4, (12, 8), embedding_sharing=sharing, tasks=tasks)
+    return multitask_net(DataInfo(4, 8), 4, (12, 8), embedding_sharing=sharing, tasks=tasks)
 
 
 def test_the_objective_returns_each_task_loss_unweighted():
     model = net()
     out = Objective()(model, BATCH)
     assert out.keys() == {"interaction", "rating"}
-    positive = model.interaction_logits(BATCH["users"], BATCH["items"])
-    negative = model.interaction_logits(BATCH["users"].unsqueeze(-1), BATCH["negatives"])
+    positive = model.head("interaction")(BATCH["users"], BATCH["items"])
+    negative = model.head("interaction")(BATCH["users"].unsqueeze(-1), BATCH["negatives"])
     by_hand = (1 - torch.sigmoid(positive.unsqueeze(-1) - negative)).mean()
     torch.testing.assert_close(out["interaction"], by_hand)
-    predicted = model.ratings(BATCH["users"], BATCH["items"])
+    predicted = model.head("rating")(BATCH["users"], BATCH["items"])
     torch.testing.assert_close(out["rating"], ((predicted - BATCH["ratings"]) ** 2).mean())
 
 
 def test_the_like_task_is_binary_cross_entropy_of_rating_at_least_the_threshold():
     model = net(tasks=("interaction", "rating", "like"))
-    out = Objective([INTERACTION, Rating(), Like(threshold=4)])(model, BATCH)
+    out = Objective([Interaction(), Rating(), Like(threshold=4)])(model, BATCH)
     assert list(out) == ["interaction", "rating", "like"]
-    logits = model.like_logits(BATCH["users"], BATCH["items"])
+    logits = model.head("like")(BATCH["users"], BATCH["items"])
     labels = torch.tensor([1.0, 0.0, 1.0])  # ratings 4, 2, 5 against 4
     by_hand = -(labels * logits.sigmoid().log() + (1 - labels) * (1 - logits.sigmoid()).log())
     torch.testing.assert_close(out["like"], by_hand.mean())
@@ -62,8 +63,8 @@ def test_fixed_weighting_is_the_weighted_sum_plus_penalty():
     assert weights is None  # plain numbers, summed as the reference does
     by_hand = 0.99 * out["interaction"] + 0.01 * out["rating"] + out["penalty"]
     torch.testing.assert_close(out[LOSS], by_hand)
-    with pytest.raises(ConfigError, match="weighting.weights has clicks, which is not a task"):
-        FixedWeighting({"clicks": 1.0})
+    with pytest.raises(ConfigError, match="weighting.weights.clicks=1.0: this run does not train"):
+        FixedWeighting({"clicks": 1.0}).check(("interaction", "rating"), True)
     with pytest.raises(ConfigError, match="interaction, rating are all null"):
         StepEngine(net(), Objective(), FixedWeighting({"interaction": None, "rating": None}))
 
@@ -74,18 +75,19 @@ def test_the_engine_makes_one_backward_call_of_the_weighted_sum():
     calls = []
     engine.step(BATCH, lambda loss: calls.append(loss) or loss.backward())
     assert len(calls) == 1
-    got = model.mlp[0].weight.grad.clone()
+    got = model.heads["rating"].mlp[0].weight.grad.clone()
     model.zero_grad()
     out = Objective()(model, BATCH)
     (0.5 * out["interaction"] + 0.5 * out["rating"]).backward()  # the same sum, by hand
-    torch.testing.assert_close(got, model.mlp[0].weight.grad)
+    torch.testing.assert_close(got, model.heads["rating"].mlp[0].weight.grad)
 
 
 def test_a_task_the_net_has_no_head_for_is_refused_when_the_run_is_built():
     mf = MatrixFactorization(DataInfo(4, 8), 4)
-    with pytest.raises(ConfigError, match="MatrixFactorization has no head for interaction"):
+    refused = "interaction asks for a ranking head, and MatrixFactorization builds score heads"
+    with pytest.raises(ConfigError, match=refused):
         StepEngine(mf, Objective(), FixedWeighting({"interaction": 0.5, "rating": 0.5}))
-    assert MultiTaskNet.heads == ("interaction", "rating", LIKE.name)
+    assert set(MultiTaskNet.head_kinds) == {"ranking", "score", "logit", "classes"}
 
 
 @pytest.mark.parametrize(
@@ -97,10 +99,14 @@ def test_a_net_says_what_its_tasks_share(sharing, shared):
     rows = {key: part.gather() for key, part in shared_parts.items()}
     assert rows.keys() == shared
     if "user" in rows:
-        torch.testing.assert_close(rows["user"], model.user_embeddings(BATCH["users"]))
+        torch.testing.assert_close(
+            rows["user"], model.mixer.table("user", "interaction")(BATCH["users"])
+        )
         assert rows["user"].shape == (3, 4)  # the batch's rows, never the whole table
     if "item" in rows:
-        torch.testing.assert_close(rows["item"], model.rating_item_embeddings(BATCH["items"]))
+        torch.testing.assert_close(
+            rows["item"], model.mixer.table("item", "rating")(BATCH["items"])
+        )
 
 
 def test_a_penalty_the_net_cannot_honour_is_refused():

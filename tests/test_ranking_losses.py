@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from conftest import multitask_net
 from mtrec.data.datamodule import ShuffledBatches
 from mtrec.data.info import DataInfo
 from mtrec.data.interactions import Interactions
@@ -135,25 +136,29 @@ def test_popularity_negatives_are_drawn_with_q_and_their_log_q_rides_along():
 
 def tiny_net(**settings) -> MultiTaskNet:
     torch.manual_seed(0)
-    return MultiTaskNet(DataInfo(3, 4), embedding_dim=2, layer_sizes=(6, 4), **settings)
+    return multitask_net(DataInfo(3, 4), embedding_dim=2, layer_sizes=(6, 4), **settings)
 
 
 def test_the_cosine_score_by_hand_and_in_the_catalogue_scorer():
     net = tiny_net(cosine=True, temperature=0.5)
     with torch.no_grad():
-        net.user_embeddings.weight.copy_(torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]]))
-        net.item_embeddings.weight.copy_(
+        net.mixer.table("user", "interaction").weight.copy_(
+            torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
+        )
+        net.mixer.table("item", "interaction").weight.copy_(
             torch.tensor([[1.0, 0.0], [0.0, 5.0], [1.0, 1.0], [-2.0, 0.0]])
         )
-        net.item_biases.weight.copy_(torch.tensor([[0.1], [0.2], [0.3], [0.4]]))
+        net.heads["interaction"].item_biases.weight.copy_(
+            torch.tensor([[0.1], [0.2], [0.3], [0.4]])
+        )
     # user 0 is (0.6, 0.8) once normalised; item 2 is (1, 1) / sqrt(2): cos = 1.4 / sqrt(2)
-    logit = net.interaction_logits(torch.tensor([0]), torch.tensor([2]))
+    logit = net.head("interaction")(torch.tensor([0]), torch.tensor([2]))
     assert float(logit) == pytest.approx(1.4 / math.sqrt(2) / 0.5 + 0.3)
     net.eval()
     scores = net.score_all_items(torch.tensor([0, 2]))
     expected = torch.tensor([[0.6, 0.8, 1.4 / math.sqrt(2), -0.6], [0.0, 1.0, 1 / math.sqrt(2), 0]])
     assert torch.allclose(scores, expected / 0.5 + torch.tensor([0.1, 0.2, 0.3, 0.4]))
-    assert "log_inverse_temperature" in dict(net.named_parameters())  # learned
+    assert "heads.interaction.log_inverse_temperature" in dict(net.named_parameters())  # learned
     assert "log_inverse_temperature" not in dict(tiny_net().named_parameters())
 
 

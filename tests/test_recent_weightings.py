@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from mtrec.errors import ConfigError
-from mtrec.mtl.tasks import INTERACTION, LIKE, RATING
+from mtrec.mtl.tasks import Interaction, Like, Rating
 from mtrec.mtl.weighting import DBMTL, FAMO, STCH, MetaBalance, MultiBalance
 
-TWO, THREE = (INTERACTION, RATING), (INTERACTION, RATING, LIKE)
+TWO, THREE = (Interaction(), Rating()), (Interaction(), Rating(), Like())
 
 
 def bound(strategy, tasks=TWO):
@@ -130,7 +130,10 @@ def test_metabalance_with_three_tasks_and_a_main_task_of_choice():
         (lambda: STCH(mu=0), "weighting.mu=0 is not valid"),
         (lambda: STCH(warmup_epochs=0), "weighting.warmup_epochs=0 is not valid"),
         (lambda: DBMTL(beta=1.0), "weighting.beta=1.0 is not valid"),
-        (lambda: MetaBalance(main="clicks"), "weighting.main=clicks is not a task"),
+        (
+            lambda: MetaBalance(main="clicks").check(("interaction", "rating"), True),
+            "weighting.main=clicks: this run trains interaction, rating",
+        ),
         (lambda: MetaBalance(relax=1.5), "weighting.relax=1.5 is not valid"),
     ],
 )

@@ -7,13 +7,14 @@ import math
 import pytest
 import torch
 
+from conftest import multitask_net, tasks_named
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
 from mtrec.models import MultiTaskNet
-from mtrec.models.sharing import SHARINGS, MMoE, SharedBottom
+from mtrec.models.mixers import SHARINGS
+from mtrec.models.sharing import MMoE, SharedBottom
 from mtrec.models.sharing import softmax as sharing_softmax
 from mtrec.mtl.objective import Objective
-from mtrec.mtl.tasks import task_named
 from mtrec.mtl.weighting import FixedWeighting
 from mtrec.training.module import RecommenderModule
 
@@ -42,7 +43,7 @@ BATCH = {
 def net(sharing: str, seed: int = 0, **settings) -> MultiTaskNet:
     torch.manual_seed(seed)
     settings = settings_of(sharing) | settings
-    return MultiTaskNet(DataInfo(5, 9), 4, (12, 8), **settings)
+    return multitask_net(DataInfo(5, 9), 4, (12, 8), **settings)
 
 
 @pytest.mark.parametrize("sharing", ARCHITECTURES)
@@ -52,13 +53,13 @@ def test_all_items_scores_equal_the_pairwise_scores(sharing):
         torch.nn.init.normal_(p, 0, 0.5)
     users = torch.tensor([0, 3, 4])
     every = model.score_all_items(users)
-    pairs = model.interaction_logits(users.unsqueeze(-1), torch.arange(9).expand(3, 9))
+    pairs = model.head("interaction")(users.unsqueeze(-1), torch.arange(9).expand(3, 9))
     torch.testing.assert_close(every, pairs)
     assert every.shape == (3, 9)
-    training = model.ratings(BATCH["users"], BATCH["items"])
+    training = model.head("rating")(BATCH["users"], BATCH["items"])
     model.eval()  # evaluation computes each repeated id once: the same values
     torch.testing.assert_close(model.score_all_items(users), every)
-    torch.testing.assert_close(model.ratings(BATCH["users"], BATCH["items"]), training)
+    torch.testing.assert_close(model.head("rating")(BATCH["users"], BATCH["items"]), training)
 
 
 @pytest.mark.parametrize("sharing", ["mmoe", "cgc", "ple", "stem", "mmoe_mlp", "ple_mlp"])
@@ -66,7 +67,10 @@ def test_gates_sum_to_one_and_their_use_is_a_distribution(sharing):
     logits = torch.randn(7, 3) * 10
     torch.testing.assert_close(sharing_softmax(logits), torch.softmax(logits, -1))
     model = net(sharing, experts=3)
-    sides = ((model.user_mixer, model.user_embeddings), (model.item_mixer, model.item_embeddings))
+    sides = (
+        (model.mixer.user_mixer, model.mixer.table("user", "interaction")),
+        (model.mixer.item_mixer, model.mixer.table("item", "interaction")),
+    )
     for mixer, table in sides:
         for probabilities in mixer.gates(torch.randn(6, table.embedding_dim)).values():
             torch.testing.assert_close(probabilities.sum(-1), torch.ones(6))
@@ -79,7 +83,7 @@ def test_gates_sum_to_one_and_their_use_is_a_distribution(sharing):
 
 
 def test_mmoe_with_one_expert_is_a_shared_bottom():
-    mmoe, bottom = MMoE(4, experts=1), SharedBottom(4)
+    mmoe, bottom = MMoE(4, 1, TWO), SharedBottom(4, TWO)
     bottom.bottom.load_state_dict(mmoe.experts.state_dict())
     bottom.towers.load_state_dict(mmoe.towers.state_dict())
     rows = torch.randn(5, 4)
@@ -93,7 +97,7 @@ def test_mmoe_with_one_expert_is_a_shared_bottom():
 def test_cross_stitch_from_the_identity_is_separate_embeddings():
     stitched, separate = net("cross_stitch"), net("separate", seed=1)
     separate.load_state_dict(
-        {k: v for k, v in stitched.state_dict().items() if "mixer" not in k}, strict=True
+        {k: v for k, v in stitched.state_dict().items() if "_mixer" not in k}, strict=True
     )
     users, items = BATCH["users"], BATCH["items"]
     torch.testing.assert_close(stitched(users, items)[0], separate(users, items)[0])
@@ -107,7 +111,7 @@ def test_ple_with_one_level_is_cgc(form):
     torch.testing.assert_close(
         cgc(BATCH["users"], BATCH["items"])[1], ple(BATCH["users"], BATCH["items"])[1]
     )
-    assert len(net("ple_mlp", levels=3).user_mixer.levels) == 3
+    assert len(net("ple_mlp", levels=3).mixer.user_mixer.levels) == 3
 
 
 @pytest.mark.parametrize("sharing", ARCHITECTURES)
@@ -121,7 +125,7 @@ def test_per_task_copies_give_the_gradients_of_one_backward_pass(sharing, tasks)
         model = net(sharing, tasks=tasks)
         module = RecommenderModule(
             model,
-            objective=Objective(tuple(task_named(t) for t in tasks)),
+            objective=Objective(tasks_named(*tasks)),
             weighting=FixedWeighting(weights),
             diagnostics=diagnostics,
         )
@@ -138,9 +142,9 @@ def test_experts_left_null_take_each_architectures_default():
     dim, tasks = 4, 2
     for sharing, tables, gates in (("mmoe", 2, 2 * 2), ("cgc", 1 + tasks, 2 * 2)):
         model = net(sharing, experts=None)
-        assert model.user_embeddings.embedding_dim == dim * tables + gates
-        assert model.user_embeddings.weight[:, dim * tables :].abs().sum() == 0
-    assert net("mmoe_mlp", experts=None).user_mixer.experts.count == 4
+        assert model.mixer.table("user", "interaction").embedding_dim == dim * tables + gates
+        assert model.mixer.table("user", "interaction").weight[:, dim * tables :].abs().sum() == 0
+    assert net("mmoe_mlp", experts=None).mixer.user_mixer.experts.count == 4
 
 
 def test_bad_architecture_settings_are_refused():
@@ -149,14 +153,14 @@ def test_bad_architecture_settings_are_refused():
     with pytest.raises(ConfigError, match=r"experts=0 is not valid: .* or null \(the architecture"):
         net("mmoe", experts=0)
     with pytest.raises(ConfigError, match="contradicts model.embedding_sharing=false"):
-        MultiTaskNet(DataInfo(5, 9), 4, (12, 8), embedding_sharing=False, sharing="mmoe")
+        multitask_net(DataInfo(5, 9), 4, (12, 8), embedding_sharing=False, sharing="mmoe")
 
 
 def test_the_study_sweeps_every_architecture_and_each_job_passes_validation():
     from hydra import compose, initialize_config_module
     from omegaconf import open_dict
 
-    from mtrec.models.sharing import SHARINGS
+    from mtrec.models.mixers import SHARINGS
     from mtrec.validation import validate
 
     with initialize_config_module("mtrec.conf", version_base="1.3"):

@@ -6,11 +6,12 @@ import pytest
 import torch
 from torchjd.aggregation import PCGrad
 
+from conftest import multitask_net
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
 from mtrec.models import MultiTaskNet
 from mtrec.mtl.objective import Objective
-from mtrec.mtl.tasks import INTERACTION
+from mtrec.mtl.tasks import Interaction
 from mtrec.mtl.weighting import Aggregation, FixedWeighting
 from mtrec.training.module import RecommenderModule
 from mtrec.training.optim import RowSparseAdam
@@ -28,7 +29,7 @@ READ_USERS, READ_ITEMS = {1, 2, 5}, {3, 4, 5, 7, 8, 9}
 def net(**settings) -> MultiTaskNet:
     torch.manual_seed(0)
     genres = torch.zeros(NUM_ITEMS, 1, dtype=torch.long)
-    return MultiTaskNet(DataInfo(NUM_USERS, NUM_ITEMS, genres, None), **settings)
+    return multitask_net(DataInfo(NUM_USERS, NUM_ITEMS, genres, None), **settings)
 
 
 def one_step(module: RecommenderModule, batch=BATCH) -> None:
@@ -61,7 +62,8 @@ def test_a_sparse_step_leaves_the_rows_no_one_read_bit_identical(sharing, weight
     one_step(module)
     tables = 0
     for name, p in module.net.named_parameters():
-        if p.shape[0] in (NUM_USERS, NUM_ITEMS) and "embeddings" in name or "biases" in name:
+        is_table = name.startswith(("mixer.users.", "mixer.items."))
+        if p.shape[0] in (NUM_USERS, NUM_ITEMS) and is_table or "biases" in name:
             tables += 1
             read = READ_USERS if p.shape[0] == NUM_USERS else READ_ITEMS
             changed = changed_rows(before[name], p.detach())
@@ -70,7 +72,7 @@ def test_a_sparse_step_leaves_the_rows_no_one_read_bit_identical(sharing, weight
                 assert changed, name  # and the rows read did learn
             else:  # a rating table: the rating head reads only the observed pairs
                 assert changed <= set(BATCH["users" if "user" in name else "items"].tolist())
-        elif name.startswith("mlp."):  # dense parameters: plain Adam
+        elif ".mlp." in name:  # dense parameters: plain Adam
             assert not torch.equal(before[name], p.detach()), name
     assert tables >= 3
 
@@ -144,13 +146,15 @@ def test_reading_the_shared_rows_once_gives_the_plain_backward_step(sharing):
     once = RecommenderModule(net(sharing=sharing), sparse_rows=True, compile=False)
     plain = RecommenderModule(net(sharing=sharing), sparse_rows=True, compile=False)
     assert once.engine.read_once
-    before = once.net.user_embeddings.weight.detach().clone()
+    before = once.net.mixer.table("user", "interaction").weight.detach().clone()
     one_step(once)
     autograd_step(plain)
     # the same sums in another order: equal to float rounding, a thousandth of Adam's step
     for (name, p), q in zip(once.net.named_parameters(), plain.net.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
-    assert (once.net.user_embeddings.weight - before).abs().max() > 5e-4  # the rows did move
+    assert (
+        once.net.mixer.table("user", "interaction").weight - before
+    ).abs().max() > 5e-4  # the rows did move
 
 
 def test_per_task_gradients_reach_sparse_tables_as_the_plain_backward_does():
@@ -208,4 +212,4 @@ def test_sparse_rows_need_embedding_tables():
     train = Interactions(rows, rows, rows.float(), rows, NUM_USERS, NUM_ITEMS)
     data = DataInfo(NUM_USERS, NUM_ITEMS, torch.zeros(NUM_ITEMS, 1, dtype=torch.long), train)
     with pytest.raises(ConfigError, match="has no embedding tables"):
-        RecommenderModule(Popularity(data), Objective([INTERACTION]), sparse_rows=True)
+        RecommenderModule(Popularity(data), Objective([Interaction()]), sparse_rows=True)

@@ -14,10 +14,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.callbacks.progress import tqdm_progress
 from lightning.pytorch.loggers import CSVLogger
 
+from conftest import multitask_net
 from mtrec.data.datamodule import MovieLensDataModule
 from mtrec.errors import TrainingDiverged
-from mtrec.models import MultiTaskNet
-from mtrec.training.lightning_internals import (
+from mtrec.lightning_internals import (
     TESTED_LIGHTNING,
     LightningMismatch,
     StepBoundaries,
@@ -42,7 +42,7 @@ def fit(folder, tmp_path, chunk=4, epochs=2, callbacks=(), optimizer=None, **tra
         path=str(folder), batch_size=16, batches_per_chunk=chunk, test_fraction=0.2
     )
     dm.setup()
-    net = MultiTaskNet(dm.data_info(), embedding_dim=8, layer_sizes=(24, 16))
+    net = multitask_net(dm.data_info(), embedding_dim=8, layer_sizes=(24, 16))
     step_hooks = trainer_args.pop("step_hooks", False)
     module = RecommenderModule(net, optimizer=optimizer, step_hooks=step_hooks)
     trainer = L.Trainer(

@@ -11,7 +11,9 @@ import matplotlib
 import pandas as pd
 import pytest
 
+from mtrec.mtl.tasks import Interaction, Like, Rating
 from mtrec.runs import figures, report, tables
+from mtrec.runs.folder import write_tasks
 from mtrec.training.callbacks import MetricsHistory
 
 matplotlib.use("Agg")
@@ -27,15 +29,20 @@ def close_figures():
     plt.close("all")
 
 
-def write_run(sweep: Path, name: str, overrides: list[str], history: list[dict]) -> Path:
-    """A completed run folder: its config and overrides, job record and metrics record (final
-    and best values from ``history``, as the run writes them)."""
+TWO = (Interaction(), Rating())
+
+
+def write_run(sweep: Path, name: str, overrides: list[str], history: list[dict], tasks=TWO) -> Path:
+    """A completed run folder: its config and overrides, job record, its ``tasks`` and
+    metrics record (final and best values from ``history``, as the run writes them)."""
     folder = sweep / name
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "config.yaml").write_text("seed: 0\n")
     (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     (folder / "job.json").write_text(json.dumps({"status": "completed", "wall_seconds": 2.0}))
     record = MetricsHistory(folder / "metrics.json")
+    record.tasks = tasks
+    write_tasks(folder, tasks)
     record.history = history
     (folder / "metrics.json").write_text(json.dumps(record.summary()))
     return folder
@@ -59,7 +66,8 @@ TWO_TASKS = [(side, task) for side in ("item", "user") for task in ("rating", "i
 
 def test_effective_rank_has_a_panel_per_side_and_task_and_a_line_per_run(tmp_path):
     write_run(tmp_path, "a", ["model.net.sharing=shared"], ranks(20, TWO_TASKS))
-    write_run(tmp_path, "b", ["model.net.sharing=mmoe"], ranks(10, [*TWO_TASKS, ("item", "like")]))
+    three = [*TWO_TASKS, ("item", "like")]
+    write_run(tmp_path, "b", ["model.net.sharing=mmoe"], ranks(10, three), (*TWO, Like()))
     write_run(tmp_path, "c", ["model.net.sharing=none"], ranks(5, []))  # logged no rank
     jobs, keys = tables.read_sweep(tmp_path)
     fig = figures.effective_rank_figure(jobs, keys)

@@ -166,7 +166,7 @@ def test_item_embeddings_are_logged_for_the_projector(sweep):
         config = (run / "projector_config.pbtxt").read_text()
         expected = 1 if "sharing=True" in name else 2
         assert config.count("embeddings {") == expected
-        metadata = next(run.glob("*/item_embeddings/metadata.tsv")).read_text().splitlines()
+        metadata = next(run.glob("*/mixer.items.interaction/metadata.tsv")).read_text().splitlines()
         assert metadata[0] == "title\tgenres" and metadata[1].startswith("Movie 1 (1990)")
         assert len(metadata) == 41
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -22,6 +23,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from mtrec.lightning_internals import StepProgressBar, epoch_line
+from mtrec.mtl.tasks import Interaction, Rating
 from mtrec.runs.sweep import (
     ConsoleFormatter,
     QuietLightning,
@@ -29,7 +32,6 @@ from mtrec.runs.sweep import (
     job_interrupted,
     parallel_jobs,
 )
-from mtrec.training.lightning_internals import StepProgressBar, epoch_line
 
 RUN = [  # a few short eager epochs on the tests' synthetic ratings
     "trainer.max_epochs=4",
@@ -101,6 +103,7 @@ def test_lightning_notes_leave_the_console_only_when_jobs_run_side_by_side(hydra
 
 class FakeTrainer:
     is_global_zero = True
+    lightning_module = SimpleNamespace(tasks=(Interaction(), Rating()))  # their main metrics
     callback_metrics = {
         "test/mrr": 0.06051,
         "test/hr@10": 0.11,

@@ -18,9 +18,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 
 import mtrec
+from conftest import multitask_net
 from mtrec.data.datamodule import MovieLensDataModule
-from mtrec.models import MultiTaskNet
-from mtrec.mtl.tasks import INTERACTION, RATING
+from mtrec.mtl.tasks import Interaction, Rating
 from mtrec.mtl.weighting import FixedWeighting
 from mtrec.reference_keys import apply_reference_keys
 from mtrec.train import main, train
@@ -35,7 +35,7 @@ def test_training_lowers_the_loss(ratings_folder, tmp_path, sharing):
     L.seed_everything(0)
     dm = MovieLensDataModule(path=str(ratings_folder), batch_size=64, test_fraction=0.2)
     dm.setup()
-    net = MultiTaskNet(dm.data_info(), 8, (24, 16), embedding_sharing=sharing)
+    net = multitask_net(dm.data_info(), 8, (24, 16), embedding_sharing=sharing)
     module = RecommenderModule(net, weighting=FixedWeighting({"interaction": 0.5, "rating": 0.5}))
     history = MetricsHistory(tmp_path / "metrics.json")
     trainer = L.Trainer(
@@ -66,7 +66,7 @@ def test_regression_weight_defaults_to_one_minus_factorization_weight():
             cfg = compose("train", overrides=list(overrides))
         apply_reference_keys(cfg)  # the reference's keys set the fixed weights
         weighting = instantiate(cfg.weighting)
-        weighting.bind([INTERACTION, RATING])
+        weighting.bind([Interaction(), Rating()])
         return weighting.weights
 
     assert weights("model.factorization_weight=0.99") == {"interaction": 0.99, "rating": 0.01}
@@ -131,6 +131,13 @@ def test_one_run_writes_config_log_metrics_checkpoint_and_events(
         for task in ("interaction", "rating")
     }
     assert set(record["final"]) == held_out | collapse
+    assert json.loads((run / "tasks.json").read_text()) == {  # in the run's order
+        "interaction": {
+            "metrics": ["mrr", "mrr_interaction", "hr@{k}", "ndcg@{k}"],
+            "lower_is_better": [],
+        },
+        "rating": {"metrics": ["mse", "rmse"], "lower_is_better": ["mse", "rmse"]},
+    }
 
 
 def test_validation_carve_out_logs_val_every_epoch_and_test_once(ratings_folder, tmp_path):

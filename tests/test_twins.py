@@ -12,10 +12,14 @@ import matplotlib
 import pandas as pd
 import pytest
 
+from mtrec.mtl.tasks import Interaction, Like, Rating
 from mtrec.runs import figures, tables, twins
+from mtrec.runs.folder import reported_tasks
 
 matplotlib.use("Agg")
 THREE = "tasks=[interaction,rating,like]"
+TWO_TASKS = (Interaction(), Rating())
+THREE_TASKS = (*TWO_TASKS, Like())
 
 
 @pytest.fixture(autouse=True)
@@ -45,14 +49,14 @@ def test_delta_m_by_hand():
     twin_results = {"interaction": {"test/mrr": 0.10}, "rating": {"test/mse": 0.80}}
     run = {"test/mrr": 0.11, "test/mse": 0.84}
     # 50 * [(0.10 - 0.11) / 0.10 + (0.84 - 0.80) / 0.80] = 50 * (-0.1 + 0.05) = -2.5
-    assert twins.delta_m(run, twin_results, "test") == pytest.approx(-2.5)
-    assert (
-        twins.delta_m(twin_results["interaction"] | {"test/mse": 0.80}, twin_results, "test") == 0
-    )
-    assert twins.delta_m(run, {"interaction": {"test/mrr": 0.10}}, "test") != twins.delta_m(
-        run, twin_results, "test"
-    )  # a missing twin gives NaN
-    assert twins.delta_m({"val/mrr": 0.1}, twin_results, "val") != 0  # NaN: no val metrics
+    assert twins.delta_m(run, twin_results, "test", TWO_TASKS) == pytest.approx(-2.5)
+    alone = twin_results["interaction"] | {"test/mse": 0.80}
+    assert twins.delta_m(alone, twin_results, "test", TWO_TASKS) == 0
+    assert twins.delta_m(
+        run, {"interaction": {"test/mrr": 0.10}}, "test", TWO_TASKS
+    ) != twins.delta_m(run, twin_results, "test", TWO_TASKS)  # a missing twin gives NaN
+    assert twins.delta_m({"val/mrr": 0.1}, twin_results, "val", TWO_TASKS) != 0  # NaN: no val
+    assert math.isnan(twins.delta_m(run, twin_results, "test", ()))  # no task: nothing to compare
 
 
 def test_pareto_front_equals_brute_force_on_random_points():
@@ -83,10 +87,11 @@ def test_delta_m_of_three_tasks_by_hand():
     # 100 / 3 * [(0.10 - 0.11) / 0.10 + (0.84 - 0.80) / 0.80 + (0.75 - 0.72) / 0.75]
     # = 100 / 3 * (-0.1 + 0.05 + 0.04) = -1/3
     expected = -1 / 3
-    trained = ("interaction", "rating", "like")
+    trained = THREE_TASKS
     assert twins.delta_m(run, twin_results, "test", trained) == pytest.approx(expected)
-    assert twins.delta_m(run, twin_results, "test") == pytest.approx(expected)  # all three
-    two = twins.delta_m(run, twin_results, "test", ("interaction", "rating"))
+    reported = reported_tasks({"final": run})  # a folder from before tasks.json: all three
+    assert twins.delta_m(run, twin_results, "test", reported) == pytest.approx(expected)
+    two = twins.delta_m(run, twin_results, "test", TWO_TASKS)
     assert two == pytest.approx(-2.5)  # like not trained: left out
     assert math.isnan(twins.delta_m(run, twin_results | {"like": {}}, "test", trained))
     assert math.isnan(
@@ -291,6 +296,9 @@ def test_each_task_a_setting_trains_gets_its_twin():
 
 def test_twins_are_recognised_old_and_new():
     assert twins.twin_task({"weighting": "single", "weighting.task": "like"}) == "like"
+    # any task's, of any package: no list of tasks to be one of
+    assert twins.twin_task({"weighting": "single", "weighting.task": "stars"}) == "stars"
+    assert twins.twin_task({"weighting": "single"}) is None
     assert twins.twin_task({"weighting": "fixed", "model.factorization_weight": "1.0"}) == (
         "interaction"
     )
@@ -298,9 +306,12 @@ def test_twins_are_recognised_old_and_new():
     # λF = 1 with a third task trained leaves the like task's weight on: not a twin
     three = {"tasks": "[interaction,rating,like]", "model.factorization_weight": "1.0"}
     assert twins.twin_task(three) is None
+    reordered = {"tasks": "[rating,interaction]", "model.factorization_weight": "0.0"}
+    assert twins.twin_task(reordered) == "rating"  # the same two tasks in another order
     assert twins.twin_task({"weighting": "pcgrad"}) is None
-    assert twins.trained({"+tasks": "[like, interaction]"}) == ("interaction", "like")
-    assert twins.trained({}) == ("interaction", "rating")
+    assert twins.trained({"+tasks": "[like, interaction]"}) == ("like", "interaction")  # as given
+    assert twins.trained({"tasks": "[stars,interaction]"}) == ("stars", "interaction")
+    assert twins.trained({}) == ("interaction", "rating")  # the reference's
     for key in (
         "weighting",
         "weighting.task",
@@ -388,26 +399,26 @@ def test_a_twin_chooses_its_checkpoint_on_the_head_it_trains():
 
     selection = SelectionScore({"mrr_interaction": 0.130, "rmse": 0.880, "auc": 0.800})
     metrics = {"val/mrr_interaction": torch.tensor(0.104), "val/rmse": torch.tensor(3.52)}
-    assert selection.score(metrics) is None  # every target counts: val/auc is missing
-    two = {"interaction", "rating"}  # a two-task run: like's target is left out
+    interaction, rating, like = THREE_TASKS
+    assert selection.score(metrics, THREE_TASKS) is None  # every target counts: no val/auc
+    two = TWO_TASKS  # a two-task run: like's target is left out
     assert float(selection.score(metrics, two)) == pytest.approx(0.25)  # the rating head decides
-    assert float(selection.score(metrics, {"interaction"})) == pytest.approx(0.8)  # 0.104 / 0.130
-    assert float(selection.score(metrics, {"rating"})) == pytest.approx(0.25)  # 0.880 / 3.52
-    assert selection.score(metrics, set()) is None
+    assert float(selection.score(metrics, [interaction])) == pytest.approx(0.8)  # 0.104 / 0.130
+    assert float(selection.score(metrics, [rating])) == pytest.approx(0.25)  # 0.880 / 3.52
+    assert selection.score(metrics, ()) is None
     metrics["val/auc"] = torch.tensor(0.76)
-    assert float(selection.score(metrics, {"like"})) == pytest.approx(0.95)  # 0.76 / 0.800
-    assert float(selection.score(metrics, {"interaction", "like"})) == pytest.approx(0.8)
+    assert float(selection.score(metrics, [like])) == pytest.approx(0.95)  # 0.76 / 0.800
+    assert float(selection.score(metrics, [interaction, like])) == pytest.approx(0.8)
     # wired to the run's tasks and weighting: the like twin of a three-task run
     from types import SimpleNamespace
 
-    from mtrec.mtl.tasks import INTERACTION, LIKE, RATING
     from mtrec.mtl.weighting import SingleTask
 
     logged = {}
     weighting = SingleTask("like")
-    weighting.bind([INTERACTION, RATING, LIKE])
+    weighting.bind(list(THREE_TASKS))
     module = SimpleNamespace(
-        tasks=("interaction", "rating", "like"),
+        tasks=THREE_TASKS,
         weighting=weighting,
         log=lambda name, value: logged.update({name: float(value)}),
     )
@@ -420,13 +431,37 @@ def test_a_task_without_a_selection_target_is_refused_before_training():
     from mtrec.training.selection import check_targets
 
     targets = {"mrr_interaction": 0.130, "rmse": 0.880}
-    check_targets(targets, ("interaction", "rating"), "callbacks.selection_score.targets")
+    check_targets(targets, TWO_TASKS, "callbacks.selection_score.targets")
     with pytest.raises(ConfigError) as refused:
-        check_targets(targets, ("interaction", "like"), "callbacks.selection_score.targets")
+        check_targets(targets, (Interaction(), Like()), "callbacks.selection_score.targets")
     assert str(refused.value) == (
         "callbacks.selection_score.targets has no target for the task like, so checkpoint "
         "selection cannot weigh it: add one, e.g. +callbacks.selection_score.targets.auc=0.8."
     )
+
+
+def test_selection_reads_a_new_tasks_metrics_and_direction_from_its_declaration():
+    import torch
+
+    from mtrec.errors import ConfigError
+    from mtrec.mtl.tasks import Declared
+    from mtrec.training.selection import SelectionScore, check_targets
+
+    stars = Declared("stars", ("star_error", "accuracy"), frozenset({"star_error"}))
+    key = "callbacks.selection_score.targets"
+    with pytest.raises(ConfigError) as refused:
+        check_targets({"mrr_interaction": 0.130}, (Interaction(), stars), key)
+    assert str(refused.value) == (
+        "callbacks.selection_score.targets has no target for the task stars, so checkpoint "
+        "selection cannot weigh it: add one, e.g. "
+        "+callbacks.selection_score.targets.star_error=0.8."
+    )
+    check_targets({"mrr_interaction": 0.130, "accuracy": 0.5}, (Interaction(), stars), key)
+    selection = SelectionScore({"mrr_interaction": 0.130, "star_error": 0.2})
+    metrics = {"val/mrr_interaction": torch.tensor(0.26), "val/star_error": torch.tensor(0.4)}
+    # the error as the task declares it: target / value = 0.5, below the MRR's 2.0
+    assert float(selection.score(metrics, (Interaction(), stars))) == pytest.approx(0.5)
+    assert float(selection.score(metrics, (Interaction(),))) == pytest.approx(2.0)
 
 
 def test_the_like_twin_of_a_three_task_run_chooses_its_checkpoint_on_auc(

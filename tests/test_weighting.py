@@ -9,12 +9,13 @@ import pytest
 import torch
 from torchjd.aggregation import MGDA, PCGrad
 
+from conftest import multitask_net
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
-from mtrec.models import MatrixFactorization, MultiTaskNet
+from mtrec.models import MatrixFactorization
 from mtrec.mtl.diagnostics import GradientDiagnostics, step_values
 from mtrec.mtl.objective import Objective
-from mtrec.mtl.tasks import INTERACTION, LIKE, RATING
+from mtrec.mtl.tasks import Interaction, Like, Rating
 from mtrec.mtl.weighting import (
     DWA,
     RLW,
@@ -36,7 +37,7 @@ BATCH = {
 }
 
 
-TWO, THREE = (INTERACTION, RATING), (INTERACTION, RATING, LIKE)
+TWO, THREE = (Interaction(), Rating()), (Interaction(), Rating(), Like())
 PAIR = "interaction-rating"
 
 
@@ -192,7 +193,7 @@ def step_gradients(net, weighting, diagnostics):
 
 def test_fixed_with_per_task_gradients_is_the_weighted_sum():
     torch.manual_seed(0)
-    net = MultiTaskNet(DataInfo(4, 8), 4, (12, 8))
+    net = multitask_net(DataInfo(4, 8), 4, (12, 8))
     weights = {"interaction": 0.7, "rating": 0.3}
     _, plain = step_gradients(net, FixedWeighting(weights), diagnostics=False)
     module, split = step_gradients(net, FixedWeighting(weights), diagnostics=True)
@@ -204,7 +205,7 @@ def test_fixed_with_per_task_gradients_is_the_weighted_sum():
 
 def test_logged_cosine_equals_a_direct_computation():
     torch.manual_seed(0)
-    net = MultiTaskNet(DataInfo(4, 8), 4, (12, 8))
+    net = multitask_net(DataInfo(4, 8), 4, (12, 8))
     # direct: each task's gradient with respect to the gathered shared rows
     gathered = net.shared(BATCH["users"], BATCH["items"])
     copies = {
@@ -229,7 +230,7 @@ def test_logged_cosine_equals_a_direct_computation():
 
 def test_three_tasks_give_a_cosine_per_pair():
     torch.manual_seed(0)
-    net = MultiTaskNet(DataInfo(4, 8), 4, (12, 8), tasks=("interaction", "rating", "like"))
+    net = multitask_net(DataInfo(4, 8), 4, (12, 8), tasks=("interaction", "rating", "like"))
     weights = {"interaction": 0.5, "rating": 0.3, "like": 0.2}
     module, _ = step_gradients(net, FixedWeighting(weights), True)
     means = module.engine.diagnostics.epoch_means()
@@ -264,11 +265,11 @@ def test_step_values_by_hand():
 
 def test_gradient_level_training_step_uses_the_aggregated_shared_gradient():
     torch.manual_seed(0)
-    net = MultiTaskNet(DataInfo(4, 8), 4, (12, 8))
+    net = multitask_net(DataInfo(4, 8), 4, (12, 8))
     module, grads = step_gradients(net, Aggregation(PCGrad()), diagnostics="auto")
     assert module.engine.diagnostics is not None and len(module.engine.diagnostics.steps) == 1
-    assert grads["user_embeddings.weight"].abs().sum() > 0
-    assert grads["mlp.0.weight"].abs().sum() > 0  # the rating head's own gradient
+    assert grads["mixer.users.interaction.weight"].abs().sum() > 0
+    assert grads["heads.rating.mlp.0.weight"].abs().sum() > 0  # the rating head's own gradient
 
 
 def test_bad_settings_and_nets_a_strategy_cannot_serve():
@@ -277,12 +278,12 @@ def test_bad_settings_and_nets_a_strategy_cannot_serve():
     with pytest.raises(ConfigError, match="weighting.alpha=-0.5 is not valid"):
         GradNorm(alpha=-0.5)
     one_head = MatrixFactorization(DataInfo(4, 8), 4)
-    rating = Objective([RATING])
+    rating = Objective([Rating()])
     with pytest.raises(ConfigError, match="combines the gradients of several tasks"):
         RecommenderModule(one_head, objective=rating, weighting=Aggregation(PCGrad()))
     with pytest.raises(ConfigError, match="model.diagnostics=often is not valid"):
         RecommenderModule(one_head, objective=rating, diagnostics="often")
-    net = MultiTaskNet(DataInfo(4, 8), 4, (12, 8))
+    net = multitask_net(DataInfo(4, 8), 4, (12, 8))
     with pytest.raises(
         ConfigError, match="weighting.task=like: this run trains interaction, rating"
     ):
@@ -338,7 +339,7 @@ def test_per_task_gradients_under_mixed_precision_are_refused_before_training(ra
     dm = MovieLensDataModule(path=str(ratings_folder), batch_size=64)
     dm.setup()
     module = RecommenderModule(
-        MultiTaskNet(dm.data_info(), 4, (12, 8)), weighting=Aggregation(PCGrad())
+        multitask_net(dm.data_info(), 4, (12, 8)), weighting=Aggregation(PCGrad())
     )
     trainer = L.Trainer(
         max_epochs=1,

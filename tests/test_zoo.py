@@ -9,12 +9,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from conftest import run_main, synthetic_ratings
+from conftest import multitask_net, run_main, synthetic_ratings
 from mtrec import explore
 from mtrec.data.datamodule import ShuffledBatches
 from mtrec.data.info import DataInfo
 from mtrec.data.interactions import Interactions, held_out, index_ratings, last_items
-from mtrec.models import MatrixFactorization, MultiTaskNet
+from mtrec.models import MatrixFactorization
 from mtrec.models.embeddings import embedding_size
 from mtrec.mtl import losses
 from mtrec.mtl.objective import Objective
@@ -65,7 +65,7 @@ def test_each_model_trains_and_reports_only_its_heads(ratings_folder, tmp_path, 
     batch = next(iter(datamodule.train_dataloader()))[0]  # the first batch of the first chunk
     terms, _ = module.engine.losses(batch)
     assert torch.isfinite(terms["loss"])
-    heads = set(module.net.heads)
+    heads = {task.name for task in module.tasks}
     assert ("interaction" in terms) == ("interaction" in heads)
     assert ("rating" in terms) == ("rating" in heads)
     trainer = L.Trainer(
@@ -113,8 +113,8 @@ def test_embedding_size_rule_of_thumb():
     assert embedding_size("auto", 1682) == round(1.6 * 1682**0.56) == 102
     assert embedding_size("auto", 10**8) == 600
     assert MatrixFactorization(DataInfo(943, 1682), "auto").item_embeddings.embedding_dim == 102
-    net = MultiTaskNet(DataInfo(943, 1682), "auto", layer_sizes=(96, 64))
-    assert net.mlp[0].in_features == 3 * 102
+    net = multitask_net(DataInfo(943, 1682), "auto", layer_sizes=(96, 64))
+    assert net.heads["rating"].mlp[0].in_features == 3 * 102
     with pytest.raises(ValueError, match="model.net.embedding_dim=-3"):
         embedding_size(-3, 10)
 

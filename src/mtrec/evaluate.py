@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtrec.runs import folder as run_files
 from mtrec.runs.naming import register_resolvers
 from mtrec.train import build, held_out_metrics
+from mtrec.training import legacy
 
 
 def run_folder(checkpoint: Path) -> Path:
@@ -32,7 +33,7 @@ def run_folder(checkpoint: Path) -> Path:
 def run_config(folder: Path, overrides: list[str]) -> DictConfig:
     """The run's config with its paths pinned to where it ran (no Hydra runtime needed)."""
     register_resolvers()
-    cfg = run_files.read_config(folder)
+    cfg = legacy.upgraded(run_files.read_config(folder))
     runtime = run_files.read_hydra(folder).runtime
     cfg.paths.root_dir = runtime.cwd
     cfg.paths.output_dir = str(folder)

@@ -33,6 +33,7 @@ class Trained:
 
     net: torch.nn.Module
     datamodule: object
+    tasks: tuple = ()  # the Task objects it was trained on
 
     @classmethod
     def load(cls, checkpoint: Path) -> Trained:
@@ -40,9 +41,10 @@ class Trained:
             raise ExploreError(f"mtrec-explore: checkpoint {checkpoint} is not a file.")
         cfg = run_config(run_folder(checkpoint), [])
         datamodule, module = build(cfg)
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
-        return cls(module.net.eval(), datamodule)
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        module.on_load_checkpoint(saved)  # what Lightning runs before loading: old key names
+        module.load_state_dict(saved["state_dict"])
+        return cls(module.net.eval(), datamodule, module.tasks)
 
     @property
     def raw_item_ids(self):
@@ -125,12 +127,13 @@ def similar(trained: Trained, query: str, k: int) -> dict:
 @torch.no_grad()
 def recommend(trained: Trained, query: str, k: int) -> dict:
     user, net = trained.find_user(query), trained.net
-    if "interaction" in net.tasks:
+    kinds = {task.head_kind.name: task.name for task in reversed(trained.tasks)}
+    if "ranking" in kinds:
         scores = net.score_all_items(torch.tensor([user]))[0]
         value_name = "score"
-    elif not net.needs_history:
+    elif "score" in kinds and not net.needs_history:
         items = torch.arange(trained.datamodule.num_items)
-        scores = net.head("rating")(torch.full_like(items, user), items)
+        scores = net.head(kinds["score"])(torch.full_like(items, user), items)
         value_name = "predicted rating"
     else:
         raise ExploreError(

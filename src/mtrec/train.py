@@ -47,13 +47,21 @@ def register_sweepers() -> None:
 register_sweepers()
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+def build(
+    cfg: DictConfig, *, validated: bool = False
+) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The data module (set up) and the LightningModule that ``cfg`` describes.
 
     The net gets a :class:`~mtrec.data.info.DataInfo` (counts, item genres, training rows)
     as its first argument.
+
+    The reference's keys (:mod:`mtrec.reference_keys`) are applied here first, for callers
+    that build from a config of their own (``mtrec-eval``, ``mtrec-explore``). ``validated``:
+    ``cfg`` went through :func:`~mtrec.validation.validate`, which applied them already
+    (:func:`train` passes it), so they are applied once per run.
     """
-    apply_reference_keys(cfg)
+    if not validated:
+        apply_reference_keys(cfg)
     torch.set_num_threads(cfg.threads)
     if cfg.get("keep_freed_memory"):
         keep_freed_memory()
@@ -73,14 +81,24 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     return datamodule, module
 
 
-def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
-    """Train one run described by ``cfg``; return its final held-out metrics."""
-    validate(cfg)
+def train(
+    cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = (), *, validated: bool = False
+) -> dict[str, float]:
+    """Train one run described by ``cfg``; return its final held-out metrics.
+
+    Each run is validated once (:func:`~mtrec.validation.validate`, which also applies the
+    reference's keys): here, unless ``validated`` says the caller did it already. A caller
+    with a config of its own (tests, benchmarks) leaves it False; :func:`main` validates
+    before the run folder records the config (:meth:`~mtrec.runs.rerun.Rerun.begin`), so that
+    a mistake leaves the folder as it was, and passes True.
+    """
+    if not validated:
+        validate(cfg)
     log.info("Config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     checkpoint = resume_from(cfg)
     # first: a tracker's store that cannot be used stops the run before any work
     loggers = [tracker(c, checkpoint) for c in (cfg.get("logger") or {}).values()]
-    datamodule, module = build(cfg)
+    datamodule, module = build(cfg, validated=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks += extra_callbacks
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -206,7 +224,7 @@ def main(cfg: DictConfig) -> float | None:
             return math.nan if objective else None
         validate(cfg)  # before the folder records this config: a mistake leaves it as it was
         rerun.begin()
-        metrics = train(cfg)
+        metrics = train(cfg, validated=True)
     except UserError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode == RunMode.MULTIRUN:
             raise

@@ -14,7 +14,6 @@ and one line to :data:`CHECKS`.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -28,10 +27,11 @@ from mtrec.data.movielens import check_variant
 from mtrec.data.synthetic import SHAPES
 from mtrec.errors import ConfigError, instantiate_as_raised, shown
 from mtrec.models.embeddings import embedding_size
-from mtrec.models.protocol import Recommender, SharesRows
+from mtrec.models.protocol import ChecksSettings, Recommender, SharesRows
 from mtrec.mtl.losses import factorization_loss
 from mtrec.mtl.objective import check_settings
-from mtrec.mtl.tasks import task_named
+from mtrec.mtl.tasks import Task, check_names
+from mtrec.mtl.weighting import FixedWeighting
 from mtrec.mtl.weighting.gradient import check_aggregator
 from mtrec.reference_keys import ALIASES, apply_reference_keys
 from mtrec.runs.trackers import check_trackers
@@ -104,9 +104,6 @@ RULES: list[Rule] = [
     Rule("model.history_length", positive_int, "a positive integer, e.g. 10"),
     Rule("model.factorization_weight", unset_or(non_negative), "a number >= 0, e.g. 0.99"),
     Rule("model.regression_weight", unset_or(non_negative), REGRESSION_WEIGHT),
-    Rule("weighting.weights.interaction", non_negative, "a number >= 0, e.g. 0.99"),
-    Rule("weighting.weights.rating", non_negative, REGRESSION_WEIGHT),
-    Rule("weighting.weights.like", non_negative, "a number >= 0, e.g. 0.01"),
     Rule("model.negative_rating_ratio", lambda v: integer(v) and v >= 0, "an integer >= 0"),
     Rule("model.net.dropout", fraction(zero_ok=True), "a number in [0, 1), 0 for none"),
     Rule("model.net.reg", non_negative, "a number >= 0, e.g. 250"),
@@ -157,28 +154,22 @@ def owners_checks(cfg: DictConfig) -> None:
     embedding_l2 = lookup(cfg, "model.embedding_l2")
     if number(embedding_l2):
         check_settings(embedding_l2, net_class(cfg))
-    names = task_names(cfg)
-    if issubclass(net_class(cfg), Recommender):
-        net_class(cfg).check_tasks(names)
-    tasks_checks(cfg, net_class(cfg))
+    tasks = chosen_tasks(cfg, net_class(cfg))
     targets = lookup(cfg, "callbacks.selection_score.targets")
     if isinstance(targets, dict):
-        check_targets(targets, names, "callbacks.selection_score.targets")
-    strategy = weighting_checks(cfg)
+        check_targets(targets, tasks, "callbacks.selection_score.targets")
+    strategy = weighting_checks(cfg, tasks)
     if lookup(cfg, "model.sparse_rows") is True:
         sparse_rows_checks(cfg, strategy)
-    check = getattr(net_class(cfg), "check_settings", None)
-    if check is not None:  # the net's own rules, with the values its config gives it
-        args = {
-            name: lookup(cfg, f"model.net.{name}") for name in inspect.signature(check).parameters
-        }
-        if ABSENT not in args.values():  # e.g. an interpolation that cannot resolve yet
-            check(**args)
+    settings = lookup(cfg, "model.net")
+    if issubclass(net_class(cfg), ChecksSettings) and isinstance(settings, dict):
+        net_class(cfg).check_settings(settings)  # the net's own rules, on the config's values
 
 
-def weighting_checks(cfg: DictConfig):
+def weighting_checks(cfg: DictConfig, tasks: tuple[Task, ...]):
     """The weighting's own checks: its solver installed, its parameters (its constructor),
-    and whether it can serve the net's heads. Returns the strategy (None without one)."""
+    whether it can serve these tasks (and the net's sharing), each task's weight. Returns
+    the strategy (None without one)."""
     weighting = cfg.get("weighting")
     if weighting is None:
         return None
@@ -186,35 +177,36 @@ def weighting_checks(cfg: DictConfig):
     if isinstance(aggregator, str):
         check_aggregator(aggregator)
     strategy = instantiate_as_raised(weighting)  # a constructor's ConfigError, as raised
-    names = task_names(cfg)
+    names = tuple(task.name for task in tasks)
     strategy.check(names, len(names) >= 2 and issubclass(net_class(cfg), SharesRows))
+    if tasks:
+        strategy.bind(tasks)  # a trained task without a weight: its message
+        if isinstance(strategy, FixedWeighting):
+            some_loss_weighs(cfg, strategy.effective_weights())
     return strategy
 
 
-def task_names(cfg: DictConfig) -> tuple[str, ...]:
-    """The tasks the run trains (``tasks=[...]``), each a known one."""
-    tasks = lookup(cfg, "tasks")
-    names = tuple(tasks) if isinstance(tasks, dict) else ()
-    for name in names:
-        task_named(name)
-    return names
-
-
-def tasks_checks(cfg: DictConfig, net: type) -> None:
-    """Each task's own checks of its settings (its constructor's) and of the ``net`` class
-    that serves it, before any work."""
+def chosen_tasks(cfg: DictConfig, net: type) -> tuple[Task, ...]:
+    """The tasks the run trains (``tasks=[...]``), each built by its config (its own checks
+    of its settings) under its own name, and the ``net`` class's checks that it can serve
+    them, before any work. Empty for a config without the tasks group (a custom one)."""
     tasks = cfg.get("tasks")
-    if tasks is None:  # a config without the tasks group (a custom one): nothing to check
-        return
+    if tasks is None:
+        return ()
     if not tasks:
         raise ConfigError("tasks=[] trains nothing: give at least one, e.g. tasks=[rating].")
+    built = {}
     for name, task in tasks.items():
         try:
-            built = instantiate_as_raised(task)
+            built[name] = instantiate_as_raised(task)
         except InstantiationException as error:
             raise ConfigError(f"tasks.{name}: {error}") from None
-        if issubclass(net, Recommender):
-            built.check_net(net)
+    check_names(built)
+    if issubclass(net, Recommender):
+        net.check_tasks(tuple(built.values()))
+        for task in built.values():
+            task.check_net(net)
+    return tuple(built.values())
 
 
 def sparse_rows_checks(cfg: DictConfig, strategy) -> None:
@@ -243,44 +235,49 @@ def sparse_rows_checks(cfg: DictConfig, strategy) -> None:
 
 def typed_key(cfg: DictConfig, key: str) -> str:
     """The key a weight was given by: the reference's alias where one set it (or, for the
-    rating task's weight, set λF it derives from), else the key itself."""
+    rating task's weight, λF it derives from), else the key itself."""
     aliases = {weight: alias for alias, weight in ALIASES.items()}
     alias = aliases.get(key)
     if alias is None:
         return key
     if lookup(cfg, alias) not in (None, ABSENT):
         return alias
-    derived = key.endswith(".rating") and OmegaConf.is_interpolation(
-        cfg.weighting.weights, "rating"
-    )
-    if derived and lookup(cfg, "model.factorization_weight") not in (None, ABSENT):
-        return alias
-    return key
+    factorization = lookup(cfg, "model.factorization_weight") not in (None, ABSENT)
+    return alias if alias == "model.regression_weight" and factorization else key
 
 
-def some_loss_weighs(cfg: DictConfig) -> None:
-    """With fixed weights, at least one trained task has a positive weight: otherwise
-    nothing trains."""
+def weights_valid(cfg: DictConfig) -> None:
+    """Each fixed weight given is a number >= 0 (null: 1 minus the others)."""
     weights = lookup(cfg, "weighting.weights")
-    names = task_names(cfg)
-    if not isinstance(weights, dict) or not names:
+    if not isinstance(weights, dict):
         return
-    given = {name: weights.get(name, 0.0) for name in names}
-    if any(not number(w) or w != 0 for w in given.values()):
-        return
-    parts = []
-    for name, weight in given.items():
+    for name, value in weights.items():
+        if value is None or non_negative(value):
+            continue
         key = typed_key(cfg, f"weighting.weights.{name}")
         derived = key == "model.regression_weight" and lookup(cfg, key) in (None, ABSENT)
-        parts.append(f"{key}={shown(weight)}" + (" (1 - model.factorization_weight)" * derived))
-    fix = {
-        ("interaction",): "model.factorization_weight=1",
-        ("rating",): "model.factorization_weight=0 (model.regression_weight is then 1 - 0)",
-    }.get(names, "model.factorization_weight=0.99 (model.regression_weight is then 0.01)")
+        allowed = REGRESSION_WEIGHT if derived else "a number >= 0, e.g. 0.01"
+        raise ConfigError(f"{key}={shown(value)} is not valid: use {allowed}.")
+
+
+def some_loss_weighs(cfg: DictConfig, weights: dict[str, float]) -> None:
+    """With fixed ``weights`` (each trained task's), at least one is positive: otherwise
+    nothing trains."""
+    if not weights or any(w != 0 for w in weights.values()):
+        return
+    parts = []
+    for name, weight in weights.items():
+        key = typed_key(cfg, f"weighting.weights.{name}")
+        typed = lookup(cfg, key)
+        derived = key == "model.regression_weight" and typed in (None, ABSENT)
+        value = shown(typed if typed not in (None, ABSENT) else weight)
+        parts.append(f"{key}={value}" + (" (1 - model.factorization_weight)" * derived))
+    first = typed_key(cfg, f"weighting.weights.{next(iter(weights))}")
+    fix = "model.factorization_weight=0.99" if first.startswith("model.") else f"{first}=1"
     raise ConfigError(
         f"{' and '.join(parts)}: every loss of model={lookup(cfg, 'model.name')} has weight 0, "
-        f"so nothing would be trained. Give its {' or '.join(names)} head a positive weight, "
-        f"e.g. {fix}."
+        f"so nothing would be trained. Give one of its {', '.join(weights)} tasks a positive "
+        f"weight, e.g. {fix}."
     )
 
 
@@ -304,8 +301,8 @@ def trackers_installed(cfg: DictConfig) -> None:
 CHECKS = (
     trackers_installed,
     fractions_leave_training_rows,
+    weights_valid,
     owners_checks,
-    some_loss_weighs,
     enough_negatives,
 )
 

@@ -21,7 +21,7 @@ from mtrec.data.interactions import (
     to_device,
 )
 from mtrec.data.movielens import MovieLens, load_movielens
-from mtrec.training.lightning_internals import StepBoundaries, step_boundaries
+from mtrec.lightning_internals import StepBoundaries, step_boundaries
 
 
 class ShuffledBatches:

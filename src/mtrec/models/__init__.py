@@ -4,7 +4,9 @@ Every network takes a :class:`~mtrec.data.info.DataInfo` as its first argument a
 :mod:`mtrec.models.protocol`: a :class:`~mtrec.models.protocol.Recommender` with its heads
 keyed by task name (``head(task)``, one call signature), and the capabilities it declares by
 inheriting them (ranking the catalogue, what its tasks share for a batch, embedding norms,
-gates).
+gates). :class:`MultiTaskNet` is composed of named parts: a mixer (:mod:`mtrec.models.mixers`,
+what the tasks share) and a head per task (:mod:`mtrec.models.heads`), reading ids through an
+encoder (:mod:`mtrec.models.encoders`).
 """
 
 from mtrec.models.baselines import EASE, BiasedMatrixFactorization, Popularity
@@ -14,6 +16,7 @@ from mtrec.models.factorization import (
     GenreMatrixFactorization,
     MatrixFactorization,
 )
+from mtrec.models.mixers import Mixer, Tables
 from mtrec.models.multitask import MultiTaskNet
 from mtrec.models.sequence import SequenceLSTM
 
@@ -26,6 +29,8 @@ __all__ = [
     "GenreDenseNet",
     "GenreMatrixFactorization",
     "MatrixFactorization",
+    "Mixer",
     "MultiTaskNet",
+    "Tables",
     "SequenceLSTM",
 ]

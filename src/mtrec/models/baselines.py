@@ -18,7 +18,7 @@ from mtrec.models.protocol import EmbeddingNorms, Ranker, Recommender
 class Popularity(Recommender, Ranker):
     """Ranks every item by its number of training interactions, the same for every user."""
 
-    heads = ("interaction",)
+    head_kinds = ("ranking",)  # its one head, for any task asking for a ranking
 
     def __init__(self, data: DataInfo):
         super().__init__()
@@ -28,7 +28,6 @@ class Popularity(Recommender, Ranker):
         self.num_items = data.num_items
 
     def head(self, task: str):
-        self.check_tasks([task])
         return self.interaction_logits
 
     def interaction_logits(self, user_ids, item_ids, rows=None, history=None) -> torch.Tensor:
@@ -52,7 +51,7 @@ class EASE(Recommender, Ranker):
     59,047 items, which would need 14 GB).
     """
 
-    heads = ("interaction",)
+    head_kinds = ("ranking",)  # its one head, for any task asking for a ranking
 
     def __init__(
         self,
@@ -80,7 +79,6 @@ class EASE(Recommender, Ranker):
         self.register_buffer("weights", weights.to(torch.float32))
 
     def head(self, task: str):
-        self.check_tasks([task])
         return self.interaction_logits
 
     def interaction_logits(self, user_ids, item_ids, rows=None, history=None) -> torch.Tensor:
@@ -100,7 +98,7 @@ class BiasedMatrixFactorization(Recommender, EmbeddingNorms):
     regularised SVD of the rating-prediction literature.
     """
 
-    heads = ("rating",)
+    head_kinds = ("score",)  # its one head, for any task asking for a score
 
     def __init__(self, data: DataInfo, embedding_dim: int | str = 32):
         super().__init__()
@@ -114,7 +112,6 @@ class BiasedMatrixFactorization(Recommender, EmbeddingNorms):
         self.register_buffer("mean_rating", train.ratings.mean())
 
     def head(self, task: str):
-        self.check_tasks([task])
         return self.ratings
 
     def ratings(self, user_ids, item_ids, rows=None, history=None) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""Mixtures whose experts are embedding tables (``model.net.expert_type=embedding``, and
-``model.net.sharing=stem``).
+"""Mixtures whose experts are embedding tables (``model.net.sharing=mmoe``, ``cgc``, ``ple``
+and ``stem``).
 
 A dense expert shared by every id gets the gradient of every training triple; under a dot
 product with uniform negatives that points along the popularity direction, and the ranking

@@ -69,7 +69,8 @@ def history_weights(train: Interactions | None, num_users: int, num_items: int) 
 class HistoryEncoder(nn.Module):
     """Adds SVD++'s history term to a user table's rows: ``rows + W[users] @ Y``, with ``W``
     from :func:`history_weights` and ``Y`` (items x width) started at zero, so training starts
-    from the plain rows."""
+    from the plain rows. Rows wider than ``width`` (a mixture's rows, whose last columns are
+    its gates' logits) get the term on their first ``width`` columns only."""
 
     def __init__(self, weights: torch.Tensor, width: int):
         super().__init__()
@@ -77,7 +78,11 @@ class HistoryEncoder(nn.Module):
         self.items = nn.Parameter(torch.zeros(weights.shape[1], width))
 
     def forward(self, rows: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-        return rows + self.weights[users] @ self.items
+        term = self.weights[users] @ self.items
+        width = term.shape[-1]
+        if rows.shape[-1] == width:
+            return rows + term
+        return torch.cat([rows[..., :width] + term, rows[..., width:]], -1)
 
 
 def graph_propagation(

@@ -2,24 +2,27 @@
 are capabilities a net takes on by inheriting them, checked once when a run is built
 (``isinstance``), never probed attribute by attribute.
 
-- :class:`Recommender`: ``heads`` (the tasks it can serve), ``head(task)`` (one call
-  signature for every head, :class:`mtrec.mtl.tasks.Head`), ``item_vectors()``.
-- :class:`Ranker`: ``score_all_items(users)``, for nets with an interaction head.
+- :class:`Recommender`: ``head_kinds`` (the kinds of head it can build, :class:`HeadKind`),
+  ``head(task)`` (one call signature for every head, :class:`Head`), ``item_vectors()``.
+- :class:`Ranker`: ``score_all_items(users)``, for nets with a ranking head.
 - :class:`SharesRows`: ``shared(users, items)``, what its tasks share for a batch (embedding
-  rows, :class:`TableRows`, or a shared layer's output): where per-task gradients are taken.
+  rows, :class:`TableRows`, or a shared layer's output): where per-task gradients are taken
+  (:class:`mtrec.mtl.shared.TaskCopies`).
 - :class:`EmbeddingNorms`: ``embedding_norms(users, items)``, for the SVD-style penalty.
 - :class:`Gated`: ``gate_use()``, mixture-of-experts gate shares to log.
 - :class:`Represents`: ``vectors()``, every id's vector as each task reads it, whose
   collapse (effective rank, information abundance) is logged every epoch.
 - :class:`IndexedTables`: ``tables_read()``, the embedding tables each head reads in
   training and the kind of id that indexes them, so a step can read and update only the
-  rows of its batch (:class:`~mtrec.training.batch_rows.BatchRows`, under sparse rows).
+  rows of its batch (under sparse rows).
+- :class:`ChecksSettings`: ``check_settings(settings)``, the rules of its settings, which
+  config validation runs before any work.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -31,6 +34,47 @@ from mtrec.errors import ConfigError
 Rows = Mapping[str, torch.Tensor]
 # the batch fields that hold each kind of id (:class:`IndexedTables`)
 ID_FIELDS: dict[str, tuple[str, ...]] = {"user": ("users",), "item": ("items", "negatives")}
+
+
+@dataclass(frozen=True)
+class HeadKind:
+    """What a task asks of the net: the kind of head, by what it gives per (user, item) pair.
+
+    - ``ranking``: a score that is a dot product of a user-side and an item-side vector (plus
+      an item bias), so one matrix product ranks the whole catalogue;
+    - ``score``: a real number (a rating);
+    - ``logit``: the logit of a binary label;
+    - ``classes``: ``outputs`` logits, one per class (shape ``(..., outputs)``).
+    """
+
+    name: str
+    outputs: int = 1
+
+    RANKING: ClassVar[HeadKind]
+    SCORE: ClassVar[HeadKind]
+    LOGIT: ClassVar[HeadKind]
+
+    @classmethod
+    def classes(cls, count: int) -> HeadKind:
+        return cls("classes", count)
+
+    def __str__(self) -> str:
+        return self.name if self.name != "classes" else f"classes({self.outputs})"
+
+
+HeadKind.RANKING, HeadKind.SCORE, HeadKind.LOGIT = (
+    HeadKind("ranking"),
+    HeadKind("score"),
+    HeadKind("logit"),
+)
+
+
+class NamedHead(Protocol):
+    """What a net reads of a task: its name (the head's key) and the kind of head it asks
+    for (:class:`mtrec.mtl.tasks.Task` is one)."""
+
+    name: str
+    head_kind: HeadKind
 
 
 class Head(Protocol):
@@ -52,19 +96,15 @@ class Head(Protocol):
 
 
 class Recommender(nn.Module, ABC):
-    """A plain ``nn.Module`` with heads keyed by task name.
+    """A plain ``nn.Module`` with a head per task, keyed by task name.
 
-    ``heads`` names the tasks the class can serve; ``tasks`` (an instance's) those it was
-    built for, a subset (by default all). ``needs_history``: its heads read the users' last
-    rated items (``history=``), which the data module then puts in every batch.
+    ``head_kinds`` names the kinds of head (:class:`HeadKind`) the class can build; a net
+    serves any task that asks for one of them. ``needs_history``: its heads read the users'
+    last rated items (``history=``), which the data module then puts in every batch.
     """
 
-    heads: ClassVar[tuple[str, ...]]
+    head_kinds: ClassVar[tuple[str, ...]]
     needs_history: ClassVar[bool] = False
-
-    @property
-    def tasks(self) -> tuple[str, ...]:
-        return self.heads
 
     @abstractmethod
     def head(self, task: str) -> Head:
@@ -75,16 +115,17 @@ class Recommender(nn.Module, ABC):
         """One vector per item (for the projector and item-item similarity)."""
 
     @classmethod
-    def check_tasks(cls, tasks) -> None:
-        """One clear error for tasks this class has no head for (config validation calls it
-        before any work)."""
-        missing = [task for task in tasks if task not in cls.heads]
-        if missing:
-            raise ConfigError(
-                f"tasks: {cls.__name__} has no head for {', '.join(missing)} (it serves "
-                f"{', '.join(cls.heads)}). Fix: tasks=[{','.join(cls.heads)}], or a model "
-                "with that head (model=multitask serves interaction, rating and like)."
-            )
+    def check_tasks(cls, tasks: Sequence[NamedHead]) -> None:
+        """One clear error for a task asking for a kind of head this class cannot build
+        (config validation calls it before any work)."""
+        for task in tasks:
+            if task.head_kind.name not in cls.head_kinds:
+                raise ConfigError(
+                    f"tasks: {task.name} asks for a {task.head_kind} head, and {cls.__name__} "
+                    f"builds {' and '.join(cls.head_kinds)} heads only. Fix: leave {task.name} "
+                    "out of tasks=[...], or a model with that kind of head (model=multitask "
+                    "builds every kind)."
+                )
 
 
 class Ranker(ABC):
@@ -92,7 +133,7 @@ class Ranker(ABC):
 
     @abstractmethod
     def score_all_items(self, user_ids: torch.Tensor) -> torch.Tensor:
-        """Interaction scores of every item for each user: (len(user_ids), num_items)."""
+        """Ranking scores of every item for each user: (len(user_ids), num_items)."""
 
     def scorer(self):
         """``score_all_items`` for many calls in a row; nets may precompute item vectors."""
@@ -141,7 +182,7 @@ class TableRows:
 class SharesRows(ABC):
     @abstractmethod
     def shared(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> dict:
-        """What the tasks share for a batch: :class:`~mtrec.mtl.shared.TableRows` or tensors,
+        """What the tasks share for a batch: :class:`TableRows` or tensors,
         keyed as the heads' ``rows=`` reads them; empty when the heads share nothing."""
 
 
@@ -171,3 +212,12 @@ class IndexedTables(ABC):
         indexes them (:data:`ID_FIELDS`): ``"user"`` tables at the user ids the head is given,
         ``"item"`` tables at its item ids. Empty when a head reads more of a table than the
         rows of those ids (an encoder over whole tables)."""
+
+
+class ChecksSettings(ABC):
+    @classmethod
+    @abstractmethod
+    def check_settings(cls, settings: Mapping) -> None:
+        """One clear error for a bad value among ``settings`` (the net's constructor
+        arguments by name, ``model.net.<name>``): called when the net is built, and by
+        config validation on the config's values before any work."""

@@ -1,5 +1,6 @@
-"""Sharing architectures: how the tasks share one side (the users, or the items) of
-:class:`~mtrec.models.multitask.MultiTaskNet` (``model.net.sharing``).
+"""Dense experts: how the tasks share one side (the users, or the items) under the dense
+mixtures of :mod:`mtrec.models.mixers` (``model.net.sharing=shared_bottom``, ``mmoe_mlp``,
+``cgc_mlp``, ``ple_mlp``), and cross-stitch units.
 
 A mixer turns a side's embedding rows into one vector per task, of the embedding's size, and
 reads nothing but that side (the user side's gates read the user): so the interaction score
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-TASK_NAMES = ("interaction", "rating")  # the reference's tasks: every mixer's default
 
 
 class Experts(nn.Module):
@@ -85,7 +84,7 @@ class TowerMixer(nn.Module):
     """A shared part, then a mix of it per task (``mix``), then the task's linear tower
     (``residual``: plus a :class:`GatedResidual` of the row)."""
 
-    def __init__(self, dim: int, tasks=TASK_NAMES, residual: bool = False):
+    def __init__(self, dim: int, tasks, residual: bool = False):
         super().__init__()
         self.tasks = tuple(tasks)
         self.towers = _towers(dim, self.tasks)
@@ -105,7 +104,7 @@ class TowerMixer(nn.Module):
 class SharedBottom(TowerMixer):
     """A shared layer under a linear tower per task (Caruana, "Multitask Learning", 1997)."""
 
-    def __init__(self, dim: int, tasks=TASK_NAMES, normalised: bool = False, residual=False):
+    def __init__(self, dim: int, tasks, normalised: bool = False, residual=False):
         super().__init__(dim, tasks, residual)
         self.bottom = Experts(dim, 1, normalised)
 
@@ -125,8 +124,8 @@ class MMoE(TowerMixer):
     def __init__(
         self,
         dim: int,
-        experts: int = 4,
-        tasks=TASK_NAMES,
+        experts: int,
+        tasks,
         normalised: bool = False,
         residual: bool = False,
     ):
@@ -155,7 +154,7 @@ class ExtractionLevel(nn.Module):
         shared_experts: int,
         task_experts: int,
         last: bool,
-        tasks=TASK_NAMES,
+        tasks,
         normalised: bool = False,
     ):
         super().__init__()
@@ -201,10 +200,10 @@ class PLE(nn.Module):
     def __init__(
         self,
         dim: int,
-        shared_experts: int = 2,
-        task_experts: int = 1,
-        levels: int = 2,
-        tasks=TASK_NAMES,
+        shared_experts: int,
+        task_experts: int,
+        levels: int,
+        tasks,
         normalised: bool = False,
         residual: bool = False,
     ):
@@ -257,7 +256,7 @@ class CrossStitch(nn.Module):
     linear mix of every task's rows, ``v_t = sum_s a_ts e_s``, from the identity (separate
     embeddings) on. Every table's rows are what the tasks share."""
 
-    def __init__(self, dim: int, tasks=TASK_NAMES):
+    def __init__(self, dim: int, tasks):
         super().__init__()
         self.tasks = tuple(tasks)
         self.units = nn.Parameter(torch.eye(len(self.tasks)))
@@ -265,14 +264,3 @@ class CrossStitch(nn.Module):
     def vector(self, task: str, rows: dict[str, torch.Tensor]) -> torch.Tensor:
         weights = self.units[self.tasks.index(task)]
         return sum(weights[i] * rows[name] for i, name in enumerate(self.tasks))
-
-
-#: the architectures of ``model.net.sharing`` whose experts are dense maps shared by every id
-DENSE_MIXERS = ("shared_bottom", "mmoe_mlp", "cgc_mlp", "ple_mlp")
-#: those whose experts are embedding tables (:mod:`mtrec.models.embedding_experts`)
-TABLE_MIXERS = ("mmoe", "cgc", "ple", "stem")
-#: shared experts when ``model.net.experts`` is null. A table mixture's row holds every
-#: expert's row, so its step costs in proportion; fewer tables rank as well (docs/multitask.md)
-DEFAULT_EXPERTS = {"mmoe": 2, "cgc": 1, "ple": 1, "stem": 1} | dict.fromkeys(DENSE_MIXERS, 4)
-#: every architecture; ``shared``, ``separate`` and ``items`` choose embedding tables only
-SHARINGS = ("shared", "separate", "items", *TABLE_MIXERS, *DENSE_MIXERS, "cross_stitch")

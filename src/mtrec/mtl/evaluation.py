@@ -8,7 +8,7 @@ import torch
 
 from mtrec.data.interactions import HeldOut
 from mtrec.mtl.metrics import MAX_SCORES, user_chunks
-from mtrec.mtl.tasks import Task, task_named
+from mtrec.mtl.tasks import Task
 
 
 @torch.no_grad()
@@ -17,13 +17,12 @@ def evaluate(
     held: HeldOut,
     k: int = 10,
     *,
-    tasks: tuple[Task, ...] | None = None,
+    tasks: tuple[Task, ...],
     max_scores: int = MAX_SCORES,
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """The metrics of ``tasks`` (default: those ``net`` was built for, default settings):
-    ranking from interactions, MSE from ratings, AUC and log loss from likes.
+    """The held-out metrics of ``tasks``, each task's own (its evaluator).
 
     Users are taken in chunks of at most ``max_scores`` scores (see :func:`user_chunks`).
     With ``world_size > 1`` (a ``torch.distributed`` process group of that many processes
@@ -43,8 +42,6 @@ def evaluate(
             f"evaluate(world_size={world_size}) needs a torch.distributed group of that size."
         )
     device, sync = held.items.device, world_size > 1
-    if tasks is None:
-        tasks = tuple(task_named(name) for name in net.tasks)
     evaluators = [task.evaluator(k, device, sync) for task in tasks]
     for chunk in user_chunks(held, max_scores, rank, world_size):
         for evaluator in evaluators:

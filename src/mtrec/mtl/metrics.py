@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric, MeanSquaredError, Metric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import BinaryAUROC
 
 from mtrec.compile import compile_or_eager
@@ -149,17 +149,6 @@ def ranking_metrics(
     return metric.compute()
 
 
-def rating_metrics(predicted: torch.Tensor, observed: torch.Tensor) -> dict[str, torch.Tensor]:
-    metric = _on(MeanSquaredError(), predicted.device)
-    metric.update(predicted, observed)
-    return _rating_values(metric)
-
-
-def _rating_values(metric: MeanSquaredError) -> dict[str, torch.Tensor]:
-    mse = metric.compute()
-    return {"mse": mse, "rmse": mse.sqrt()}
-
-
 @dataclass(frozen=True)
 class UserChunk:
     """A run of held-out users and the rows that belong to them (all slices)."""
@@ -233,18 +222,32 @@ class RankingEvaluator(Evaluator):
         return dict(self.metric.compute())
 
 
-class RatingEvaluator(Evaluator):
-    """The rating head's squared error on the held-out rated pairs: MSE and RMSE."""
+class PairMetrics(Evaluator):
+    """A head's output on the held-out rated pairs against a target made from their ratings,
+    scored by torchmetrics ``metrics`` (name -> metric, each updated with ``(output,
+    target)``): the rating task's MSE and RMSE, or a new task's own (accuracy, F1, ...)."""
 
-    def __init__(self, task: str, device: torch.device, sync: bool):
-        self.task = task
-        self.metric = _on(MeanSquaredError(sync_on_compute=sync), device)
+    def __init__(
+        self,
+        task: str,
+        metrics: Mapping[str, Metric],
+        target: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+        sync: bool,
+    ):
+        self.task, self.target = task, target
+        self.metrics = {name: _on(metric, device) for name, metric in metrics.items()}
+        for metric in self.metrics.values():
+            metric.sync_on_compute = sync
 
     def update(self, net, held, chunk):
-        self.metric.update(_pairs(net, self.task, held, chunk), held.ratings[chunk.rows])
+        output = _pairs(net, self.task, held, chunk)
+        target = self.target(held.ratings[chunk.rows])
+        for metric in self.metrics.values():
+            metric.update(output, target)
 
     def compute(self):
-        return _rating_values(self.metric)
+        return {name: metric.compute() for name, metric in self.metrics.items()}
 
 
 class BinaryEvaluator(Evaluator):

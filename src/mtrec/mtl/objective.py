@@ -16,7 +16,7 @@ from torch import nn
 from mtrec.errors import ConfigError
 from mtrec.models.protocol import EmbeddingNorms
 from mtrec.mtl import losses
-from mtrec.mtl.tasks import DEFAULT, Task, task_named
+from mtrec.mtl.tasks import Task, reference_tasks
 
 PENALTY = "penalty"  # the key of the penalties in the objective's output
 
@@ -40,7 +40,7 @@ class Objective(nn.Module):
     ):
         super().__init__()
         if tasks is None:
-            tasks = [task_named(name) for name in DEFAULT]
+            tasks = reference_tasks()
         self.tasks: tuple[Task, ...] = tuple(
             tasks.values() if isinstance(tasks, Mapping) else tasks
         )
@@ -55,7 +55,7 @@ class Objective(nn.Module):
     def check_net(self, net: nn.Module) -> None:
         """What the net must offer these tasks and settings, checked once when a run is
         built: a head per task, the rows each batch uses for ``embedding_l2``."""
-        type(net).check_tasks(self.names)
+        type(net).check_tasks(self.tasks)
         for task in self.tasks:
             task.check_net(type(net))
         check_settings(self.embedding_l2, type(net))

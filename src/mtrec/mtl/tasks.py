@@ -1,46 +1,38 @@
-"""The tasks: each declares its head, the batch fields it reads, its loss, its metrics and
-which way they are better, so every other part (the objective, the weighting, metrics,
-config validation, the sweep summary, HParams) loops over tasks instead of naming them.
+"""The tasks: each declares its head's kind, the batch fields it reads, its loss, its metrics
+and which way they are better, and its default loss weight, so every other part (the
+objective, the weighting, metrics, config validation, the sweep summary, HParams, figures)
+loops over the chosen tasks instead of naming them.
 
-A task is chosen by config (``tasks=[interaction,rating,like]``, one file per task in
-``conf/tasks/``); its settings are the fields of its class. :data:`TASKS` holds one of each
-with default settings: what reports and validation read (names, metrics, directions).
-
-To add a task: a :class:`Task` subclass here (its loss and metrics), a head of that name in
-the nets that serve it, and a ``conf/tasks/<name>.yaml``.
+A task is chosen by config (``tasks=[interaction,rating,like]``): ``conf/tasks/<name>.yaml``
+instantiates it (``_target_``: a :class:`Task` subclass, here or in a researcher's own
+package, found through ``hydra.searchpath``); its settings are the fields of its class.
+Nothing keeps a list of the tasks there are: a new task is one class and one config file
+(README, "A new task").
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from torchmetrics import MeanSquaredError
 
 from mtrec.errors import ConfigError
-from mtrec.models.protocol import ID_FIELDS, Ranker, Recommender, Rows
+from mtrec.models.protocol import ID_FIELDS, HeadKind, Ranker, Recommender, Rows
 from mtrec.mtl import losses
-from mtrec.mtl.metrics import BinaryEvaluator, Evaluator, RankingEvaluator, RatingEvaluator
+from mtrec.mtl.metrics import BinaryEvaluator, Evaluator, PairMetrics, RankingEvaluator
 
 
-@dataclass(frozen=True)
-class Task(ABC):
-    """A task's declaration and behaviour. Subclasses set the class variables and
-    :meth:`loss`; their dataclass fields are the task's settings (``tasks.<name>.<field>``)."""
+class Scored:
+    """What reports read of a task: its name and metrics, and which way they are better."""
 
-    name: ClassVar[str]  # as logs and docs call it: train/<name>_loss, mtl/.../<name>
-    fields: ClassVar[tuple[str, ...]]  # the batch fields its loss reads
-    metrics: ClassVar[tuple[str, ...]]  # held-out metrics it reports, the main one first
-    lower_is_better: ClassVar[frozenset[str]] = frozenset()  # the metrics that are errors
-    regression: ClassVar[bool] = False  # a Gaussian likelihood (uncertainty weighting's ½)
-
-    @property
-    def head(self) -> str:
-        """The net's head it reads: the task's own name."""
-        return self.name
+    name: str
+    metrics: tuple[str, ...]  # held-out metrics it reports, the main one first
+    lower_is_better: frozenset[str]  # the metrics that are errors
 
     @property
     def main_metric(self) -> str:
@@ -56,6 +48,38 @@ class Task(ABC):
 
     def is_lower_better(self, metric: str) -> bool:
         return any(_matches(metric, name) for name in self.lower_is_better)
+
+    def declared(self) -> dict:
+        """The declaration a run folder keeps (reports read it without importing the task)."""
+        return {"metrics": list(self.metrics), "lower_is_better": sorted(self.lower_is_better)}
+
+
+@dataclass(frozen=True)
+class Declared(Scored):
+    """A task as a run folder recorded it (:meth:`Scored.declared`)."""
+
+    name: str
+    metrics: tuple[str, ...]
+    lower_is_better: frozenset[str] = frozenset()
+
+    @classmethod
+    def read(cls, name: str, record: Mapping) -> Declared:
+        return cls(name, tuple(record["metrics"]), frozenset(record.get("lower_is_better", ())))
+
+
+@dataclass(frozen=True)
+class Task(Scored, ABC):
+    """A task's declaration and behaviour. Subclasses set the class variables and
+    :meth:`loss` and :meth:`evaluator`; their dataclass fields are the task's settings
+    (``tasks.<name>.<field>``)."""
+
+    name: ClassVar[str]  # as logs and docs call it: train/<name>_loss, mtl/.../<name>
+    head_kind: ClassVar[HeadKind]  # what the net's head for it gives per (user, item) pair
+    fields: ClassVar[tuple[str, ...]]  # the batch fields its loss reads
+    metrics: ClassVar[tuple[str, ...]]  # held-out metrics it reports, the main one first
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()  # the metrics that are errors
+    regression: ClassVar[bool] = False  # a Gaussian likelihood (uncertainty weighting's ½)
+    default_weight: ClassVar[float | None] = None  # under fixed weights, unless one is given
 
     @abstractmethod
     def evaluator(self, top_k: int, device: torch.device, sync: bool) -> Evaluator:
@@ -81,12 +105,17 @@ class Task(ABC):
         rows: Rows | None = None,
         user_rows: Rows | None = None,
     ) -> torch.Tensor:
-        """The task's unweighted loss on ``batch``, read through ``net.head(self.head)``.
+        """The task's unweighted loss on ``batch``, read through ``net.head(self.name)``.
         ``rows``: the task's copy of the shared rows of the batch's pairs; ``user_rows``: its
         user side, shaped to broadcast over the sampled items (``batch["negatives"]``)."""
 
+    def pairs(self, net: Recommender, batch: Mapping[str, torch.Tensor], rows: Rows | None):
+        """The task's head on the batch's (user, item) pairs, reading its copy ``rows``."""
+        return net.head(self.name)(batch["users"], batch["items"], **head_inputs(batch, rows))
 
-def _context(batch: Mapping[str, torch.Tensor], rows: Rows | None) -> dict:
+
+def head_inputs(batch: Mapping[str, torch.Tensor], rows: Rows | None) -> dict:
+    """What a head reads beside the ids: the users' histories, the task's shared rows."""
     context = {"history": batch["history"]} if "history" in batch else {}
     return context | ({"rows": rows} if rows else {})
 
@@ -102,6 +131,8 @@ class Interaction(Task):
     (reference), per held-out row, HR@k, NDCG@k."""
 
     name: ClassVar[str] = "interaction"
+    head_kind: ClassVar[HeadKind] = HeadKind.RANKING
+    default_weight: ClassVar[float] = 0.99  # λF, the reference's
     fields: ClassVar[tuple[str, ...]] = ("users", "items", "negatives")
     metrics: ClassVar[tuple[str, ...]] = ("mrr", "mrr_interaction", "hr@{k}", "ndcg@{k}")
 
@@ -127,12 +158,12 @@ class Interaction(Task):
             )
 
     def loss(self, net, batch, rows=None, user_rows=None):
-        head, users, items = net.head(self.head), batch["users"], batch["items"]
-        positive = head(users, items, **_context(batch, rows))
+        head, users, items = net.head(self.name), batch["users"], batch["items"]
+        positive = head(users, items, **head_inputs(batch, rows))
         negatives = batch["negatives"]
         if self.factorization_loss in losses.CATALOGUE:
             negatives = torch.arange(net.num_items, device=users.device)
-        negative = head(users.unsqueeze(-1), negatives, **_context(batch, user_rows))
+        negative = head(users.unsqueeze(-1), negatives, **head_inputs(batch, user_rows))
         if self.factorization_loss in losses.CORRECTED and "log_q" in batch:
             log_q = batch["log_q"]
             positive, negative = positive - log_q[items], negative - log_q[negatives]
@@ -146,6 +177,8 @@ class Rating(Task):
     implicit feedback). Scored by MSE and RMSE."""
 
     name: ClassVar[str] = "rating"
+    head_kind: ClassVar[HeadKind] = HeadKind.SCORE
+    default_weight: ClassVar[float] = 0.01  # λR, the reference's
     fields: ClassVar[tuple[str, ...]] = ("users", "items", "ratings")
     metrics: ClassVar[tuple[str, ...]] = ("mse", "rmse")
     lower_is_better: ClassVar[frozenset[str]] = frozenset(metrics)
@@ -158,14 +191,15 @@ class Rating(Task):
         return None if self.negative_rating_ratio else super().id_fields
 
     def evaluator(self, top_k, device, sync):
-        return RatingEvaluator(self.head, device, sync)
+        squared = {"mse": MeanSquaredError(), "rmse": MeanSquaredError(squared=False)}
+        return PairMetrics(self.name, squared, lambda ratings: ratings, device, sync)
 
     def loss(self, net, batch, rows=None, user_rows=None):
-        head, users, observed = net.head(self.head), batch["users"], batch["ratings"]
-        predicted = head(users, batch["items"], **_context(batch, rows))
+        head, users, observed = net.head(self.name), batch["users"], batch["ratings"]
+        predicted = head(users, batch["items"], **head_inputs(batch, rows))
         if self.negative_rating_ratio:
             negatives = batch["negatives"][:, : self.negative_rating_ratio]
-            negative = head(users.unsqueeze(-1), negatives, **_context(batch, user_rows))
+            negative = head(users.unsqueeze(-1), negatives, **head_inputs(batch, user_rows))
             predicted = torch.cat([predicted, negative.reshape(-1)])
             observed = torch.cat([observed, observed.new_zeros(negative.numel())])
         return losses.regression_loss(predicted, observed)
@@ -178,6 +212,8 @@ class Like(Task):
     by AUC (main) and log loss on the held-out rated pairs."""
 
     name: ClassVar[str] = "like"
+    head_kind: ClassVar[HeadKind] = HeadKind.LOGIT
+    default_weight: ClassVar[float] = 0.01
     fields: ClassVar[tuple[str, ...]] = ("users", "items", "ratings")
     metrics: ClassVar[tuple[str, ...]] = ("auc", "log_loss")
     lower_is_better: ClassVar[frozenset[str]] = frozenset({"log_loss"})
@@ -194,54 +230,57 @@ class Like(Task):
         return (ratings >= self.threshold).to(ratings.dtype)
 
     def evaluator(self, top_k, device, sync):
-        return BinaryEvaluator(self.head, self.labels, self.metric_names(), device, sync)
+        return BinaryEvaluator(self.name, self.labels, self.metric_names(), device, sync)
 
     def loss(self, net, batch, rows=None, user_rows=None):
-        logits = net.head(self.head)(batch["users"], batch["items"], **_context(batch, rows))
+        logits = self.pairs(net, batch, rows)
         return F.binary_cross_entropy_with_logits(logits, self.labels(batch["ratings"]))
 
 
-INTERACTION, RATING, LIKE = Interaction(), Rating(), Like()
-TASKS: tuple[Task, ...] = (INTERACTION, RATING, LIKE)  # every task, in table order
-BY_NAME: dict[str, Task] = {task.name: task for task in TASKS}
-DEFAULT = ("interaction", "rating")  # the reference study's two tasks
+REFERENCE: tuple[type[Task], ...] = (Interaction, Rating)  # the reference study's two tasks
 
 
-def task_named(name: str) -> Task:
-    """The declaration of task ``name``; one clear error for an unknown one."""
-    try:
-        return BY_NAME[name]
-    except KeyError:
-        raise ConfigError(
-            f"tasks: {name} is not a task: use some of {', '.join(BY_NAME)}, "
-            "e.g. tasks=[interaction,rating,like]."
-        ) from None
+def reference_tasks() -> tuple[Task, ...]:
+    """The reference study's tasks with default settings (a module or objective given none)."""
+    return tuple(task() for task in REFERENCE)
 
 
-def tasks_of(heads) -> tuple[Task, ...]:
-    """The declared tasks a net with these ``heads`` (names) serves, in :data:`TASKS` order."""
-    return tuple(task for task in TASKS if task.head in heads)
-
-
-def metric_names(heads=DEFAULT, top_k: int = 10) -> tuple[str, ...]:
-    """Every held-out metric of these tasks (or heads), in table order."""
-    return tuple(name for task in tasks_of(heads) for name in task.metric_names(top_k))
+def metric_names(tasks: Sequence[Task | Declared], top_k: int = 10) -> tuple[str, ...]:
+    """Every held-out metric of these tasks, task by task, each task's main metric first."""
+    return tuple(name for task in tasks for name in task.metric_names(top_k))
 
 
 def _matches(bare: str, name: str) -> bool:
     return bare == name or ("{k}" in name and bare.startswith(name.split("{")[0]))
 
 
-def task_of_metric(metric: str) -> Task | None:
-    """The task a metric belongs to, from its name with or without a prefix (``test/mse``)."""
+def task_of_metric(tasks: Sequence[Task | Declared], metric: str) -> Task | Declared | None:
+    """Which of ``tasks`` reports ``metric`` (named with or without a prefix, ``test/mse``)."""
     bare = metric.rsplit("/", 1)[-1]
-    for task in TASKS:
+    for task in tasks:
         if any(_matches(bare, name) for name in task.metrics):
             return task
     return None
 
 
-def lower_is_better(metric: str) -> bool:
-    """True for errors (MSE, RMSE, log loss); every other metric is better when higher."""
-    task = task_of_metric(metric)
+def lower_is_better(tasks: Sequence[Task | Declared], metric: str) -> bool:
+    """True for the errors of these tasks (MSE, RMSE, log loss); every other metric, and a
+    metric of none of them, is better when higher."""
+    task = task_of_metric(tasks, metric)
     return task is not None and task.is_lower_better(metric.rsplit("/", 1)[-1])
+
+
+def check_names(tasks: Mapping[str, Task]) -> None:
+    """Each task of the ``tasks`` group under its own name (``tasks.<name>`` builds a task
+    whose ``name`` is ``<name>``): logs, weights and heads are keyed by that name."""
+    for key, task in tasks.items():
+        if not isinstance(task, Task):
+            raise ConfigError(
+                f"tasks.{key} builds a {type(task).__name__}, not a task: its _target_ must be "
+                "a subclass of mtrec.mtl.tasks.Task."
+            )
+        if task.name != key:
+            raise ConfigError(
+                f"tasks.{key} builds {type(task).__name__}, whose name is {task.name}: name "
+                f"its config file conf/tasks/{task.name}.yaml and its key {task.name}."
+            )

@@ -4,6 +4,8 @@ gate use.
 
 Each ``*_figure`` function returns the matplotlib figure (``None`` when there is nothing to
 draw), so what it draws can be read back; :func:`write_figures` saves them as PNG files.
+Each task's metrics, main metric and directions are those its jobs' run folders declare
+(:func:`mtrec.runs.tables.sweep_tasks`).
 """
 
 from __future__ import annotations
@@ -17,16 +19,18 @@ from pathlib import Path
 import pandas as pd
 
 from mtrec.files import atomic_write_bytes
-from mtrec.mtl import tasks
+from mtrec.mtl.tasks import Scored, lower_is_better
 from mtrec.runs import twins
 from mtrec.runs.tables import (
     Job,
     best_twins,
     compared_prefix,
+    find_task,
     metric_names,
     metric_sort_key,
     seed_keys,
     shown,
+    sweep_tasks,
 )
 
 #: more settings than this and the trade-off figure colours and marks instead of labelling
@@ -125,10 +129,12 @@ def curve_names(jobs: list[Job]) -> list[str]:
     """The metrics drawn per epoch: each task's main metric, then the cosine of each pair
     of tasks' gradients (``mtl/grad_cosine/<a>-<b>``; sweeps of two tasks before that
     logged one, ``mtl/grad_cosine``)."""
-    names = [_curve_metric(jobs, task.main_metric) for task in tasks.TASKS]
+    tasks = sweep_tasks(jobs)
+    names = [_curve_metric(jobs, task.main_metric) for task in tasks]
     logged = {k for j in jobs for h in j.metrics.get("history", []) for k in h}
     cosines = [n for n in logged if n == COSINE or n.startswith(f"{COSINE}/")]
-    names += sorted((n for n in cosines if _has_curve(jobs, n)), key=metric_sort_key)
+    drawn = (n for n in cosines if _has_curve(jobs, n))
+    names += sorted(drawn, key=lambda name: metric_sort_key(name, tasks))
     return [name for name in names if name]
 
 
@@ -155,7 +161,8 @@ def curve_figure(jobs: list[Job], keys: list[str], name: str):
         title += " (below 0: the tasks' gradients conflict)"
     ax.set(xlabel="epoch", ylabel=name, title=title)
     ax.xaxis.get_major_locator().set_params(integer=True)  # epochs: no 2.5 between 2 and 3
-    if tasks.lower_is_better(name):  # a few huge first-epoch errors would flatten the rest
+    tasks = sweep_tasks(jobs)
+    if lower_is_better(tasks, name):  # a few huge first-epoch errors would flatten the rest
         top = min(max(values), 2 * float(pd.Series(values).median()))
         ax.set_ylim(min(values) - 0.02 * top, top * 1.02)
     ax.grid(alpha=0.3)
@@ -171,7 +178,9 @@ def effective_rank_panels(jobs: list[Job]) -> list[tuple[str, str]]:
     """The (side, task) pairs whose effective rank some run logged, users first, tasks in
     task order."""
     logged = {k for j in jobs for h in j.metrics.get("history", []) for k in h}
-    names = sorted((n for n in logged if n.startswith(f"{EFFECTIVE_RANK}/")), key=metric_sort_key)
+    tasks = sweep_tasks(jobs)
+    ranks = (n for n in logged if n.startswith(f"{EFFECTIVE_RANK}/"))
+    names = sorted(ranks, key=lambda name: metric_sort_key(name, tasks))
     parts = [n.removeprefix(f"{EFFECTIVE_RANK}/").split("/") for n in names]
     return [(p[0], p[1]) for p in parts if len(p) == 2]
 
@@ -239,6 +248,7 @@ def final_metrics_figure(jobs: list[Job], keys: list[str]):
     names = [name for name in metric_names(jobs) if not name.startswith("mtl/")]
     if not names:
         return None
+    tasks = sweep_tasks(jobs)
     plt = _pyplot()
     columns = min(4 if len(names) > 9 else 3, len(names))
     rows = math.ceil(len(names) / columns)
@@ -251,7 +261,7 @@ def final_metrics_figure(jobs: list[Job], keys: list[str]):
     for ax, name in zip(axes.flat, names, strict=False):
         values = [j.metrics["final"].get(name, math.nan) for j in jobs]
         ax.bar(range(len(values)), values, color=colors, hatch=hatches, edgecolor="white")
-        better = "lower" if tasks.lower_is_better(name) else "higher"
+        better = "lower" if lower_is_better(tasks, name) else "higher"
         ax.set_title(f"{name} ({better} is better)", fontsize=10)
         ax.set_xticks([])
         ax.grid(axis="y", alpha=0.3)
@@ -270,21 +280,23 @@ def final_metrics_figure(jobs: list[Job], keys: list[str]):
 
 def _tradeoff_points(jobs: list[Job], label_keys: list[str], prefix: str):
     """Each setting's runs' main metrics (``{task: value}`` per run), and each setting's
-    twins' values on the main metric of the task they train (``{task: [value, ...]}``)."""
+    twins' values on the main metric of the task they train (``{task: [value, ...]}``), each
+    task's main metric as the job declares it."""
     points: dict[tuple, list[dict[str, float]]] = {}
     twin_values: dict[tuple, dict[str, list[float]]] = {}
     for job in jobs:
         final = job.metrics.get("final", {})
-        task = twins.twin_task(job.overrides)
-        if task is not None:
-            name = f"{prefix}/{tasks.task_named(task).main_metric}"
+        name = twins.twin_task(job.overrides)
+        if name is not None:
+            task = find_task(job.tasks, name)
             setting = tuple(kv for kv in twins.setting(shown(job.overrides)) if kv[0] in label_keys)
-            if name in final:
-                twin_values.setdefault(setting, {}).setdefault(task, []).append(final[name])
+            metric = f"{prefix}/{task.main_metric}" if task is not None else ""
+            if metric in final:
+                twin_values.setdefault(setting, {}).setdefault(name, []).append(final[metric])
             continue
         values = {
             t.name: final[f"{prefix}/{t.main_metric}"]
-            for t in tasks.TASKS
+            for t in job.tasks
             if f"{prefix}/{t.main_metric}" in final
         }
         if len(values) > 1:
@@ -310,7 +322,8 @@ def pareto_figure(jobs: list[Job], keys: list[str]):
     prefix = compared_prefix(jobs)
     label_keys = [k for k in keys if k not in seed_keys(keys)]
     points, twin_values = _tradeoff_points(jobs, label_keys, prefix)
-    compared = [t for t in tasks.TASKS if sum(t.name in p[0] for p in points.values()) > 1]
+    tasks = sweep_tasks(jobs)
+    compared = [t for t in tasks if sum(t.name in p[0] for p in points.values()) > 1]
     settings = [s for s in points if sum(t.name in points[s][0] for t in compared) > 1]
     if len(compared) < 2 or len(settings) < 2:
         return None
@@ -327,10 +340,10 @@ def pareto_figure(jobs: list[Job], keys: list[str]):
         for s, found in twin_values.items()
     }
     best = {
-        task: _mean(
-            [j.metrics["final"][f"{prefix}/{tasks.task_named(task).main_metric}"] for j in found]
+        name: _mean(
+            [j.metrics["final"][f"{prefix}/{find_task(j.tasks, name).main_metric}"] for j in found]
         )
-        for task, found in ((t, list(by_seed.values())) for t, by_seed in best_twins(jobs).items())
+        for name, found in ((t, list(by_seed.values())) for t, by_seed in best_twins(jobs).items())
     }
     title = "Trade-off between the tasks" + (" (mean over seeds)" if seed_keys(keys) else "")
     style = _Style(settings, label_keys)
@@ -402,7 +415,7 @@ def _best_twins_handle():
     )
 
 
-def _axis_label(prefix: str, task: tasks.Task, reversed_axis: bool = False) -> str:
+def _axis_label(prefix: str, task: Scored, reversed_axis: bool = False) -> str:
     if task.higher_is_better:
         return f"{prefix}/{task.main_metric} (higher is better)"
     return f"{prefix}/{task.main_metric} (lower is better" + (
@@ -581,7 +594,7 @@ def _pairwise_figure(settings, means, twin_means, best, compared, prefix, style,
     return fig
 
 
-def _better_share(point: dict, points: list[dict], task: tasks.Task) -> float:
+def _better_share(point: dict, points: list[dict], task: Scored) -> float:
     """How far ``point`` is towards the better end of ``task``'s axis: 0 worst, 1 best."""
     values = [p[task.name] for p in points]
     low, high = min(values), max(values)

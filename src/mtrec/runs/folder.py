@@ -9,6 +9,8 @@ A run folder (a single run's, or one job's of a sweep) holds::
     job.json                status (completed / failed / interrupted / unfinished), error,
                             wall time, overrides
     metrics.json            final and best (with epoch) value of every metric, per-epoch history
+    tasks.json              the run's tasks in its order, each one's metrics (its main metric
+                            first) and which of them are better lower, as reports read them
     checkpoints/last.ckpt   the latest epoch's checkpoint
     eval_<checkpoint>.json  metrics of a checkpoint evaluated again (mtrec-eval)
 
@@ -25,12 +27,17 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from mtrec.errors import UserError
 from mtrec.files import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from mtrec.mtl.tasks import Declared, Scored
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,7 @@ OVERRIDES = "overrides.yaml"
 SAVED_DIR = "saved"  # inside CONFIG_DIR
 JOB = "job.json"
 METRICS = "metrics.json"
+TASKS = "tasks.json"
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
 EVAL = "eval_{checkpoint}.json"
 
@@ -90,6 +98,8 @@ _DAMAGED_JSON = {
     f"{LAST_CHECKPOINT}, or trains it afresh without one)",
     METRICS: "read as no metrics: the run counts as unfinished (running it again continues it "
     f"from {LAST_CHECKPOINT} and writes the file anew)",
+    TASKS: "read as no record: the run's tasks are read from the metrics it reported, as for a "
+    "run from before the file (the run writes the file anew when it next starts fitting)",
 }
 _warned: set[Path] = set()  # damaged files already reported by this process
 
@@ -138,6 +148,64 @@ def read_metrics(folder: str | Path) -> dict:
 def write_metrics(path: str | Path, record: dict) -> None:
     """Write a metrics record to ``path`` (a run folder's ``metrics.json``)."""
     atomic_write_text(path, json.dumps(record, indent=2))
+
+
+def write_tasks(folder: str | Path, tasks: Sequence[Scored]) -> None:
+    """Write ``tasks.json``: each task's declaration (:meth:`~mtrec.mtl.tasks.Scored.declared`)
+    by name, in the run's task order, so reports read a task without importing its class."""
+    record = {task.name: task.declared() for task in tasks}
+    atomic_write_text(Path(folder) / TASKS, json.dumps(record, indent=2))
+
+
+def read_tasks(folder: str | Path, metrics: Mapping | None = None) -> tuple[Declared, ...]:
+    """The tasks of a run folder as its ``tasks.json`` declares them, in the run's order. A
+    folder written before that file (or whose file cannot be read): the tasks of
+    :func:`reported_tasks` in its ``metrics`` record (by default its ``metrics.json``)."""
+    from mtrec.mtl.tasks import Declared
+
+    path = Path(folder) / TASKS
+    record = _read_json(path)
+    if record and all(_is_declaration(entry) for entry in record.values()):
+        return tuple(Declared.read(name, entry) for name, entry in record.items())
+    if record and path not in _warned:
+        _warned.add(path)
+        log.warning(
+            '%s cannot be read (each task\'s entry must be {"metrics": [its main metric, ...], '
+            '"lower_is_better": [...]}); %s. To keep the damaged copy, move it aside before then.',
+            path,
+            _DAMAGED_JSON[TASKS],
+        )
+    return reported_tasks(read_metrics(folder) if metrics is None else metrics)
+
+
+def _is_declaration(entry) -> bool:
+    """Whether ``entry`` is a task's entry of ``tasks.json`` as :func:`write_tasks` writes it:
+    a non-empty list of metric names, and a list of those that are better lower."""
+    if not isinstance(entry, dict):
+        return False
+    metrics, lower = entry.get("metrics"), entry.get("lower_is_better", [])
+    if not (isinstance(metrics, list) and metrics and isinstance(lower, list)):
+        return False
+    return all(isinstance(name, str) for name in metrics + lower)
+
+
+def reported_tasks(metrics: Mapping) -> tuple[Declared, ...]:
+    """The tasks a run from before ``tasks.json`` trained, read from its metrics record: each
+    built-in task whose main metric it reports (under ``val/`` or ``test/``, in ``final`` or
+    any epoch of ``history``), in the order the built-in tasks were defined.
+
+    This fallback for old run folders is the only place that lists the built-in tasks: those
+    were the only tasks before runs declared theirs. A run folder since then names its own.
+    """
+    from mtrec.mtl.tasks import Declared, Interaction, Like, Rating
+
+    reported = set(metrics.get("final", {}))
+    reported.update(name for entry in metrics.get("history", []) for name in entry)
+    return tuple(
+        Declared(task.name, task.metrics, task.lower_is_better)
+        for task in (Interaction, Rating, Like)  # every task there was before tasks.json
+        if {f"val/{task.metrics[0]}", f"test/{task.metrics[0]}"} & reported
+    )
 
 
 def write_eval(folder: str | Path, checkpoint: str | Path, metrics: dict[str, float]) -> Path:

@@ -2,8 +2,8 @@
 
 The jobs are read from what they left in their run folders (overrides, job record and
 metrics, through :mod:`mtrec.runs.folder`), so this works for any finished or interrupted
-sweep and any launcher. Metrics come in the order of :mod:`mtrec.mtl.tasks`: task by task,
-each task's main metric first.
+sweep and any launcher. Metrics come task by task, in the order the jobs' run folders
+declare their tasks (``tasks.json``; :func:`sweep_tasks`), each task's main metric first.
 
 Δm comes twice: ``delta_m`` against the twins of the run's own setting, and ``delta_m_best``
 against the best twin of each task anywhere in the sweep (:func:`best_twins`), so a twin of
@@ -13,13 +13,13 @@ a weak architecture cannot flatter the multi-task runs of that architecture.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from mtrec.mtl import tasks
+from mtrec.mtl.tasks import Scored, task_of_metric
 from mtrec.runs import folder as run_folder
 from mtrec.runs import twins
 from mtrec.runs.naming import is_hidden, parse_overrides, swept_keys
@@ -33,23 +33,34 @@ class Job:
     error: str = ""
     wall_seconds: float = math.nan
     metrics: dict = field(default_factory=dict)
+    declared: tuple[Scored, ...] | None = None  # its folder's tasks (run_folder.read_tasks)
 
     @property
     def name(self) -> str:
         return self.folder.name
+
+    @property
+    def tasks(self) -> tuple[Scored, ...]:
+        """The tasks the job trains, in its order, as its run folder declares them; a job of
+        no declaration: the tasks its metrics report (:func:`run_folder.reported_tasks`)."""
+        if self.declared is not None:
+            return self.declared
+        return run_folder.reported_tasks(self.metrics)
 
 
 def read_job(folder: Path) -> Job:
     values = {k.lstrip("+~"): v for k, v, _ in parse_overrides(run_folder.read_overrides(folder))}
     record = run_folder.read_job(folder)
     status = record.get("status") or "unfinished"  # still running, or killed
+    metrics = run_folder.read_metrics(folder)
     return Job(
         folder,
         values,
         status,
         record.get("error", ""),
         record.get("wall_seconds", math.nan),
-        run_folder.read_metrics(folder),
+        metrics,
+        run_folder.read_tasks(folder, metrics),
     )
 
 
@@ -72,7 +83,22 @@ def _job_number(job: Job) -> tuple[int, str]:
         return 1 << 30, job.name
 
 
-def _metric_index(task: tasks.Task, metric: str) -> int:
+def sweep_tasks(jobs: Sequence[Job]) -> tuple[Scored, ...]:
+    """Every task the jobs train, in the order they first come (job by job, each job's in its
+    own order); a task two jobs declare apart, as the first declares it."""
+    found: dict[str, Scored] = {}
+    for job in jobs:
+        for task in job.tasks:
+            found.setdefault(task.name, task)
+    return tuple(found.values())
+
+
+def find_task(tasks: Sequence[Scored], name: str) -> Scored | None:
+    """The task of ``tasks`` called ``name``, if there is one."""
+    return next((task for task in tasks if task.name == name), None)
+
+
+def _metric_index(task: Scored, metric: str) -> int:
     """Where ``metric`` comes among its task's metrics (``hr@5`` where ``hr@{k}`` is)."""
     for index, name in enumerate(task.metrics):
         if metric == name or ("{k}" in name and metric.startswith(name.split("{")[0])):
@@ -80,29 +106,31 @@ def _metric_index(task: tasks.Task, metric: str) -> int:
     return len(task.metrics)
 
 
-def _task_order(names: str) -> tuple[int, ...]:
-    """``interaction-rating`` -> (0, 1): a diagnostic's task or pair of tasks in task order."""
-    order = {task.name: i for i, task in enumerate(tasks.TASKS)}
+def _task_order(names: str, tasks: Sequence[Scored]) -> tuple[int, ...]:
+    """``interaction-rating`` -> (0, 1): a diagnostic's task or pair of tasks in the order of
+    ``tasks`` (a task of none of them last)."""
+    order = {task.name: i for i, task in enumerate(tasks)}
     return tuple(order.get(name, len(order)) for name in names.split("-"))
 
 
 SIDES = ("user", "item")  # the sides of the vectors a diagnostic may read, in table order
 
 
-def metric_sort_key(name: str) -> tuple:
-    """Where a metric comes in tables and figures (see :func:`metric_names`)."""
+def metric_sort_key(name: str, tasks: Sequence[Scored]) -> tuple:
+    """Where a metric comes in tables and figures, among the metrics of ``tasks`` (the
+    sweep's, :func:`sweep_tasks`; see :func:`metric_names`)."""
     prefix, _, metric = name.partition("/")
     if prefix == "mtl":  # a diagnostic, then its side and its task or pair of tasks:
         diagnostic, _, of = metric.partition("/")  # mtl/grad_cosine/rating-like,
         side, _, of = of.rpartition("/")  # mtl/effective_rank/user/interaction
         side_order = SIDES.index(side) if side in SIDES else len(SIDES) if side else -1
-        return (2, diagnostic, side_order, _task_order(of) if of else (), name)
-    task = tasks.task_of_metric(metric)
+        return (2, diagnostic, side_order, _task_order(of, tasks) if of else (), name)
+    task = task_of_metric(tasks, metric)
     if task is None:  # metrics of no task (val/combined) after every task's
-        return ({"test": 0, "val": 1}.get(prefix, 3), len(tasks.TASKS), 0, name)
+        return ({"test": 0, "val": 1}.get(prefix, 3), len(tasks), 0, name)
     return (
         {"test": 0, "val": 1}.get(prefix, 3),
-        tasks.TASKS.index(task),
+        tasks.index(task),
         _metric_index(task, metric),
         name,
     )
@@ -110,19 +138,23 @@ def metric_sort_key(name: str) -> tuple:
 
 def metric_names(jobs: list[Job]) -> list[str]:
     """Every metric any job reported, in table order: test before val, then task by task in
-    the order of :data:`mtrec.mtl.tasks.TASKS` (metrics of no task, e.g. ``combined``, last),
-    then the ``mtl/`` diagnostics, each by side (user, item) and by task or pair of tasks in
-    task order. Gate use (``mtl/gate/...``, many values) stays in metrics.json and its
-    figure."""
+    the order of the jobs' tasks (:func:`sweep_tasks`; metrics of no task, e.g. ``combined``,
+    last), then the ``mtl/`` diagnostics, each by side (user, item) and by task or pair of
+    tasks in task order. Gate use (``mtl/gate/...``, many values) stays in metrics.json and
+    its figure."""
     names = {m for job in jobs for m in job.metrics.get("final", {}) if "/gate/" not in m}
-    return sorted(names, key=metric_sort_key)
+    tasks = sweep_tasks(jobs)
+    return sorted(names, key=lambda name: metric_sort_key(name, tasks))
 
 
 def compared_prefix(jobs: list[Job]) -> str:
     """``val`` where the runs have validation metrics (a validation carve-out), else ``test``:
     the metrics Δm and the Pareto front compare."""
-    main = [f"val/{task.main_metric}" for task in tasks.TASKS]
-    has_val = any(m in j.metrics.get("final", {}) for j in jobs for m in main)
+    has_val = any(
+        f"val/{task.main_metric}" in job.metrics.get("final", {})
+        for job in jobs
+        for task in job.tasks
+    )
     return "val" if has_val else "test"
 
 
@@ -162,18 +194,21 @@ def best_twins(jobs: list[Job]) -> dict[str, dict[tuple, Job]]:
     found, one twin per seeding (``{seeds: job}``), so a run is compared on its own split."""
     prefix = compared_prefix(jobs)
     found: dict[str, dict[tuple, dict[tuple, Job]]] = {}
+    declared: dict[str, Scored] = {}  # each twin's task, as the first twin of it declares it
     for job in jobs:
         name = twins.twin_task(job.overrides)
-        if name is None or job.status != "completed":
+        task = find_task(job.tasks, name) if name is not None else None
+        if task is None or job.status != "completed":
             continue
-        metric = f"{prefix}/{tasks.task_named(name).main_metric}"
+        metric = f"{prefix}/{task.main_metric}"
         if math.isnan(job.metrics.get("final", {}).get(metric, math.nan)):
             continue
         setting, seeds = _split_setting(job)
         found.setdefault(name, {}).setdefault(setting, {})[seeds] = job
+        declared.setdefault(name, task)
     best = {}
     for name, settings in found.items():
-        task = tasks.task_named(name)
+        task = declared[name]
         metric = f"{prefix}/{task.main_metric}"
 
         def score(by_seed: dict[tuple, Job], task=task, metric=metric) -> float:
@@ -193,8 +228,8 @@ def _delta_ms(
         if twins.twin_task(job.overrides) is not None:
             values.append(math.nan)
             continue
-        trained = twins.trained(job.overrides)
-        values.append(twins.delta_m(job.metrics.get("final", {}), twins_of(job), prefix, trained))
+        final = job.metrics.get("final", {})
+        values.append(twins.delta_m(final, twins_of(job), prefix, job.tasks))
     return values
 
 
@@ -205,7 +240,7 @@ def delta_ms(jobs: list[Job]) -> list[float]:
 
     def own(job: Job) -> dict[str, dict[str, float]]:
         setting = twins.setting(shown(job.overrides))
-        return {task: finals.get((setting, task), {}) for task in twins.trained(job.overrides)}
+        return {task.name: finals.get((setting, task.name), {}) for task in job.tasks}
 
     return _delta_ms(jobs, own)
 

@@ -54,7 +54,8 @@ class HParamsSession(L.Callback):
 
     TensorBoard's dashboard reads each metric's value from the run's own scalar of that name
     (its last step), so the table shows the final ``test/...`` (and ``val/...``) values, never a
-    placeholder. ``hparams`` is a fixed set from the config; ``swept`` holds the values the run's
+    placeholder. ``hparams`` is a fixed set from the config, and each trained task's fixed weight
+    (``weighting.weights.<task>``, none for other strategies); ``swept`` holds the values the run's
     sweep varies, so all runs of a sweep share one set of keys. The swept keys are flagged as
     the ones that differ, so they are among the columns the dashboard shows at first.
     """
@@ -67,6 +68,9 @@ class HParamsSession(L.Callback):
         if not trainer.is_global_zero or trainer.ckpt_path:
             return  # a resumed run continues the session its first start wrote
         values = {key: _hparam_value(value) for key, value in self.hparams.items()}
+        weights = pl_module.weighting.effective_weights()  # each trained task's, if constant
+        for task in pl_module.tasks:
+            values[f"weighting.weights.{task.name}"] = _hparam_value(weights.get(task.name))
         for other in trainer.loggers:  # MLflow, W&B, CSV: the same key set as parameters
             if not isinstance(other, TensorBoardLogger):
                 other.log_hyperparams(values)

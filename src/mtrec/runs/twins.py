@@ -1,16 +1,18 @@
 """Single-task twins of a sweep's runs, Δm against them, and Pareto fronts.
 
 A run's twins are the runs of the same setting (every swept key but the weighting's) trained
-on one task each, one per task the setting trains (``tasks=[...]``, else interaction and
-rating): ``weighting=single weighting.task=<task>``, weight 1 on that task and 0 on the
-others. Sweeps from before that weighting named the two tasks' twins ``weighting=fixed``
-with ``model.factorization_weight`` 1 (interaction only) and 0 (rating only): they are read
-as twins still. ``hydra/sweeper=twins`` adds the twins to a sweep.
+on one task each, one per task the setting trains (``tasks=[...]``, else the reference's,
+interaction and rating): ``weighting=single weighting.task=<task>``, weight 1 on that task
+and 0 on the others. Sweeps from before that weighting named the two tasks' twins
+``weighting=fixed`` with ``model.factorization_weight`` 1 (interaction only) and 0 (rating
+only): they are read as twins still. ``hydra/sweeper=twins`` adds the twins to a sweep.
 
 Δm (Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022; lower is better):
 ``(100 / K) sum_k (-1)^higher_k (M_k - B_k) / B_k`` over the main metric of each of the K
 tasks the run trains, ``B_k`` the twin trained on task k alone. Negative: the multi-task run
-beats its twins on average.
+beats its twins on average. Each task's main metric and its direction are the run's own
+declaration of the task (``tasks.json``), so a task of any package counts as the built-in
+ones do.
 
 The sweeper itself is ``hydra_plugins.mtrec_twins_sweeper`` (Hydra loads sweepers from there).
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from mtrec.mtl import tasks
+from mtrec.mtl.tasks import REFERENCE, Interaction, Rating, Scored
 
 TASKS_KEY = "tasks"  # the tasks a run trains: tasks=[interaction,rating,like]
 TASK_KEY = "weighting.task"  # the task weighting=single trains
@@ -34,7 +36,7 @@ def twin_overrides(task: str) -> dict[str, str]:
 
 # the keys a twin differs in: the single weighting's, and λF, which named the older twins
 TWIN_KEYS = ("weighting", TASK_KEY, WEIGHT_KEY)
-OLD_TWINS = {1.0: tasks.INTERACTION.name, 0.0: tasks.RATING.name}  # λF -> the task trained
+OLD_TWINS = {1.0: Interaction.name, 0.0: Rating.name}  # λF -> the task trained
 
 
 def is_weighting_key(key: str) -> bool:
@@ -46,25 +48,24 @@ def is_weighting_key(key: str) -> bool:
 
 
 def trained(overrides: Mapping[str, str]) -> tuple[str, ...]:
-    """The tasks a run with these overrides trains, in :data:`~mtrec.mtl.tasks.TASKS` order:
-    its ``tasks=[...]`` override, else the default ones."""
+    """The tasks a run with these overrides trains, in the order its ``tasks=[...]`` override
+    gives them, else the reference's (:data:`~mtrec.mtl.tasks.REFERENCE`)."""
     value = next((v for k, v in overrides.items() if k.lstrip("+~") == TASKS_KEY), None)
     if value is None:
-        return tasks.DEFAULT
-    names = {name.strip(" '\"") for name in value.strip("[]").split(",")}
-    return tuple(task.name for task in tasks.TASKS if task.name in names)
+        return tuple(task.name for task in REFERENCE)
+    names = (name.strip(" '\"") for name in value.strip("[]").split(","))
+    return tuple(dict.fromkeys(name for name in names if name))
 
 
 def twin_task(overrides: Mapping[str, str]) -> str | None:
     """The task a run with these overrides trains alone, if it is a twin."""
     weighting = overrides.get("weighting", "fixed")
     if weighting == "single":
-        task = overrides.get(TASK_KEY)
-        return task if task in tasks.BY_NAME else None
+        return overrides.get(TASK_KEY) or None
     if weighting != "fixed" or "model.regression_weight" in overrides:
         return None
-    if trained(overrides) != tasks.DEFAULT:  # λF leaves a third task's weight as it is
-        return None
+    if set(trained(overrides)) != set(OLD_TWINS.values()):
+        return None  # λF sets those two tasks' weights: any other task keeps its own
     try:
         return OLD_TWINS.get(float(overrides.get(WEIGHT_KEY, "nan")))
     except ValueError:
@@ -80,16 +81,14 @@ def delta_m(
     metrics: Mapping[str, float],
     twins: Mapping[str, Mapping[str, float]],
     prefix: str,
-    trained: Sequence[str] | None = None,
+    tasks: Sequence[Scored],
 ) -> float:
-    """Δm in percent of a run's ``metrics`` against each task's twin's (``twins[task]``), on
-    the main metric under ``prefix`` (``val`` or ``test``) of each task in ``trained`` (by
-    default the tasks whose main metric the run has); NaN if a run's or twin's value is
-    missing."""
-    if trained is None:
-        trained = [t.name for t in tasks.TASKS if f"{prefix}/{t.main_metric}" in metrics]
+    """Δm in percent of a run's ``metrics`` against each task's twin's (``twins[task name]``),
+    on the main metric under ``prefix`` (``val`` or ``test``) of each of ``tasks`` (the tasks
+    the run trains, as it declared them: their main metrics and directions); NaN if a run's or
+    twin's value is missing, or without tasks."""
     terms = []
-    for task in (tasks.task_named(name) for name in trained):
+    for task in tasks:
         name = f"{prefix}/{task.main_metric}"
         run, base = metrics.get(name, math.nan), twins.get(task.name, {}).get(name, math.nan)
         if math.isnan(run) or math.isnan(base) or base == 0:

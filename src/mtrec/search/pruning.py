@@ -61,9 +61,10 @@ class TrialPruning(L.Callback):
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
+            mains = " or ".join(f"val/{task.main_metric}" for task in pl_module.tasks)
             raise ConfigError(
                 f"optimized_metric={self.monitor} is not a validation metric of this run: "
-                "use one its validation epoch logs, e.g. val/mrr or val/mse "
+                f"use one its validation epoch logs, e.g. {mains} "
                 "(with data.val_fraction > 0)."
             )
         epochs = trainer.current_epoch + 1

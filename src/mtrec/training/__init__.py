@@ -1,3 +1,3 @@
 """Lightning glue: the LightningModule around the step engine, optimizers, callbacks,
-checkpoint selection, and Lightning's private internals (in one module,
-:mod:`mtrec.training.lightning_internals`)."""
+checkpoint selection. Lightning's private internals are in one module beside this package,
+:mod:`mtrec.lightning_internals`, which data/ imports as well."""

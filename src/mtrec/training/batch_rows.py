@@ -47,7 +47,7 @@ def table_reads(engine: StepEngine) -> tuple[dict[int, tuple[str, set[str]]], st
     for task in engine.objective.tasks:
         if task.id_fields is None:
             return {}, f"the {task.name} loss reads ids beyond the batch's rows, or part of some"
-        for kind, tables in by_head.get(task.head, {}).items():
+        for kind, tables in by_head.get(task.name, {}).items():
             for table in tables:
                 fields = reads.setdefault(id(table), (kind, set()))[1]
                 fields.update(field for field in task.id_fields if field in ID_FIELDS[kind])

@@ -1,4 +1,4 @@
-"""Callbacks of the template: the per-run metrics record."""
+"""Callbacks of the template: the per-run metrics record, and the declaration of its tasks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
-from mtrec.mtl.tasks import lower_is_better
-from mtrec.runs.folder import METRICS, write_metrics
+from mtrec.mtl.tasks import Scored, lower_is_better
+from mtrec.runs.folder import METRICS, write_metrics, write_tasks
 
 
 class MetricsHistory(L.Callback):
@@ -20,12 +20,27 @@ class MetricsHistory(L.Callback):
     ``callbacks=selection``, its validation and test metrics), ``best`` (best value and the
     epoch it was reached, epochs counted from 1) and ``history`` (one entry per evaluation).
     The history travels in checkpoints, so a resumed run writes the whole record.
+
+    ``best`` takes each metric's direction from the module's tasks (``module.tasks``, kept
+    when the trainer sets up, for fitting, validating or testing alike; a metric of none of
+    them counts as better higher). When fitting starts, ``tasks.json`` beside ``metrics.json``
+    records those tasks' declarations, which the sweep's report reads
+    (:func:`mtrec.runs.folder.read_tasks`).
     """
 
     def __init__(self, path: str | Path = METRICS):
         self.path = Path(path)
         self.history: list[dict[str, float]] = []
         self.selected: dict[str, float] = {}
+        self.tasks: tuple[Scored, ...] = ()  # the module's, from setup on
+
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        self.tasks = tuple(module.tasks)
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.tasks = tuple(module.tasks)
+        if trainer.is_global_zero:
+            write_tasks(self.path.parent, self.tasks)
 
     def state_dict(self) -> dict:
         return {"history": self.history}  # saved in checkpoints: a resumed run continues it
@@ -72,7 +87,7 @@ class MetricsHistory(L.Callback):
                 if name == "epoch" or math.isnan(value):
                     continue
                 final[name] = value
-                lower = lower_is_better(name)
+                lower = lower_is_better(self.tasks, name)
                 current = best.get(name)
                 if current is None or (
                     value < current["value"] if lower else value > current["value"]

@@ -16,14 +16,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mtrec.data.interactions import HeldOut
 from mtrec.errors import ConfigError, TrainingDiverged
+from mtrec.lightning_internals import check_internals, count_optimizer_steps
+from mtrec.models import MultiTaskNet
 from mtrec.models.protocol import Gated, Represents
 from mtrec.mtl.collapse import collapse
 from mtrec.mtl.evaluation import evaluate
 from mtrec.mtl.objective import Objective
 from mtrec.mtl.step import LOSS, StepEngine
 from mtrec.mtl.weighting import FixedWeighting, Weighting
+from mtrec.training import legacy
 from mtrec.training.compiled_step import CompiledStep, unsupported
-from mtrec.training.lightning_internals import check_internals, count_optimizer_steps
 from mtrec.training.optim import check_sparse_ddp, check_sparse_rows, row_sparse
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ class RecommenderModule(L.LightningModule):
 
     Each step (:class:`~mtrec.mtl.step.StepEngine`) the ``objective`` gives every task's
     unweighted loss (and the penalties), and the ``weighting`` turns them into gradients
-    (default: fixed weights 0.99 / 0.01, the reference).
+    (default: fixed weights, each task's declared one: the reference's 0.99 / 0.01).
     ``optimizer`` builds the optimizer from the parameters (default: Adam, learning rate 1e-3);
     ``scheduler``, if given, builds a learning-rate scheduler stepped once per epoch.
 
@@ -100,7 +102,7 @@ class RecommenderModule(L.LightningModule):
         self.save_hyperparameters(ignore=ignored, logger=False)
         self.net = net
         self.objective = objective or Objective()
-        self.weighting = weighting or FixedWeighting({"interaction": 0.99, "rating": 0.01})
+        self.weighting = weighting or FixedWeighting()  # each task's declared weight
         # sparse gradients cannot be compiled: the tables' row updates are, in the optimizer;
         # sparse rows: the shared rows gathered once per step (one sparse gradient per table)
         self.engine = StepEngine(
@@ -111,7 +113,7 @@ class RecommenderModule(L.LightningModule):
             diagnostics=diagnostics,
             read_once=sparse_rows,
         )
-        self.tasks = self.engine.tasks
+        self.tasks = self.objective.tasks  # the Task objects, in order
         self.task_gradients = self.engine.task_gradients
         self.make_optimizer = optimizer or partial(torch.optim.Adam, lr=1e-3)
         if sparse_rows:
@@ -141,6 +143,12 @@ class RecommenderModule(L.LightningModule):
         for table in tables:
             table.sparse = True
         self.make_optimizer = row_sparse(self.make_optimizer, compile)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint of the multi-task net from before its parts had names loads as it is
+        (:mod:`mtrec.training.legacy`)."""
+        if isinstance(self.net, MultiTaskNet) and legacy.is_legacy(checkpoint["state_dict"]):
+            checkpoint["state_dict"] = legacy.renamed(checkpoint["state_dict"], self.net)
 
     def on_fit_start(self) -> None:
         check_internals(self.trainer)
@@ -303,7 +311,7 @@ class RecommenderModule(L.LightningModule):
             self.log(f"train/{_logged(name)}", mean, sync_dist=True)
         if means:
             self.weighting.on_train_epoch_end(
-                {t: float(means[t]) for t in self.tasks if t in means}
+                {t.name: float(means[t.name]) for t in self.tasks if t.name in means}
             )
         self.log_dict(self.epoch_diagnostics)
         self.loss_sums, self.steps_in_epoch, self.epoch_diagnostics = {}, 0, {}

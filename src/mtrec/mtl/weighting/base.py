@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from mtrec.errors import ConfigError
-from mtrec.mtl.tasks import BY_NAME, Task
+from mtrec.mtl.tasks import Task
 
 
 class Weighting(nn.Module):
@@ -120,37 +120,52 @@ def fraction(name: str, value: float, example: str, closed: bool = False) -> flo
     return float(value)
 
 
-def _known(weights: Mapping[str, float | None], key: str) -> None:
-    unknown = sorted(set(weights) - set(BY_NAME))
-    if unknown:
-        raise ConfigError(
-            f"{key} has {', '.join(unknown)}, which is not a task: use {', '.join(BY_NAME)}."
-        )
-
-
 class FixedWeighting(Weighting):
-    """Constant weights: ``sum_t w_t L_t + penalty``. The reference study's
-    ``λF · interaction + λR · rating`` (also set by the reference's keys
-    ``model.factorization_weight`` and ``model.regression_weight``). One weight of the trained
-    tasks may be null: 1 minus the others. Weights of tasks the run does not train are unused.
+    """Constant weights: ``sum_t w_t L_t + penalty``. Each task's weight is its
+    declaration's (:attr:`~mtrec.mtl.tasks.Task.default_weight`: the reference's λF 0.99 and
+    λR 0.01) unless ``weights`` gives one (``weighting.weights.<task>``; the reference's keys
+    ``model.factorization_weight`` and ``model.regression_weight`` set the first two). One
+    weight of the trained tasks may be null: 1 minus the others. A weight given for a task
+    the run does not train, or a trained task without a weight, is refused before any work.
     """
 
-    def __init__(self, weights: Mapping[str, float | None]):
+    def __init__(self, weights: Mapping[str, float | None] | None = None):
         super().__init__()
-        _known(weights, "weighting.weights")
-        self.given = dict(weights)
+        self.given = dict(weights or {})
         self.weights: dict[str, float] = {}
+
+    def check(self, tasks: Sequence[str], shares: bool) -> None:
+        unknown = [name for name in self.given if name not in tasks]
+        if unknown:
+            name = unknown[0]
+            raise ConfigError(
+                f"weighting.weights.{name}={self.given[name]}: this run does not train {name} "
+                f"(it trains {', '.join(tasks)}). Fix: leave the weight out, or add {name} to "
+                f"tasks=[{','.join((*tasks, name))}]."
+            )
+
+    def chosen(self, tasks: Sequence[Task]) -> dict[str, float | None]:
+        """Each task's weight as given, else as its task declares it."""
+        chosen = {}
+        for task in tasks:
+            if task.name not in self.given and task.default_weight is None:
+                raise ConfigError(
+                    f"tasks.{task.name} declares no default weight and weighting.weights gives "
+                    f"none: give it one, e.g. weighting.weights.{task.name}=0.1."
+                )
+            chosen[task.name] = self.given.get(task.name, task.default_weight)
+        return chosen
 
     def bind(self, tasks: Sequence[Task]) -> None:
         super().bind(tasks)
-        given = {name: self.given.get(name, 0.0) for name in self.names}
+        given = self.chosen(tasks)
         unset = [name for name, weight in given.items() if weight is None]
         if len(unset) > 1:
             raise ConfigError(
                 f"weighting.weights: {', '.join(unset)} are all null; give all but one a value."
             )
         rest = sum(float(weight) for weight in given.values() if weight is not None)
-        # a weight left unset (null) is what the others leave of 1: λR = 1 - λF
+        # a weight left unset (null) is what the others leave of 1
         self.weights = {
             name: (1.0 - rest if weight is None else float(weight))
             for name, weight in given.items()
@@ -168,12 +183,11 @@ class SingleTask(FixedWeighting):
     (``hydra/sweeper=twins``), with the same net and data."""
 
     def __init__(self, task: str):
-        if task not in BY_NAME:
-            raise ConfigError(
-                f"weighting.task={task} is not a task: use one of {', '.join(BY_NAME)}."
-            )
         super().__init__({task: 1.0})
         self.task = task
+
+    def chosen(self, tasks: Sequence[Task]) -> dict[str, float | None]:
+        return {task.name: float(task.name == self.task) for task in tasks}
 
     def check(self, tasks: Sequence[str], shares: bool) -> None:
         if self.task not in tasks:

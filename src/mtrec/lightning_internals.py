@@ -222,14 +222,13 @@ def epoch_line(
 ) -> str:
     """``epoch 25/200 (0.41 s; about 1 min 12 s left): test/mrr=0.0605 test/mse=0.9168``:
     epochs counted from 1, as ``metrics.json`` does; the main held-out metric of each task."""
-    from mtrec.mtl.tasks import TASKS
-
     held_out = {
         name: float(value)
         for name, value in trainer.callback_metrics.items()
         if name.startswith(("val/", "test/")) and "/gate/" not in name
     }
-    main = {f"{prefix}/{task.main_metric}" for task in TASKS for prefix in ("val", "test")}
+    tasks = trainer.lightning_module.tasks
+    main = {f"{prefix}/{task.main_metric}" for task in tasks for prefix in ("val", "test")}
     shown = {name: value for name, value in held_out.items() if name in main} or held_out
     left = ""
     if total is not None and total > 0 and epoch < total:
