@@ -9,12 +9,18 @@ import re
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import multitask_net, synthetic_ratings, tasks_named
+from mtrec.data.datamodule import BATCH_FIELDS, MovieLensDataModule
+from mtrec.models.protocol import HeadKind
+from mtrec.mtl.tasks import Task
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SHORT = ["trainer.max_epochs=2", "model.compile=false", "data.batch_size=64"]
@@ -281,3 +287,94 @@ def test_a_twins_sweep_with_the_readme_task_gives_its_delta_m_and_trade_off(
     labels = [ax.get_xlabel() for ax in figures.pareto_figure(*tables.read_sweep(sweep)).axes]
     labels += [ax.get_ylabel() for ax in figures.pareto_figure(*tables.read_sweep(sweep)).axes]
     assert "test/accuracy (higher is better)" in labels
+
+
+class Timestamped(MovieLensDataModule):
+    """A data module whose training batches also carry each row's timestamp."""
+
+    batch_fields = (*BATCH_FIELDS, "timestamps")
+
+    def row_fields(self):
+        return super().row_fields() | {"timestamps": self.split.train.timestamps}
+
+
+@dataclass(frozen=True)
+class Recent(Task):
+    """Whether a rating came after ``cut`` (its timestamp): a task reading a batch field the
+    default batches do not carry."""
+
+    name: ClassVar[str] = "recent"
+    head_kind: ClassVar[HeadKind] = HeadKind.LOGIT
+    fields: ClassVar[tuple[str, ...]] = ("users", "items", "timestamps")
+    metrics: ClassVar[tuple[str, ...]] = ("recent_auc",)
+    default_weight: ClassVar[float] = 0.1
+
+    cut: float = 0.0
+
+    def loss(self, net, batch, rows=None, user_rows=None):
+        labels = (batch["timestamps"] > self.cut).float()
+        return F.binary_cross_entropy_with_logits(self.pairs(net, batch, rows), labels)
+
+    def evaluator(self, top_k, device, sync):
+        raise NotImplementedError("the held-out rows carry no timestamps")
+
+
+def test_a_new_batch_field_comes_from_the_data_module_and_reaches_the_task(
+    tmp_path, ratings_folder
+):
+    """Each batch row carries its own row's value, and the task's loss trains its head."""
+    from mtrec.models import MultiTaskNet
+
+    data = Timestamped(path=str(ratings_folder), cache_dir=str(tmp_path), batch_size=16)
+    data.setup()
+    train = data.split.train
+    rows = zip(train.users.tolist(), train.items.tolist(), train.timestamps.tolist(), strict=True)
+    stamp = {(u, i): t for u, i, t in rows}
+    batch = next(iter(data.train_dataloader()))[0]
+    carried = (batch[field].tolist() for field in ("users", "items", "timestamps"))
+    for u, i, t in zip(*carried, strict=True):
+        assert stamp[u, i] == t
+    task = Recent(cut=float(train.timestamps.median()))
+    net = MultiTaskNet(data.data_info(), 4, (12, 8), tasks=(*tasks_named("interaction"), task))
+    task.loss(net, batch).backward()
+    assert all(p.grad is not None for p in net.heads["recent"].parameters())
+
+
+def test_a_task_reading_a_field_no_batch_carries_is_refused_before_any_work():
+    from omegaconf import OmegaConf
+
+    from mtrec.errors import ConfigError
+    from mtrec.validation import chosen_tasks
+
+    def config(data: str):
+        return OmegaConf.create(
+            {
+                "data": {"_target_": data},
+                "tasks": {"recent": {"_target_": f"{__name__}.Recent"}},
+            }
+        )
+
+    refused = "tasks.recent reads the batch field timestamps, which MovieLensDataModule does not"
+    with pytest.raises(ConfigError, match=refused):
+        chosen_tasks(config("mtrec.data.datamodule.MovieLensDataModule"), object)
+    (task,) = chosen_tasks(config(f"{__name__}.Timestamped"), object)
+    assert isinstance(task, Recent)
+
+
+def test_no_task_is_named_in_the_nets():
+    """A net builds a head of the kind each task asks for: no task's name is written in
+    ``mtrec.models`` (a string of a built-in task's name would tie a net to that task)."""
+    import ast
+
+    import mtrec.models
+    from mtrec.mtl.tasks import Interaction, Like, Rating
+
+    names = {task.name for task in (Interaction, Rating, Like)}
+    root = Path(mtrec.models.__file__).parent
+    found = [
+        f"{path.relative_to(root)}:{node.lineno} {node.value!r}"
+        for path in sorted(root.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in names
+    ]
+    assert not found

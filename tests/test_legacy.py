@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import tasks_named
@@ -66,3 +67,33 @@ def test_an_old_runs_config_reads_its_tasks_declarations_and_trained_weights():
     assert OmegaConf.to_container(cfg.model.net, resolve=False)["tasks"] == "${tasks}"
     assert list(cfg.model.net.tasks) == ["interaction"]  # the tasks group, as today's config
     assert OmegaConf.to_container(cfg.weighting.weights) == {"interaction": 0.9}
+
+
+def test_an_old_runs_checkpoint_continues_as_the_old_code_continued_it(
+    tmp_path, ratings_folder, run_cli
+):
+    """``data/legacy_run``: a run with separate embeddings stopped after epoch 1 by the code
+    before the net had named parts, and the test metrics that code gave after continuing it
+    to epoch 2. Continued here, the run gives the same: the weights and Adam's state (whose
+    parameters the old net registered in another order) land where they belong."""
+    import json
+    import shutil
+
+    saved = Path(__file__).parent / "data" / "legacy_run"
+    checkpoint = tmp_path / "old.ckpt"
+    shutil.copy(saved / "separate_epoch1.ckpt", checkpoint)
+    status, output = run_cli(
+        f"data.path={ratings_folder}",
+        "model.compile=false",
+        "model.net.embedding_dim=8",
+        "model.net.layer_sizes=[24,16]",
+        "data.batch_size=64",
+        "model.embedding_sharing=false",
+        "trainer.max_epochs=2",
+        f"ckpt_path={checkpoint}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert status == 0, output
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
+    expected = json.loads((saved / "separate_epoch2_metrics.json").read_text())
+    assert {name: final[name] for name in expected} == pytest.approx(expected, rel=1e-6)

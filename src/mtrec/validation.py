@@ -23,6 +23,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mtrec.data.datamodule import MovieLensDataModule
 from mtrec.data.movielens import check_variant
 from mtrec.data.synthetic import SHAPES
 from mtrec.errors import ConfigError, instantiate_as_raised, shown
@@ -202,6 +203,17 @@ def chosen_tasks(cfg: DictConfig, net: type) -> tuple[Task, ...]:
         except InstantiationException as error:
             raise ConfigError(f"tasks.{name}: {error}") from None
     check_names(built)
+    data = target_class(cfg, "data")
+    fields = data.batch_fields if issubclass(data, MovieLensDataModule) else None
+    for name, task in built.items():
+        missing = [field for field in task.fields if fields is not None and field not in fields]
+        if missing:
+            raise ConfigError(
+                f"tasks.{name} reads the batch field {missing[0]}, which {data.__name__} does "
+                f"not give (its batches carry {', '.join(fields)}). Fix: a data module that "
+                "adds it (its batch_fields and row_fields), or tasks=[...] without "
+                f"{name}."
+            )
     if issubclass(net, Recommender):
         net.check_tasks(tuple(built.values()))
         for task in built.values():
@@ -320,7 +332,12 @@ def lookup(cfg: DictConfig, key: str) -> Any:
 
 def net_class(cfg: DictConfig) -> type:
     """The class ``model.net`` builds, or ``object`` where there is none to find."""
-    target = lookup(cfg, "model.net._target_")
+    return target_class(cfg, "model.net")
+
+
+def target_class(cfg: DictConfig, key: str) -> type:
+    """The class the config at ``key`` builds, or ``object`` where there is none to find."""
+    target = lookup(cfg, f"{key}._target_")
     try:
         return get_class(target) if isinstance(target, str) else object
     except Exception:  # a wrong target: instantiating it reports that in Hydra's own words

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -23,6 +24,10 @@ from mtrec.data.interactions import (
 from mtrec.data.movielens import MovieLens, load_movielens
 from mtrec.lightning_internals import StepBoundaries, step_boundaries
 
+#: what every training batch carries, or may: the rows' ids and ratings, the sampled negatives,
+#: each user's last rated items (``history``), log Q of each item under non-uniform negatives
+BATCH_FIELDS = ("users", "items", "ratings", "negatives", "history", "log_q")
+
 
 class ShuffledBatches:
     """Mini-batches taken by slicing a fresh permutation of the rows every epoch.
@@ -34,8 +39,8 @@ class ShuffledBatches:
     with probability Q(item) ∝ (the item's training rows)^alpha instead (0.75 as in word2vec),
     and every batch then carries ``log_q``, log Q of each item, for losses that correct for
     it. Epoch ``e`` uses a generator seeded with ``(seed, e)``, so the batches of a run are
-    reproducible. ``history`` (one row of past items per training row) rides along for
-    sequence models.
+    reproducible. ``rows`` (name -> one value per training row: the history of past items for
+    sequence models, a field a data module adds for a task) ride along under their names.
 
     Under data parallelism every rank draws the same permutation and takes its own share,
     ``rank::world_size`` (trimmed to equal length), so ranks see disjoint rows and the same
@@ -49,7 +54,7 @@ class ShuffledBatches:
         num_negatives: int,
         seed: int,
         exclude_seen: bool = False,
-        history: torch.Tensor | None = None,
+        rows: Mapping[str, torch.Tensor] | None = None,
         rank: int = 0,
         world_size: int = 1,
         negative_alpha: float = 0.0,
@@ -65,7 +70,7 @@ class ShuffledBatches:
         self.batch_size = batch_size
         self.num_negatives = num_negatives
         self.seed = seed
-        self.history = history
+        self.rows = dict(rows or {})
         self.seen_keys = (
             torch.sort(data.users * data.num_items + data.items).values if exclude_seen else None
         )
@@ -97,8 +102,8 @@ class ShuffledBatches:
                 "ratings": d.ratings[rows],
                 "negatives": negatives[start : start + self.batch_size],
             }
-            if self.history is not None:
-                batch["history"] = self.history[rows]
+            for name, values in self.rows.items():
+                batch[name] = values[rows]
             if self.log_q is not None:
                 batch["log_q"] = self.log_q
             yield batch
@@ -182,7 +187,13 @@ class MovieLensDataModule(L.LightningDataModule):
     With ``val_fraction=0`` (the reference protocol) the validation loop evaluates the test
     rows every epoch and its metrics are named ``test/...``; with a carve-out it evaluates
     the validation rows (``val/...``) and the test loop runs once at the end.
+
+    ``batch_fields`` are the fields a training batch can carry (a task's ``fields`` must be
+    among them, checked before any work): where a new field comes from is a data module that
+    adds it to ``batch_fields`` and gives its values per training row in :meth:`row_fields`.
     """
+
+    batch_fields: ClassVar[tuple[str, ...]] = BATCH_FIELDS
 
     def __init__(
         self,
@@ -247,13 +258,19 @@ class MovieLensDataModule(L.LightningDataModule):
             hp.num_negatives,
             hp.seed,
             exclude_seen=hp.exclude_seen_negatives,
-            history=self._on_device("train_history", self.train_history),
+            rows={n: self._on_device(f"rows/{n}", v) for n, v in self.row_fields().items()},
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
             negative_alpha=hp.negative_alpha,
         )
         boundaries = partial(step_boundaries, trainer) if trainer else None
         return Chunks(batches, hp.batches_per_chunk, boundaries)
+
+    def row_fields(self) -> dict[str, torch.Tensor]:
+        """The fields beside users, items and ratings that training batches carry, one value
+        per training row: each user's last rated items (``history``) for sequence models. A
+        data module that gives a task a new field adds it here (and to ``batch_fields``)."""
+        return {} if self.train_history is None else {"history": self.train_history}
 
     def val_dataloader(self) -> SingleBatch:
         if self.has_validation:

@@ -13,6 +13,7 @@ the only place that still knows those names.
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
 from mtrec.models import MultiTaskNet
 from mtrec.models.mixers import Tables
@@ -48,20 +49,46 @@ def renamed(state: dict, net: MultiTaskNet, prefix: str = "net.") -> dict:
     """``state`` with a legacy multi-task net's keys as ``net`` names them; the parts of
     tasks ``net`` does not train (the old net built the interaction and rating heads always)
     are left out."""
-    mixer = net.mixer
-    if not isinstance(mixer, Tables):
+    if not isinstance(net.mixer, Tables):
         return state
-    histories = list(mixer.histories or {})
     found = {}
     for key, value in state.items():
-        if not key.startswith(prefix):
-            found[key] = value
-            continue
-        name, _, rest = key[len(prefix) :].partition(".")
-        new = _new_name(name, rest, net, mixer, histories)
+        new = new_key(key, net, prefix)
         if new is not None:
-            found[prefix + new] = value
+            found[new] = value
     return found
+
+
+def new_key(key: str, net: MultiTaskNet, prefix: str = "net.") -> str | None:
+    """Where ``net`` keeps what a legacy net saved under ``key`` (None: a part of a task
+    ``net`` does not train); keys outside the net (``prefix``) stay as they are."""
+    if not key.startswith(prefix):
+        return key
+    name, _, rest = key[len(prefix) :].partition(".")
+    new = _new_name(name, rest, net, net.mixer, list(net.mixer.histories or {}))
+    return None if new is None else prefix + new
+
+
+def reordered_optimizer(saved: dict, old_state: dict, module: nn.Module) -> None:
+    """The optimizer state ``saved`` (one parameter group, as the module's optimizer has),
+    its parameters' order made the module's own: the old net registered its parameters in
+    another order (a task's own tables after the item bias), and parts of tasks the module
+    does not train are left out. ``old_state``: the checkpoint's state dict as saved."""
+    if len(saved.get("param_groups", ())) != 1:
+        return
+    order = {name: i for i, (name, _) in enumerate(module.named_parameters())}
+    seen, targets = set(), []
+    for key, value in old_state.items():  # parameters in the order the old module had them
+        new = new_key(key, module.net)
+        dropped = new is None and not key.endswith("mean_rating")  # a buffer, not a parameter
+        storage = value.untyped_storage().data_ptr()
+        if not (dropped or new in order) or storage in seen:  # a buffer, or a shared table
+            continue
+        seen.add(storage)
+        targets.append(None if dropped else order[new])
+    state = saved["state"]
+    saved["state"] = {targets[i]: s for i, s in state.items() if targets[i] is not None}
+    saved["param_groups"][0]["params"] = list(range(len(order)))
 
 
 def _new_name(name: str, rest: str, net: MultiTaskNet, mixer: Tables, histories: list[str]):

@@ -147,8 +147,11 @@ class RecommenderModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint of the multi-task net from before its parts had names loads as it is
         (:mod:`mtrec.training.legacy`)."""
-        if isinstance(self.net, MultiTaskNet) and legacy.is_legacy(checkpoint["state_dict"]):
-            checkpoint["state_dict"] = legacy.renamed(checkpoint["state_dict"], self.net)
+        saved = checkpoint["state_dict"]
+        if isinstance(self.net, MultiTaskNet) and legacy.is_legacy(saved):
+            checkpoint["state_dict"] = legacy.renamed(saved, self.net)
+            for optimizer in checkpoint.get("optimizer_states", ()):
+                legacy.reordered_optimizer(optimizer, saved, self)
 
     def on_fit_start(self) -> None:
         check_internals(self.trainer)
