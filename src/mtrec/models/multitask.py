@@ -148,42 +148,8 @@ class MultiTaskNet(
     @classmethod
     def check_settings(cls, settings: Mapping) -> None:
         """The rules of these settings (``model.net.<name>``), checked once: when the net is
-        built, and by config validation before any work."""
-        get = settings.get
-        check_encoder(get("encoder", "id"))
-        check_graph_layers(get("graph_layers", 3))
-        cosine, temperature = get("cosine", False), get("temperature", 0.1)
-        if not isinstance(cosine, bool):
-            raise ConfigError(f"model.net.cosine={shown(cosine)} is not valid: use true or false.")
-        number = isinstance(temperature, int | float) and not isinstance(temperature, bool)
-        if not (number and temperature > 0):
-            raise ConfigError(
-                f"model.net.temperature={shown(temperature)} is not valid: use a number > 0, "
-                "e.g. 0.1 (the cosine score's starting temperature)."
-            )
-        embedding_sharing = get("embedding_sharing", True)
-        if not (isinstance(embedding_sharing, bool) or embedding_sharing == "items"):
-            raise ConfigError(
-                f"model.embedding_sharing={shown(embedding_sharing)} is not valid: "
-                "use true, false or items."
-            )
-        chosen = sharing_of(get("sharing"), embedding_sharing)
-        if isinstance(chosen, str):
-            mixer_factory(chosen, dict(settings))  # one clear error for an unknown name
-        _check_experts(settings)
-        for name in ("expert_norm", "residual"):
-            value = get(name, False)
-            if not isinstance(value, bool):
-                raise ConfigError(
-                    f"model.net.{name}={shown(value)} is not valid: use true or false."
-                )
-            if value and chosen not in DENSE_MIXERS:
-                raise ConfigError(
-                    f"model.net.{name}=true changes dense experts, and "
-                    f"model.net.sharing={chosen} has none: use it with one of "
-                    f"{', '.join(DENSE_MIXERS)}, or model.net.{name}=false."
-                )
-        _check_sizes(get("embedding_dim", 32), get("layer_sizes", (96, 64)))
+        built, and by config validation before any work (:func:`check_net_settings`)."""
+        check_net_settings(settings)
 
     def embedding_norms(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         """Squared norms of the embedding and bias rows each (user, item) pair uses."""
@@ -261,6 +227,43 @@ class MultiTaskNet(
                 for task in self._tasks:
                     found[side, task] = self.mixer.vector(side, task, every)
         return found
+
+
+def check_net_settings(settings: Mapping) -> None:
+    """The rules of MultiTaskNet's settings (``model.net.<name>``), one clear error each."""
+    get = settings.get
+    check_encoder(get("encoder", "id"))
+    check_graph_layers(get("graph_layers", 3))
+    cosine, temperature = get("cosine", False), get("temperature", 0.1)
+    if not isinstance(cosine, bool):
+        raise ConfigError(f"model.net.cosine={shown(cosine)} is not valid: use true or false.")
+    number = isinstance(temperature, int | float) and not isinstance(temperature, bool)
+    if not (number and temperature > 0):
+        raise ConfigError(
+            f"model.net.temperature={shown(temperature)} is not valid: use a number > 0, "
+            "e.g. 0.1 (the cosine score's starting temperature)."
+        )
+    embedding_sharing = get("embedding_sharing", True)
+    if not (isinstance(embedding_sharing, bool) or embedding_sharing == "items"):
+        raise ConfigError(
+            f"model.embedding_sharing={shown(embedding_sharing)} is not valid: "
+            "use true, false or items."
+        )
+    chosen = sharing_of(get("sharing"), embedding_sharing)
+    if isinstance(chosen, str):
+        mixer_factory(chosen, dict(settings))  # one clear error for an unknown name
+    _check_experts(settings)
+    for name in ("expert_norm", "residual"):
+        value = get(name, False)
+        if not isinstance(value, bool):
+            raise ConfigError(f"model.net.{name}={shown(value)} is not valid: use true or false.")
+        if value and chosen not in DENSE_MIXERS:
+            raise ConfigError(
+                f"model.net.{name}=true changes dense experts, and "
+                f"model.net.sharing={chosen} has none: use it with one of "
+                f"{', '.join(DENSE_MIXERS)}, or model.net.{name}=false."
+            )
+    _check_sizes(get("embedding_dim", 32), get("layer_sizes", (96, 64)))
 
 
 def sharing_of(sharing, embedding_sharing: bool | str):
