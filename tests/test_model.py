@@ -73,3 +73,51 @@ def test_layer_sizes_must_match_embedding_dim():
         ValueError, match=r"layer_sizes=\[64,32\] does not fit model.net.embedding_dim=32"
     ):
         multitask_net(DataInfo(10, 10), embedding_dim=32, layer_sizes=(64, 32))
+
+
+def train_rows(pairs, ratings, num_users, num_items):
+    from mtrec.data.interactions import Interactions
+
+    users, items = (torch.tensor(column) for column in zip(*pairs, strict=True))
+    timestamps = torch.zeros(len(pairs), dtype=torch.long)
+    return Interactions(users, items, torch.tensor(ratings), timestamps, num_users, num_items)
+
+
+def test_the_dot_score_head_is_biased_matrix_factorization_by_hand():
+    """``score_head=dot``: r = mu + b_u + b_i + u . q, mu the training mean (here 3)."""
+    train = train_rows([(0, 0), (1, 1), (1, 0)], [2.0, 4.0, 3.0], num_users=2, num_items=2)
+    net = multitask_net(DataInfo(2, 2, None, train), 2, (6, 4), score_head="dot")
+    with torch.no_grad():
+        net.mixer.table("user", "interaction").weight.copy_(torch.tensor([[1.0, 2.0], [0.0, 1.0]]))
+        net.mixer.table("item", "interaction").weight.copy_(torch.tensor([[3.0, -1.0], [2.0, 0.5]]))
+        net.heads["rating"].user_biases.weight.copy_(torch.tensor([[0.5], [-0.25]]))
+        net.heads["rating"].item_biases.weight.copy_(torch.tensor([[0.1], [0.2]]))
+    ratings = net.head("rating")(torch.tensor([0, 1]), torch.tensor([1, 0]))
+    # user 0, item 1: 3 + 0.5 + 0.2 + (1 * 2 + 2 * 0.5); user 1, item 0: 3 - 0.25 + 0.1 - 1
+    torch.testing.assert_close(ratings, torch.tensor([6.7, 1.85]))
+    assert not any("mlp" in name for name, _ in net.named_parameters())  # no MLP for it
+    rated = net.tables_read()["rating"]  # its biases are read at the batch's ids
+    assert net.heads["rating"].user_biases in rated["user"]
+    assert net.heads["rating"].item_biases in rated["item"]
+
+
+def test_the_dot_score_head_reads_the_history_term_under_svdpp():
+    """With ``encoder=history`` the user vector is p_u + |N(u)|^-1/2 sum y_j: SVD++."""
+    train = train_rows([(0, 0), (0, 1)], [4.0, 2.0], num_users=1, num_items=2)
+    net = multitask_net(DataInfo(1, 2, None, train), 2, (6, 4), score_head="dot", encoder="history")
+    with torch.no_grad():
+        net.mixer.table("user", "interaction").weight.zero_()
+        net.mixer.table("item", "interaction").weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        net.mixer.histories["interaction"].items.copy_(torch.tensor([[2.0, 0.0], [0.0, 4.0]]))
+    # user 0 rated both items: its vector is (y_0 + y_1) / sqrt(2) = (2, 4) / sqrt(2); mu = 3
+    expected = 3 + torch.tensor([2.0, 4.0]) / 2**0.5
+    torch.testing.assert_close(
+        net.head("rating")(torch.tensor([0, 0]), torch.tensor([0, 1])), expected
+    )
+
+
+def test_a_bad_score_head_is_named():
+    from mtrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.net.score_head=svd is not valid: use mlp"):
+        multitask_net(DataInfo(2, 2), 2, (6, 4), score_head="svd")

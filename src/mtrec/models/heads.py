@@ -95,6 +95,31 @@ class MLPHead(nn.Module):
         return {"user": (self.user_biases,), "item": (self.item_biases,)}
 
 
+class BiasedDotHead(nn.Module):
+    """The classic rating model, biased matrix factorization (Koren, Bell and Volinsky,
+    "Matrix Factorization Techniques for Recommender Systems", IEEE Computer 2009):
+    ``r = mu + b_u + b_i + u . q``, ``mu`` the training mean rating, the biases the head's own
+    (started at zero). Under ``model.net.encoder=history`` the user vector carries SVD++'s
+    implicit term (Koren, KDD 2008), so this is SVD++'s rating model."""
+
+    def __init__(self, num_users: int, num_items: int, mean: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean_rating", mean)
+        self.user_biases = ZeroEmbedding(num_users, 1)
+        self.item_biases = ZeroEmbedding(num_items, 1)
+
+    def forward(self, users, items, user_ids, item_ids) -> torch.Tensor:
+        biases = self.user_biases(user_ids) + self.item_biases(item_ids)
+        return (users * items).sum(-1) + self.mean_rating + biases.squeeze(-1)
+
+    def id_tables(self) -> dict[str, tuple[nn.Embedding, ...]]:
+        return {"user": (self.user_biases,), "item": (self.item_biases,)}
+
+
+#: how a score task's head is built (``model.net.score_head``)
+SCORE_HEADS = ("mlp", "dot")
+
+
 def build_head(
     kind: HeadKind,
     num_users: int,
@@ -104,11 +129,15 @@ def build_head(
     cosine: bool = False,
     temperature: float = 0.1,
     score_biases: torch.Tensor | None = None,
+    score_head: str = "mlp",
 ) -> nn.Module:
-    """The head of ``kind``: a ranking head, or an MLP with ``kind.outputs`` outputs
+    """The head of ``kind``: a ranking head, a score head (``score_head``: an MLP, or
+    ``dot``, biased matrix factorization), or an MLP with ``kind.outputs`` outputs
     (``score_biases``: the training mean rating, for a score head with biases)."""
     if kind.name == "ranking":
         return RankingHead(num_items, cosine, temperature)
+    if kind.name == "score" and score_head == "dot":
+        return BiasedDotHead(num_users, num_items, score_biases)
     biases = None
     if kind.name == "score" and score_biases is not None:
         biases = (num_users, num_items, score_biases)

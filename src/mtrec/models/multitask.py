@@ -12,7 +12,7 @@ from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError, shown
 from mtrec.models.embeddings import embedding_size
 from mtrec.models.encoders import check_encoder, check_graph_layers
-from mtrec.models.heads import RankingHead, build_head
+from mtrec.models.heads import SCORE_HEADS, RankingHead, build_head
 from mtrec.models.mixers import DENSE_MIXERS, Mixer, mixer_factory
 from mtrec.models.protocol import (
     ChecksSettings,
@@ -47,7 +47,9 @@ class MultiTaskNet(
     ``embedding_dim`` feeds every head; the ranking head is matrix factorization
     ``u . q + b_j``; the other heads are MLPs over ``[u, q, u * q]`` (``layer_sizes``, the
     first entry 3 * ``embedding_dim``; ``embedding_dim="auto"`` sizes both by the rule of
-    thumb), with ``outputs`` logits for a task of classes. ``rating_biases`` adds ``mu + b_u
+    thumb), with ``outputs`` logits for a task of classes; ``score_head=dot`` makes a score
+    task's head biased matrix factorization instead, ``mu + b_u + b_i + u . q`` (with
+    ``encoder=history``, SVD++). ``rating_biases`` adds ``mu + b_u
     + b_i`` to score heads; ``dropout`` drops MLP activations in training; ``cosine`` and
     ``temperature`` make the ranking score a cosine over a learned temperature.
 
@@ -81,6 +83,7 @@ class MultiTaskNet(
         temperature: float = 0.1,
         encoder: str = "id",
         graph_layers: int = 3,
+        score_head: str = "mlp",
         *,
         tasks: Sequence[NamedHead] | Mapping[str, NamedHead],
     ):
@@ -102,7 +105,7 @@ class MultiTaskNet(
             data, self._tasks, embedding_dim, encoder=encoder, graph_layers=graph_layers
         )
         mean = None
-        if rating_biases:
+        if rating_biases or score_head == "dot":
             mean = data.train.ratings.mean() if data.train is not None else torch.tensor(0.0)
         self.heads = nn.ModuleDict(
             {
@@ -115,6 +118,7 @@ class MultiTaskNet(
                     cosine,
                     temperature,
                     mean,
+                    score_head,
                 )
                 for task in tasks
             }
@@ -263,6 +267,12 @@ def check_net_settings(settings: Mapping) -> None:
                 f"model.net.sharing={chosen} has none: use it with one of "
                 f"{', '.join(DENSE_MIXERS)}, or model.net.{name}=false."
             )
+    score_head = get("score_head", "mlp")
+    if score_head not in SCORE_HEADS:
+        raise ConfigError(
+            f"model.net.score_head={shown(score_head)} is not valid: use mlp (an MLP over "
+            "[u, q, u * q]) or dot (biased matrix factorization, mu + b_u + b_i + u . q)."
+        )
     _check_sizes(get("embedding_dim", 32), get("layer_sizes", (96, 64)))
 
 
