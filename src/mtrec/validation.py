@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
@@ -36,6 +37,7 @@ from mtrec.mtl.weighting import FixedWeighting
 from mtrec.mtl.weighting.gradient import check_aggregator
 from mtrec.reference_keys import ALIASES, apply_reference_keys
 from mtrec.runs.trackers import check_trackers
+from mtrec.training.module import check_parts
 from mtrec.training.optim import check_sparse_ddp, check_sparse_optimizer, check_sparse_rows
 from mtrec.training.selection import check_targets
 
@@ -162,9 +164,29 @@ def owners_checks(cfg: DictConfig) -> None:
     strategy = weighting_checks(cfg, tasks)
     if lookup(cfg, "model.sparse_rows") is True:
         sparse_rows_checks(cfg, strategy)
+    parts = lookup(cfg, "model.parts")
+    if isinstance(parts, dict) and parts:
+        check_parts(parts, net_class(cfg), tuple(task.name for task in tasks))
+        optimizer_settings(cfg, parts)
     settings = lookup(cfg, "model.net")
     if issubclass(net_class(cfg), ChecksSettings) and isinstance(settings, dict):
         net_class(cfg).check_settings(settings)  # the net's own rules, on the config's values
+
+
+def optimizer_settings(cfg: DictConfig, parts: dict) -> None:
+    """Each part's settings are the optimizer's own (``lr``, ``weight_decay``, ...): a key the
+    optimizer does not take would be kept and ignored by it."""
+    optimizer = cfg.get("optimizer")
+    if optimizer is None:
+        return
+    probe = instantiate_as_raised(optimizer)([torch.zeros(1, requires_grad=True)])
+    for name, settings in parts.items():
+        unknown = [key for key in settings if key not in probe.defaults]
+        if unknown:
+            raise ConfigError(
+                f"model.parts.{name}.{unknown[0]}: {type(probe).__name__} has no setting "
+                f"{unknown[0]}; its settings are {', '.join(probe.defaults)}."
+            )
 
 
 def weighting_checks(cfg: DictConfig, tasks: tuple[Task, ...]):

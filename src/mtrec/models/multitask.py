@@ -20,6 +20,7 @@ from mtrec.models.protocol import (
     Gated,
     IndexedTables,
     NamedHead,
+    Parts,
     Ranker,
     Recommender,
     Represents,
@@ -39,6 +40,7 @@ class MultiTaskNet(
     Represents,
     IndexedTables,
     ChecksSettings,
+    Parts,
 ):
     """A mixer (``sharing``: what the tasks share, :mod:`mtrec.models.mixers`) under one
     head per task (:mod:`mtrec.models.heads`), each of the kind its task asks for.
@@ -154,6 +156,25 @@ class MultiTaskNet(
         """The rules of these settings (``model.net.<name>``), checked once: when the net is
         built, and by config validation before any work (:func:`check_net_settings`)."""
         check_net_settings(settings)
+
+    @classmethod
+    def part_names(cls, tasks: Sequence[str]) -> tuple[str, ...]:
+        return ("tables", "encoders", "mixer", *tasks)
+
+    def parts(self) -> dict[str, list[nn.Parameter]]:
+        """``tables``: the mixer's embedding tables (shared or each task's); ``encoders``:
+        the encoders' own parameters (SVD++'s item factors); ``mixer``: the mixer's other
+        parameters (gates, dense experts, cross-stitch units); ``<task>``: the task's head's
+        (its MLP, its biases)."""
+        tables = [t.weight for side in ("user", "item") for t in self.mixer.tables(side)]
+        encoders = self.mixer.encoder_parameters()
+        placed = {id(p) for p in tables + encoders}
+        found = {
+            "tables": tables,
+            "encoders": encoders,
+            "mixer": [p for p in self.mixer.parameters() if id(p) not in placed],
+        }
+        return found | {task: list(head.parameters()) for task, head in self.heads.items()}
 
     def embedding_norms(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         """Squared norms of the embedding and bias rows each (user, item) pair uses."""

@@ -17,6 +17,8 @@ are capabilities a net takes on by inheriting them, checked once when a run is b
   rows of its batch (under sparse rows).
 - :class:`ChecksSettings`: ``check_settings(settings)``, the rules of its settings, which
   config validation runs before any work.
+- :class:`Parts`: ``parts()``, its parameters by named part, each of which may get its own
+  optimizer settings (``model.parts``).
 """
 
 from __future__ import annotations
@@ -221,3 +223,15 @@ class ChecksSettings(ABC):
         """One clear error for a bad value among ``settings`` (the net's constructor
         arguments by name, ``model.net.<name>``): called when the net is built, and by
         config validation on the config's values before any work."""
+
+
+class Parts(ABC):
+    @classmethod
+    @abstractmethod
+    def part_names(cls, tasks: Sequence[str]) -> tuple[str, ...]:
+        """The names of :meth:`parts` for a net of these tasks (config validation checks
+        ``model.parts`` against them before any work)."""
+
+    @abstractmethod
+    def parts(self) -> dict[str, list[nn.Parameter]]:
+        """Its parameters by named part (each parameter in one part at most)."""

@@ -4,7 +4,7 @@ chunks of steps, the optimizer and its schedule, DDP, logging, held-out metrics.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
 import lightning as L
@@ -18,7 +18,7 @@ from mtrec.data.interactions import HeldOut
 from mtrec.errors import ConfigError, TrainingDiverged
 from mtrec.lightning_internals import check_internals, count_optimizer_steps
 from mtrec.models import MultiTaskNet
-from mtrec.models.protocol import Gated, Represents
+from mtrec.models.protocol import Gated, Parts, Represents
 from mtrec.mtl.collapse import collapse
 from mtrec.mtl.evaluation import evaluate
 from mtrec.mtl.objective import Objective
@@ -89,8 +89,10 @@ class RecommenderModule(L.LightningModule):
         step_hooks: bool = False,
         diagnostics: bool | str = "auto",
         sparse_rows: bool = False,
+        parts: Mapping[str, Mapping] | None = None,
     ):
         super().__init__()
+        parts = {name: dict(settings) for name, settings in (parts or {}).items()}
         compile = "step" if compile is True else compile
         if compile not in COMPILE:
             raise ConfigError(
@@ -338,10 +340,50 @@ class RecommenderModule(L.LightningModule):
     def configure_optimizers(self):
         if not self.trainable:
             return None
-        optimizer = self.make_optimizer(self.parameters())
+        optimizer = self.make_optimizer(self._parameter_groups())
         if self.make_scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.make_scheduler(optimizer)}
+
+    def _parameter_groups(self):
+        """The parameters, or with ``parts`` (part of the net -> optimizer settings, e.g.
+        ``{"encoders": {"lr": 1e-4}}``) one group per part so set, after the group of the
+        rest, which takes the optimizer's own settings."""
+        parts = self.hparams.parts
+        if not parts:
+            return self.parameters()
+        check_parts(parts, type(self.net), self.objective.names)
+        named, chosen, groups = self.net.parts(), set(), []
+        for name, settings in parts.items():
+            params = [p for p in named[name] if p.requires_grad]
+            chosen.update(id(p) for p in params)
+            groups += [{"params": params, **settings}] if params else []
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in chosen]
+        return [{"params": rest}, *groups]
+
+
+def check_parts(parts: Mapping[str, Mapping], net_class: type, tasks) -> None:
+    """``model.parts`` names parts the net has (:class:`~mtrec.models.protocol.Parts`); checked
+    when the optimizer is built, and by config validation before any work."""
+    if not parts:
+        return
+    if not issubclass(net_class, Parts):
+        raise ConfigError(
+            f"model.parts: {net_class.__name__} does not name its parts, so no part can get "
+            "optimizer settings of its own. Fix: leave model.parts out, or model=multitask."
+        )
+    known = net_class.part_names(tuple(tasks))
+    for name, settings in parts.items():
+        if name not in known:
+            raise ConfigError(
+                f"model.parts.{name}: {net_class.__name__} has no part {name}; its parts are "
+                f"{', '.join(known)}. Fix: e.g. +model.parts.{known[0]}.lr=0.01."
+            )
+        if not isinstance(settings, Mapping):
+            raise ConfigError(
+                f"model.parts.{name}={settings} is not valid: give the part's optimizer "
+                f"settings, e.g. +model.parts.{name}.lr=0.01."
+            )
 
 
 def _logged(name: str) -> str:

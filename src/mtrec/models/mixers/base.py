@@ -67,6 +67,10 @@ class Mixer(nn.Module, ABC):
         """The side's embedding tables, each once (the first is the ranking task's)."""
         return []
 
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The encoders' own parameters (SVD++'s item factors), apart from the tables."""
+        return []
+
     def tables_read(self) -> dict[str, dict[str, tuple[nn.Embedding, ...]]]:
         """Each task's tables of a side read at that side's ids in training
         (:class:`~mtrec.models.protocol.IndexedTables`); empty where a task reads more rows
@@ -143,6 +147,9 @@ class Tables(Mixer):
 
     def tables(self, side: str) -> list[nn.Embedding]:
         return list((self.users if side == "user" else self.items).values())
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return list(self.histories.parameters()) if self.histories is not None else []
 
     def encoded(self, side: str) -> bool:
         """Whether an encoder makes a side's rows (else they are the table's own)."""
