@@ -239,13 +239,16 @@ class MultiTaskNet(
 
     def item_vectors(self) -> torch.Tensor:
         """Every item's vector as the ranking task (else the first task) reads it."""
-        every = torch.arange(self.num_items, device=self.mixer.tables("item")[0].weight.device)
+        every = torch.arange(self.num_items, device=self._device())
         return self.mixer.vector("item", self.ranking or self._tasks[0], every)
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device  # every head has parameters
 
     def vectors(self) -> dict[tuple[str, str], torch.Tensor]:
         """Every user's and every item's vector as each task reads it."""
         found = {}
-        device = self.mixer.tables("item")[0].weight.device
+        device = self._device()
         with torch.no_grad():
             for side, count in (("user", self.num_users), ("item", self.num_items)):
                 every = torch.arange(count, device=device)

@@ -38,8 +38,7 @@ class MetricsHistory(L.Callback):
         self.tasks = tuple(module.tasks)
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.tasks = tuple(module.tasks)
-        if trainer.is_global_zero:
+        if trainer.is_global_zero:  # the tasks kept at setup
             write_tasks(self.path.parent, self.tasks)
 
     def state_dict(self) -> dict:

@@ -32,21 +32,16 @@ SIDES = ("user", "item")
 class Mixer(nn.Module, ABC):
     """What the tasks share, on both sides, and each task's vector of a side.
 
-    Built with the data (counts and training rows), the task names in order, the vector size
-    ``dim`` the heads read, and the encoder's settings. ``vector(side, task, ids, rows)`` is
+    Built with the data (counts and training rows), the task names in order and the vector
+    size ``dim`` the heads read; the net also hands it the encoder's settings
+    (``encoder=``, ``graph_layers=``), which a mixer that reads ids through
+    :class:`Tables` passes on. ``vector(side, task, ids, rows)`` is
     a task's vector of ``ids`` (``rows``: the task's own copy of :meth:`shared`, read instead
     of computing it); ``shared(users, items)`` what the tasks share for a batch, where
     per-task gradients are taken (:class:`~mtrec.models.protocol.SharesRows`).
     """
 
-    def __init__(
-        self,
-        data: DataInfo,
-        tasks: Sequence[str],
-        dim: int,
-        encoder: str = "id",
-        graph_layers: int = 3,
-    ):
+    def __init__(self, data: DataInfo, tasks: Sequence[str], dim: int):
         super().__init__()
         self.tasks = tuple(tasks)
         self.dim = dim
@@ -108,7 +103,7 @@ class Tables(Mixer):
         width: int | None = None,
         encoded: int | None = None,
     ):
-        super().__init__(data, tasks, dim, encoder, graph_layers)
+        super().__init__(data, tasks, dim)
         width = dim if width is None else width
         # each task's table of a side (one object where they share it); a task's own tables
         # are made in task order, users before items, as the reference net made them
