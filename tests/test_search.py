@@ -115,3 +115,45 @@ def test_a_search_without_optuna_gets_the_install_command(run_cli, monkeypatch):
     status, output = run_cli("hparams_search=optuna", "data.path=/nonexistent")
     assert status != 0
     assert "needs the optuna package" in output and "[search]" in output
+
+
+def test_trials_roll_a_freed_place_starts_the_next_trial_at_once():
+    import threading
+    import time
+
+    from hydra_plugins.mtrec_optuna_sweeper.optuna_sweeper import run_rolling
+
+    seconds = [0.6, 0.05, 0.05, 0.05]  # trial 0 long (a full run), the others short (pruned)
+    events, lock, asked, told = [], threading.Lock(), [], []
+
+    def ask():
+        asked.append(len(asked))
+        return asked[-1]
+
+    def run(trial):
+        with lock:
+            events.append(("start", trial))
+        time.sleep(seconds[trial])
+        with lock:
+            events.append(("end", trial))
+        return trial
+
+    run_rolling(4, 2, ask, run, lambda trial, job: told.append(job) or False)
+    assert sorted(told) == [0, 1, 2, 3]
+    # trials 2 and 3 start (and end) while trial 0 still runs: the freed place stayed busy;
+    # in batches of two, trial 2 would start only after trial 0 ended
+    assert events.index(("start", 3)) < events.index(("end", 0))
+    assert events[-1] == ("end", 0)
+
+
+def test_an_interrupted_trial_stops_asking_for_more():
+    from hydra_plugins.mtrec_optuna_sweeper.optuna_sweeper import run_rolling
+
+    asked = []
+
+    def ask():
+        asked.append(len(asked))
+        return asked[-1]
+
+    run_rolling(5, 1, ask, lambda trial: trial, lambda trial, job: job == 1)
+    assert asked == [0, 1]

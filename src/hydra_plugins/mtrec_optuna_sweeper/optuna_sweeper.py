@@ -1,7 +1,8 @@
 """``hydra/sweeper=optuna``: a search on Optuna's current API, with pruning.
 
-Each batch of ``n_jobs`` trials is asked of the study, run by Hydra's launcher (side by side
-with ``hydra/launcher=joblib``) and told back; the runs report their per-epoch validation
+Up to ``n_jobs`` trials run at once (side by side with ``hydra/launcher=joblib``), each asked
+of the study when a place is free and told back when its run ends, so a pruned or short trial
+frees its core for the next one at once; the runs report their per-epoch validation
 metric to the study themselves (:class:`~mtrec.search.pruning.TrialPruning`), which is how
 a trial is pruned while it trains. Hydra's earlier Optuna sweeper pins Optuna below 3.
 """
@@ -12,6 +13,8 @@ import importlib.util
 import logging
 import math
 import warnings
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -115,31 +118,70 @@ class OptunaSweeper(Sweeper):
             self.n_jobs,
         )
         shared = [f"search.study={self.study_name}", f"search.storage='{storage}'"]
-        while done < self.n_trials:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
-            overrides = [
-                tuple(
-                    [f"search.trial={trial.number}"]
-                    + [override(k, v) for k, v in trial.params.items()]
-                    + fixed
-                    + shared
-                )
-                for trial in trials
-            ]
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            self.job_idx += len(returns)
-            stopped = False
-            for trial, job in zip(trials, returns, strict=True):
-                value, state = _outcome(job)
-                stopped = stopped or state == "interrupted"
-                if state == "completed":
-                    study.tell(trial, value, skip_if_finished=True)  # pruned: told by the run
-                else:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-            done += len(trials)
-            if stopped:
-                break
+        job_of: dict[int, int] = {}  # trial number -> its job's index (its folder's number)
+
+        def ask():
+            trial = study.ask(space)
+            job_of[trial.number] = self.job_idx
+            self.job_idx += 1
+            return trial
+
+        def run(trial):
+            overrides = (
+                [f"search.trial={trial.number}"]
+                + [override(k, v) for k, v in trial.params.items()]
+                + fixed
+                + shared
+            )
+            (job,) = self.launcher.launch([tuple(overrides)], initial_job_idx=job_of[trial.number])
+            return job
+
+        def tell(trial, job) -> bool:
+            value, state = _outcome(job)
+            if state == "completed":
+                study.tell(trial, value, skip_if_finished=True)  # pruned: told by the run
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            return state == "interrupted"
+
+        side_by_side = self.n_jobs if _runs_jobs_apart(self.launcher) else 1
+        run_rolling(max(self.n_trials - done, 0), side_by_side, ask, run, tell)
         record_best(study, sweep_dir, storage)
+
+
+def run_rolling(
+    count: int,
+    at_once: int,
+    ask: Callable[[], Any],
+    run: Callable[[Any], Any],
+    tell: Callable[[Any, Any], bool],
+) -> None:
+    """Runs ``count`` trials, ``at_once`` at a time: a trial is asked for as soon as a place
+    is free (``ask``), run in a worker thread (``run``; the launcher's job runs in its own
+    process) and told back as soon as it ends (``tell``; True stops asking for more, e.g.
+    on an interrupted run). Batches would leave a core idle from the end of the shorter
+    trial (a pruned one, say) to the end of the longer one."""
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        running: dict = {}
+        asked, stopping = 0, False
+        while running or (asked < count and not stopping):
+            while len(running) < at_once and asked < count and not stopping:
+                trial = ask()
+                running[pool.submit(run, trial)] = trial
+                asked += 1
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                stopping = tell(running.pop(future), future.result()) or stopping
+
+
+def _runs_jobs_apart(launcher) -> bool:
+    """Whether the launcher runs each job in a process of its own (joblib's), so two
+    launches may run at once; Hydra's basic launcher runs jobs in this process, one by one."""
+    try:
+        from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+    except ImportError:  # the plugin is not installed: nothing runs apart
+        return False
+    return isinstance(launcher, JoblibLauncher)
 
 
 def _outcome(job) -> tuple[float | None, str]:
