@@ -24,15 +24,18 @@ names), relative to ``loss`` (the step's parts apart, the path before the compil
 each relative to ``weighting=fixed``; ``--sharings [names]`` one per sharing architecture,
 relative to ``model.net.sharing=shared``; ``--losses [names]`` one per interaction loss,
 relative to ``bounded_bpr``; ``--encoders [names]`` one per encoder on ML-100K and on the
-ML-1M shape, relative to ``id``. A row and its baseline run in two processes whose epochs
-take turns (baseline, row, baseline, ...): a shared host's speed drifts by tens of percent
-between processes run one after the other, far less between neighbouring epochs.
+ML-1M shape, relative to ``id``; ``--item-to-item`` one with the item-to-item term, relative
+to none (``model.net.item_to_item_learned=false`` among the overrides: its constant form).
+A row and its baseline run in two processes whose epochs take turns (baseline, row,
+baseline, ...): a shared host's speed drifts by tens of percent between processes run one
+after the other, far less between neighbouring epochs.
 ``--repeats N`` measures N such pairs and shows the one of median ratio, with the range of
 the N ratios.
 
     python benchmarks/epoch_time.py [--scale ml-100k/dense ...] [--shapes ml-100k ml-1m]
         [--epochs 2] [--steps N] [--compile [step false]] [--weightings [fixed pcgrad ...]]
-        [--sharings [mmoe ...]] [--losses [softmax ...]] [--encoders [history]] [--repeats 3]
+        [--sharings [mmoe ...]] [--losses [softmax ...]] [--encoders [history]]
+        [--item-to-item] [--repeats 3]
         [override ...]
 """
 
@@ -300,6 +303,9 @@ def main() -> None:
     parser.add_argument("--losses", nargs="*", help="ML-100K rows per interaction loss")
     parser.add_argument("--encoders", nargs="*", help="ML-100K and ML-1M rows per encoder")
     parser.add_argument(
+        "--item-to-item", action="store_true", help="an ML-100K row with the item-to-item term"
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         default=1,
@@ -334,6 +340,8 @@ def main() -> None:
     if args.encoders is not None:
         encoders = args.encoders or list(ENCODERS)
         variant_rows(args, "model.net.encoder", encoders, "id", ("ml-100k", "ml-1m"))
+    if args.item_to_item:
+        variant_rows(args, "model.net.item_to_item", ["true"], "false")
 
 
 def scale_table(args, note: str) -> None:

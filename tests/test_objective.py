@@ -144,3 +144,36 @@ def test_a_batch_without_a_tasks_fields_is_refused_with_one_message():
     with pytest.raises(ConfigError, match="rating reads the batch fields ratings, which"):
         engine.step(unrated, torch.Tensor.backward)
     engine.step(BATCH, torch.Tensor.backward)  # every field there: it trains
+
+
+def test_each_task_its_own_embedding_penalty_on_the_rows_its_head_reads():
+    model = multitask_net(DataInfo(4, 8), 4, (12, 8), sharing="separate", score_head="dot")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-1, 1)  # the biases too
+    l2 = {"interaction": 0.001, "rating": 0.1}
+    out = Objective(embedding_l2=l2)(model, BATCH)
+    users, items = BATCH["users"], BATCH["items"]
+
+    def rows(task):  # by hand: the task's own tables and its head's biases at the pairs' ids
+        tables = model.mixer
+        norms = tables.table("user", task)(users).pow(2).sum(-1)
+        norms = norms + tables.table("item", task)(items).pow(2).sum(-1)
+        head = model.heads[task]
+        norms = norms + head.item_biases(items).pow(2).sum(-1)
+        if task == "rating":
+            norms = norms + head.user_biases(users).pow(2).sum(-1)
+        return norms.mean()
+
+    torch.testing.assert_close(out["penalty"], 0.001 * rows("interaction") + 0.1 * rows("rating"))
+    every = Objective(embedding_l2=0.1)(model, BATCH)["penalty"]  # one number: every row once
+    torch.testing.assert_close(every, 0.1 * (rows("interaction") + rows("rating")))
+    with pytest.raises(ConfigError, match="model.embedding_l2 names clicks, which this run"):
+        Objective(embedding_l2={"clicks": 0.1})
+
+
+def test_per_task_embedding_penalties_from_the_command_line(run_cli, ratings_folder):
+    status, output = run_cli(
+        f"data.path={ratings_folder}", "model.embedding_l2={interaction:0.001,rating:-1}"
+    )
+    assert status != 0 and "model.embedding_l2=" in output and "one per task" in output, output

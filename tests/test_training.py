@@ -194,6 +194,9 @@ def test_the_built_wheel_trains_with_no_source_tree(tmp_path, ratings_folder):
         "model/multitask.yaml",
         "logger/mlflow.yaml",
         "hydra/sweeper/optuna.yaml",
+        "callbacks/task_stopping.yaml",
+        "experiment/best.yaml",
+        "hparams_search/best.yaml",
     ):
         assert f"mtrec/conf/{config}" in names
     installed = tmp_path / "installed"
@@ -210,7 +213,11 @@ def test_the_built_wheel_trains_with_no_source_tree(tmp_path, ratings_folder):
         check=True,
     )
     assert where.stdout.strip().startswith(str(installed))
-    for overrides in (["weighting=pcgrad", "logger=[csv,mlflow]"], ["model.net.sharing=mmoe"]):
+    for overrides in (
+        ["weighting=pcgrad", "logger=[csv,mlflow]"],
+        ["model.net.sharing=mmoe"],
+        ["model.net.item_to_item=true", "callbacks=task_stopping", "data.val_fraction=0.1"],
+    ):
         done = subprocess.run(
             [sys.executable, "-S", "-m", "mtrec.train", f"data.path={ratings_folder}", *overrides]
             + ["trainer.max_epochs=1", "model.compile=false", "hydra.run.dir=run"],

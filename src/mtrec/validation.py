@@ -40,6 +40,7 @@ from mtrec.runs.trackers import check_trackers
 from mtrec.training.module import check_parts
 from mtrec.training.optim import check_sparse_ddp, check_sparse_optimizer, check_sparse_rows
 from mtrec.training.selection import check_targets
+from mtrec.training.task_stopping import check_task_stopping
 
 ABSENT = object()  # the key is not in the config (or cannot be resolved: left to its user)
 
@@ -112,7 +113,11 @@ RULES: list[Rule] = [
     Rule("model.net.reg", non_negative, "a number >= 0, e.g. 250"),
     Rule("model.l1", non_negative, "a number >= 0 (0: no penalty)"),
     Rule("model.l2", non_negative, "a number >= 0 (0: no penalty)"),
-    Rule("model.embedding_l2", non_negative, "a number >= 0 (0: no penalty)"),
+    Rule(
+        "model.embedding_l2",
+        lambda v: non_negative(v) or (isinstance(v, dict) and all(map(non_negative, v.values()))),
+        "a number >= 0 (0: no penalty), or one per task, e.g. {interaction:0.001,rating:0.1}",
+    ),
     Rule("optimizer.lr", lambda v: number(v) and v > 0, "a number > 0, e.g. 1e-3"),
     Rule("trainer.max_epochs", positive_int, "an integer >= 1"),
 ]
@@ -155,13 +160,17 @@ def owners_checks(cfg: DictConfig) -> None:
     if loss is not ABSENT:
         factorization_loss(loss)
     embedding_l2 = lookup(cfg, "model.embedding_l2")
-    if number(embedding_l2):
+    if number(embedding_l2) or isinstance(embedding_l2, dict):
         check_settings(embedding_l2, net_class(cfg))
     tasks = chosen_tasks(cfg, net_class(cfg))
     targets = lookup(cfg, "callbacks.selection_score.targets")
     if isinstance(targets, dict):
         check_targets(targets, tasks, "callbacks.selection_score.targets")
     strategy = weighting_checks(cfg, tasks)
+    stopping = lookup(cfg, "callbacks.task_stopping")
+    if isinstance(stopping, dict):
+        val_fraction = lookup(cfg, "data.val_fraction")
+        check_task_stopping(stopping.get("patience", 5), val_fraction, net_class(cfg), strategy)
     if lookup(cfg, "model.sparse_rows") is True:
         sparse_rows_checks(cfg, strategy)
     parts = lookup(cfg, "model.parts")

@@ -12,6 +12,7 @@ import torch
 from mtrec.data.info import DataInfo
 from mtrec.errors import ConfigError
 from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
+from mtrec.models.neighbours import ease_weights
 from mtrec.models.protocol import EmbeddingNorms, Ranker, Recommender
 
 
@@ -68,15 +69,10 @@ class EASE(Recommender, Ranker):
                 f"{num_items**2 * 8 / 1e9:.1f} GB to fit. It is meant for catalogues of up to "
                 f"{max_items} items (ML-100K, ML-1M); use another model for this one."
             )
-        x = torch.zeros(num_users, num_items, dtype=torch.float64)
+        x = torch.zeros(num_users, num_items)
         x[train.users, train.items] = 1.0
-        gram = x.T @ x
-        gram.diagonal().add_(reg)
-        p = torch.linalg.inv(gram)
-        weights = -p / p.diagonal()
-        weights.diagonal().zero_()
-        self.register_buffer("interactions", x.to(torch.float32))
-        self.register_buffer("weights", weights.to(torch.float32))
+        self.register_buffer("interactions", x)
+        self.register_buffer("weights", ease_weights(train, num_users, num_items, reg))
 
     def head(self, task: str):
         return self.interaction_logits
@@ -119,7 +115,9 @@ class BiasedMatrixFactorization(Recommender, EmbeddingNorms):
         biases = self.user_biases(user_ids).squeeze(-1) + self.item_biases(item_ids).squeeze(-1)
         return self.mean_rating + biases + dot
 
-    def embedding_norms(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+    def embedding_norms(
+        self, user_ids: torch.Tensor, item_ids: torch.Tensor, task: str | None = None
+    ) -> torch.Tensor:  # one head: every row is the task's
         """Squared norms of the rows each (user, item) pair uses: the SVD regulariser."""
         tables = [
             (self.user_embeddings, user_ids),

@@ -14,6 +14,7 @@ from mtrec.models.embeddings import embedding_size
 from mtrec.models.encoders import check_encoder, check_graph_layers
 from mtrec.models.heads import SCORE_HEADS, RankingHead, build_head
 from mtrec.models.mixers import DENSE_MIXERS, Mixer, mixer_factory
+from mtrec.models.neighbours import ItemToItem, check_item_to_item
 from mtrec.models.protocol import (
     ChecksSettings,
     EmbeddingNorms,
@@ -21,6 +22,7 @@ from mtrec.models.protocol import (
     IndexedTables,
     NamedHead,
     Parts,
+    Penalised,
     Ranker,
     Recommender,
     Represents,
@@ -41,6 +43,7 @@ class MultiTaskNet(
     IndexedTables,
     ChecksSettings,
     Parts,
+    Penalised,
 ):
     """A mixer (``sharing``: what the tasks share, :mod:`mtrec.models.mixers`) under one
     head per task (:mod:`mtrec.models.heads`), each of the kind its task asks for.
@@ -63,6 +66,13 @@ class MultiTaskNet(
     (the reference's name: true shared, false separate, items). ``encoder``: how an id
     becomes a vector before the mixer mixes it (``id``, ``history``: SVD++, ``graph``:
     LightGCN over ``graph_layers`` propagations; :mod:`mtrec.models.encoders`).
+    ``item_to_item``: the heads also read the user's training items through an item x item
+    matrix started at EASE's closed form (``item_to_item_reg``; each item's
+    ``item_to_item_neighbours`` strongest weights, null all; ``item_to_item_penalty`` pulls
+    it toward the closed form; ``item_to_item_learned=false`` keeps the closed form as it
+    is): the catalogue is ranked by the ranking head's score plus ``item_to_item_scale``
+    times the user's EASE score, and every other one-output head adds a learned scale of
+    that score (:mod:`mtrec.models.neighbours`).
     """
 
     head_kinds = HEAD_KINDS
@@ -86,6 +96,12 @@ class MultiTaskNet(
         encoder: str = "id",
         graph_layers: int = 3,
         score_head: str = "mlp",
+        item_to_item: bool = False,
+        item_to_item_reg: float = 300.0,
+        item_to_item_neighbours: int | None = None,
+        item_to_item_penalty: float = 0.0,
+        item_to_item_learned: bool = True,
+        item_to_item_scale: float = 30.0,
         *,
         tasks: Sequence[NamedHead] | Mapping[str, NamedHead],
     ):
@@ -127,6 +143,20 @@ class MultiTaskNet(
         )
         # the task whose head ranks the catalogue (the first ranking task), if any
         self.ranking = next((t.name for t in tasks if t.head_kind.name == "ranking"), None)
+        self.item_to_item = None
+        self.item_to_item_scale = float(item_to_item_scale)
+        if item_to_item:  # the ranking head's is an ensemble; the others learn a scale of it
+            reading = [t.name for t in tasks if t.head_kind.outputs == 1 and t.name != self.ranking]
+            self.item_to_item = ItemToItem(
+                data.train,
+                data.num_users,
+                data.num_items,
+                reading,
+                item_to_item_reg,
+                item_to_item_neighbours,
+                item_to_item_penalty,
+                item_to_item_learned,
+            )
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -149,7 +179,10 @@ class MultiTaskNet(
         gradients land there."""
         users = self.mixer.vector("user", task, user_ids, rows)
         items = self.mixer.vector("item", task, item_ids, rows)
-        return self.heads[task](users, items, user_ids, item_ids)
+        out = self.heads[task](users, items, user_ids, item_ids)
+        if self.item_to_item is not None and task in self.item_to_item.scales:
+            out = out + self.item_to_item(task, user_ids, item_ids)
+        return out
 
     @classmethod
     def check_settings(cls, settings: Mapping) -> None:
@@ -163,24 +196,49 @@ class MultiTaskNet(
 
     def parts(self) -> dict[str, list[nn.Parameter]]:
         """``tables``: the mixer's embedding tables (shared or each task's); ``encoders``:
-        the encoders' own parameters (SVD++'s item factors); ``mixer``: the mixer's other
-        parameters (gates, dense experts, cross-stitch units); ``<task>``: the task's head's
-        (its MLP, its biases)."""
+        the encoders' own parameters (SVD++'s item factors, the item-to-item weights);
+        ``mixer``: the mixer's other parameters (gates, dense experts, cross-stitch units);
+        ``<task>``: the task's head's (its MLP, its biases) and its scale of the item-to-item
+        term."""
         tables = [t.weight for side in ("user", "item") for t in self.mixer.tables(side)]
         encoders = self.mixer.encoder_parameters()
+        own = {task: list(head.parameters()) for task, head in self.heads.items()}
+        if self.item_to_item is not None:  # the weights are shared; each task's scale its own
+            if self.item_to_item.learned:
+                encoders = encoders + [self.item_to_item.weights]
+            for task, scale in self.item_to_item.scales.items():
+                own[task].append(scale)
         placed = {id(p) for p in tables + encoders}
         found = {
             "tables": tables,
             "encoders": encoders,
             "mixer": [p for p in self.mixer.parameters() if id(p) not in placed],
         }
-        return found | {task: list(head.parameters()) for task, head in self.heads.items()}
+        return found | own
 
-    def embedding_norms(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
-        """Squared norms of the embedding and bias rows each (user, item) pair uses."""
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """``task``'s head (and its scale of the item-to-item term), and the mixer's
+        parameters only it reads (its own tables under ``separate``)."""
+        return self.parts()[task] + self.mixer.own_parameters(task)
+
+    def penalty(self) -> torch.Tensor | float:
+        """The item-to-item weights' pull toward EASE's closed form, if set."""
+        if self.item_to_item is None or not self.item_to_item.penalty_strength:
+            return 0.0
+        return self.item_to_item.penalty()
+
+    def embedding_norms(
+        self, user_ids: torch.Tensor, item_ids: torch.Tensor, task: str | None = None
+    ) -> torch.Tensor:
+        """Squared norms of the embedding and bias rows each (user, item) pair uses: those
+        ``task``'s head reads, or (``None``) every table's once."""
         ids = {"user": user_ids, "item": item_ids}
-        tables = [(t, ids[side]) for side in ids for t in self.mixer.tables(side)]
-        for head in self.heads.values():
+        heads = self.heads.items() if task is None else [(task, self.heads[task])]
+        tables = []
+        for side in ids:
+            read = self.mixer.tables(side) if task is None else self.mixer.task_tables(side, task)
+            tables += [(t, ids[side]) for t in read]
+        for _, head in heads:
             tables += [(t, ids[side]) for side, ts in head.id_tables().items() for t in ts]
         return sum(table(i).pow(2).sum(-1) for table, i in tables)
 
@@ -231,9 +289,13 @@ class MultiTaskNet(
         item's vector is computed once."""
         head = self._ranking_head()
         items = head.items(self.item_vectors())
+        term = None
+        if self.item_to_item is not None:  # the ensemble's other member
+            term = self.item_to_item.catalogue(self.item_to_item_scale)
 
         def score(user_ids: torch.Tensor) -> torch.Tensor:
-            return head.all_items(self.mixer.vector("user", self.ranking, user_ids), items)
+            scores = head.all_items(self.mixer.vector("user", self.ranking, user_ids), items)
+            return scores if term is None else scores + term(user_ids)
 
         return score
 
@@ -261,6 +323,7 @@ def check_net_settings(settings: Mapping) -> None:
     """The rules of MultiTaskNet's settings (``model.net.<name>``), one clear error each."""
     get = settings.get
     check_encoder(get("encoder", "id"))
+    check_item_to_item(settings)
     check_graph_layers(get("graph_layers", 3))
     cosine, temperature = get("cosine", False), get("temperature", 0.1)
     if not isinstance(cosine, bool):

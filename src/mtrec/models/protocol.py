@@ -9,6 +9,7 @@ are capabilities a net takes on by inheriting them, checked once when a run is b
   rows, :class:`TableRows`, or a shared layer's output): where per-task gradients are taken
   (:class:`mtrec.mtl.shared.TaskCopies`).
 - :class:`EmbeddingNorms`: ``embedding_norms(users, items)``, for the SVD-style penalty.
+- :class:`Penalised`: ``penalty()``, a penalty of its own parameters added to the loss.
 - :class:`Gated`: ``gate_use()``, mixture-of-experts gate shares to log.
 - :class:`Represents`: ``vectors()``, every id's vector as each task reads it, whose
   collapse (effective rank, information abundance) is logged every epoch.
@@ -190,8 +191,17 @@ class SharesRows(ABC):
 
 class EmbeddingNorms(ABC):
     @abstractmethod
-    def embedding_norms(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
-        """Squared norms of the embedding and bias rows each (user, item) pair uses."""
+    def embedding_norms(
+        self, user_ids: torch.Tensor, item_ids: torch.Tensor, task: str | None = None
+    ) -> torch.Tensor:
+        """Squared norms of the embedding and bias rows each (user, item) pair uses (those
+        ``task``'s head reads, if given; else every head's)."""
+
+
+class Penalised(ABC):
+    @abstractmethod
+    def penalty(self) -> torch.Tensor | float:
+        """A penalty on its own parameters that the loss adds (0: none set)."""
 
 
 class Gated(ABC):
@@ -235,3 +245,8 @@ class Parts(ABC):
     @abstractmethod
     def parts(self) -> dict[str, list[nn.Parameter]]:
         """Its parameters by named part (each parameter in one part at most)."""
+
+    @abstractmethod
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """The parameters only ``task``'s loss trains (its head's, tables no other task
+        reads): what stopping that task freezes."""

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mtrec.errors import ConfigError
-from mtrec.models.protocol import EmbeddingNorms
+from mtrec.models.protocol import EmbeddingNorms, Penalised
 from mtrec.mtl import losses
 from mtrec.mtl.tasks import Task, reference_tasks
 
@@ -24,8 +24,10 @@ PENALTY = "penalty"  # the key of the penalties in the objective's output
 class Objective(nn.Module):
     """``objective(net, batch)`` returns ``{task name: loss}`` for its ``tasks`` (in their
     order), plus ``"penalty"`` when a penalty is set: ``l1`` and ``l2`` on all parameters, and
-    ``embedding_l2`` on the mean squared norm of the embedding rows the batch uses (nets that
-    are :class:`~mtrec.models.protocol.EmbeddingNorms`: the SVD regulariser).
+    ``embedding_l2`` on the mean squared norm of the embedding rows the batch uses (a mapping:
+    each task's own strength, on the rows its head reads; nets that
+    are :class:`~mtrec.models.protocol.EmbeddingNorms`: the SVD regulariser), plus the net's
+    own (:class:`~mtrec.models.protocol.Penalised`).
 
     ``tasks``: :class:`~mtrec.mtl.tasks.Task` objects, or a mapping of them by name (the
     ``tasks`` config group, instantiated); default the reference's interaction and rating.
@@ -36,7 +38,7 @@ class Objective(nn.Module):
         tasks: Sequence[Task] | Mapping[str, Task] | None = None,
         l1: float = 0.0,
         l2: float = 0.0,
-        embedding_l2: float = 0.0,
+        embedding_l2: float | Mapping[str, float] = 0.0,
     ):
         super().__init__()
         if tasks is None:
@@ -46,6 +48,15 @@ class Objective(nn.Module):
         )
         if not self.tasks:
             raise ConfigError("tasks=[] trains nothing: give at least one, e.g. tasks=[rating].")
+        if isinstance(embedding_l2, Mapping):
+            embedding_l2 = dict(embedding_l2)
+            unknown = sorted(set(embedding_l2) - {task.name for task in self.tasks})
+            if unknown:
+                raise ConfigError(
+                    f"model.embedding_l2 names {', '.join(unknown)}, which this run does not "
+                    f"train (its tasks: {', '.join(t.name for t in self.tasks)}): give one "
+                    "number, or one per trained task."
+                )
         self.l1, self.l2, self.embedding_l2 = l1, l2, embedding_l2
 
     @property
@@ -76,9 +87,17 @@ class Objective(nn.Module):
         penalty = 0.0
         if self.embedding_l2:  # only the rows this batch uses, as in SVD
             users, items = batch["users"], batch["items"]
-            penalty = penalty + self.embedding_l2 * net.embedding_norms(users, items).mean()
+            if isinstance(self.embedding_l2, Mapping):  # each task's on the rows it reads
+                for task, l2 in self.embedding_l2.items():
+                    if l2:
+                        norms = net.embedding_norms(users, items, task)
+                        penalty = penalty + l2 * norms.mean()
+            else:
+                penalty = penalty + self.embedding_l2 * net.embedding_norms(users, items).mean()
         if self.l1 or self.l2:
             penalty = penalty + losses.penalty(net.parameters(), self.l1, self.l2)
+        if isinstance(net, Penalised):  # the net's own, e.g. toward a closed form
+            penalty = penalty + net.penalty()
         if isinstance(penalty, torch.Tensor):
             out[PENALTY] = penalty
         return out

@@ -71,6 +71,17 @@ class StepEngine:
             self.use_compiler()
         self._constant_weights: torch.Tensor | None = None
         self._fields_checked = False
+        self.stopped: set[str] = set()  # tasks whose loss no longer counts (task stopping)
+
+    def stop(self, task: str) -> None:
+        """From now on ``task``'s loss is left out of the weighted total (its weight 0)."""
+        if self.weighting.task_gradients:
+            raise ConfigError(
+                f"Stopping task {task} sets its loss weight to 0, which a strategy combining "
+                "the tasks' gradients cannot take: use a weighting of losses (e.g. "
+                "weighting=fixed) with callbacks=task_stopping."
+            )
+        self.stopped.add(task)
 
     def use_compiler(self) -> None:
         """Run the objective and the loss weights (forward and backward) through
@@ -89,7 +100,8 @@ class StepEngine:
         weights = self.weighting.loss_weights(torch.stack(task_losses))
         total = 0.0
         for i, loss in enumerate(task_losses):  # in task order: the sum the reference computes
-            total = total + weights[i] * loss
+            if self.tasks[i] not in self.stopped:
+                total = total + weights[i] * loss
         extra = self.weighting.extra_loss()
         if isinstance(extra, torch.Tensor):
             total = total + extra

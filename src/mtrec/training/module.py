@@ -246,6 +246,15 @@ class RecommenderModule(L.LightningModule):
         if chunk_idx + 1 == self.trainer.num_training_batches:  # the epoch's training is done
             self.epoch_diagnostics = self._diagnostics()
 
+    def stop_task(self, task: str) -> None:
+        """Stop training ``task``: its loss weight 0, its own parameters frozen (the net's
+        :meth:`~mtrec.models.protocol.Parts.task_parameters`); the other tasks train on."""
+        self.engine.stop(task)
+        for parameter in self.net.task_parameters(task):
+            parameter.requires_grad_(False)
+            parameter.grad = None  # Adam leaves a parameter without a gradient alone
+        self.compiled_step, self.compile_step = None, False  # its graph trained every task
+
     def _separate_step(self, batch, optimizer, backward) -> dict[str, torch.Tensor]:
         """One step with its parts apart: the engine's losses and gradients, then the
         optimizer (through Lightning's wrapper unless the steps are plain)."""

@@ -62,8 +62,16 @@ class Mixer(nn.Module, ABC):
         """The side's embedding tables, each once (the first is the ranking task's)."""
         return []
 
+    def task_tables(self, side: str, task: str) -> list[nn.Embedding]:
+        """The side's tables ``task`` reads (every table of the side, unless a mixer says)."""
+        return self.tables(side)
+
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The encoders' own parameters (SVD++'s item factors), apart from the tables."""
+        return []
+
+    def own_parameters(self, task: str) -> list[nn.Parameter]:
+        """The parameters only ``task`` reads (its own tables), none by default."""
         return []
 
     def tables_read(self) -> dict[str, dict[str, tuple[nn.Embedding, ...]]]:
@@ -143,8 +151,22 @@ class Tables(Mixer):
     def tables(self, side: str) -> list[nn.Embedding]:
         return list((self.users if side == "user" else self.items).values())
 
+    def task_tables(self, side: str, task: str) -> list[nn.Embedding]:
+        return [self.table(side, task)]
+
     def encoder_parameters(self) -> list[nn.Parameter]:
         return list(self.histories.parameters()) if self.histories is not None else []
+
+    def own_parameters(self, task: str) -> list[nn.Parameter]:
+        """``task``'s tables that no other task reads (with their history encoders)."""
+        found = []
+        for of, tables in ((self.user_of, self.users), (self.item_of, self.items)):
+            name = of[task]
+            if [t for t in self.tasks if of[t] == name] == [task]:
+                found.append(tables[name].weight)
+                if of is self.user_of and self.histories is not None:
+                    found += list(self.histories[name].parameters())
+        return found
 
     def encoded(self, side: str) -> bool:
         """Whether an encoder makes a side's rows (else they are the table's own)."""

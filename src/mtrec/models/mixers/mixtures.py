@@ -157,6 +157,12 @@ class CrossStitchTables(Tables):
             return {}
         return {t: {side: tuple(self.tables(side)) for side in SIDES} for t in self.tasks}
 
+    def task_tables(self, side, task):
+        return self.tables(side)  # every task mixes every table's rows
+
+    def own_parameters(self, task):
+        return []
+
 
 def _counts(train, field: str, size: int) -> torch.Tensor:
     """Training rows per id (ones without training data)."""
