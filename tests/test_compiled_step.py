@@ -84,8 +84,22 @@ STRATEGIES = {
     "pcgrad": PCGrad,
     "pcd": PCD,  # moving averages in buffers, updated inside the graph
 }
+
+
+def two_groups(params):
+    """The first half of the parameters at Adam's own settings, the rest at their own
+    (``model.parts``): a learning rate and a weight decay of their own."""
+    half = len(params) // 2
+    groups = [
+        {"params": params[:half]},
+        {"params": params[half:], "lr": 0.002, "weight_decay": 0.1},
+    ]
+    return torch.optim.Adam(groups, lr=0.01)
+
+
 OPTIMIZERS = {
     "adam": partial(torch.optim.Adam, lr=0.01, fused=True),
+    "adam_groups": two_groups,
     "adamw": partial(torch.optim.AdamW, lr=0.01, weight_decay=0.1),
     "adam_l2": partial(torch.optim.Adam, lr=0.01, weight_decay=0.01),
 }
@@ -96,6 +110,8 @@ OPTIMIZERS = {
     [
         ("fixed", "adam", "shared"),
         ("fixed", "adamw", "separate"),
+        ("fixed", "adam_groups", "shared"),
+        ("mgda", "adam_groups", "shared"),
         ("uncertainty", "adam_l2", "shared"),
         ("mgda", "adam", "shared"),
         ("pcgrad", "adam", "shared"),
@@ -128,7 +144,10 @@ def test_the_compiled_step_gives_the_parameters_of_the_separate_one(strategy, op
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
     for p, q in zip(weighting.parameters(), weighting2.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
-    groups = reference.param_groups[0]["params"], optimizer2.param_groups[0]["params"]
+    groups = (
+        [p for g in reference.param_groups for p in g["params"]],
+        [q for g in optimizer2.param_groups for q in g["params"]],
+    )
     for p, q in zip(*groups, strict=True):
         state, state2 = reference.state[p], optimizer2.state[q]
         assert float(state2["step"]) == float(state["step"]) == len(steps)
@@ -165,6 +184,9 @@ def test_what_the_compiled_step_cannot_serve_is_named():
     _, _, engine, _ = build(STRATEGIES["fixed"], OPTIMIZERS["adam"])
     parameters = list(engine.net.parameters())
     assert unsupported(torch.optim.Adam(parameters), engine) is None
+    assert unsupported(two_groups(parameters), engine) is None  # each group its own update
+    rows = RowSparseAdam([{"params": parameters[:1]}, {"params": parameters[1:]}], lr=0.01)
+    assert unsupported(rows, engine) == "sparse rows with several parameter groups"
     assert unsupported(torch.optim.SGD(parameters, lr=0.1), engine) == "SGD is not Adam or AdamW"
     assert unsupported(torch.optim.Adam(parameters, amsgrad=True), engine) == "amsgrad=True"
     # GradNorm's weights get their gradient after the backward pass, from the task gradients

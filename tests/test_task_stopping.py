@@ -109,11 +109,12 @@ def test_a_gradient_weighting_or_a_net_without_parts_is_refused():
         TaskStopping(patience=0)
 
 
-def test_a_run_logs_when_each_task_stopped(run_cli, ratings_folder, tmp_path):
+@pytest.mark.parametrize("compile", ["false", "step"])  # step: made again after a stop
+def test_a_run_logs_when_each_task_stopped(run_cli, ratings_folder, tmp_path, compile):
     status, output = run_cli(
         f"data.path={ratings_folder}", "callbacks=task_stopping", "data.val_fraction=0.1",
         "weighting=fixed", "callbacks.task_stopping.patience=1", "trainer.max_epochs=8",
-        "model.compile=false", "model.net.embedding_dim=8", "model.net.layer_sizes=[24,16]",
+        f"model.compile={compile}", "model.net.embedding_dim=8", "model.net.layer_sizes=[24,16]",
         "optimizer.lr=0.05",
     )  # fmt: skip
     assert status == 0, output

@@ -40,14 +40,14 @@ def unsupported(optimizer: torch.optim.Optimizer, engine: StepEngine) -> str | N
     """Why the compiled step cannot run this optimizer and engine, or ``None`` if it can."""
     if type(optimizer) not in ADAMS:
         return f"{type(optimizer).__name__} is not Adam or AdamW"
-    if len(optimizer.param_groups) != 1:
-        return "the optimizer has several parameter groups"
-    group = optimizer.param_groups[0]
-    for option in ("amsgrad", "maximize", "capturable", "differentiable"):
-        if group.get(option):
-            return f"{option}=True"
-    if isinstance(group["lr"], torch.Tensor):
-        return "the learning rate is a tensor"
+    if len(optimizer.param_groups) != 1 and isinstance(optimizer, RowSparseAdam):
+        return "sparse rows with several parameter groups"
+    for group in optimizer.param_groups:
+        for option in ("amsgrad", "maximize", "capturable", "differentiable"):
+            if group.get(option):
+                return f"{option}=True"
+        if isinstance(group["lr"], torch.Tensor):
+            return "the learning rate is a tensor"
     why = table_reads(engine)[1]
     if why is not None:
         return why
@@ -86,7 +86,8 @@ class CompiledStep:
 
     Built with the engine and the run's optimizer once the run's first step has been taken on
     the separate path (which builds Adam's state). The step differentiates by the parameters
-    that received a gradient then; the rest keep no gradient, as there.
+    that received a gradient then; the rest keep no gradient, as there. Each parameter group
+    (``model.parts``) is updated with its own settings.
 
     Where the weighting takes each task's gradient on what the tasks share, each task reads its
     own copy of the shared values (``net.shared``), the strategy combines their gradients from
@@ -97,9 +98,11 @@ class CompiledStep:
     def __init__(self, engine: StepEngine, optimizer: torch.optim.Optimizer):
         self.engine = engine
         self.module = _Step(engine)
-        group = optimizer.param_groups[0]
-        self.group = group
-        self.params = [p for p in group["params"] if p.grad is not None]
+        self.groups = optimizer.param_groups
+        self.group = self.groups[0]  # sparse rows' (one group only: unsupported())
+        found = [(p, g) for g, group in enumerate(self.groups) for p in group["params"]]
+        self.params = [p for p, _ in found if p.grad is not None]
+        group_of = [g for p, g in found if p.grad is not None]
         index = {id(p): i for i, p in enumerate(self.params)}
         # one name per place a parameter is held: a module reached by several names (a table
         # both tasks read) is swapped once, a parameter tied into two modules in both
@@ -119,12 +122,16 @@ class CompiledStep:
         state = [optimizer.state[p] for p in self.params]
         self.rows = BatchRows(engine, self.params, state)  # sparse tables, by their rows
         self.dense = [i for i in range(len(self.params)) if i not in self.rows.indices]
+        # each group's dense parameters, as positions in self.dense
+        self.dense_of = [
+            [k for k, i in enumerate(self.dense) if group_of[i] == g]
+            for g in range(len(self.groups))
+        ]
         self.exp_avgs = [s["exp_avg"] for s in state]
         self.exp_avg_sqs = [s["exp_avg_sq"] for s in state]
         self.step_counts = [state[i]["step"] for i in self.dense]
         # Adam's bias corrections, kept on the host (and each sparse table's: BatchRows)
         self.steps = int(self.step_counts[0]) if self.dense else 0
-        self.decoupled = group["decoupled_weight_decay"]  # AdamW's, or Adam's with it set
         self.per_task = engine.task_gradients
         optimizer.zero_grad()  # the compiled step keeps its gradients inside the graph
         self.compiled = compile_or_eager(self._step)
@@ -132,17 +139,17 @@ class CompiledStep:
     def step(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One step on ``batch``: the parameters and Adam's state updated; the losses."""
         self.steps += 1
-        beta1, beta2 = self.group["betas"]
-        lr = float(self.group["lr"])
-        scalars = torch.tensor(
-            [
+        scalars = []
+        for group in self.groups:  # three per group, then the sparse rows'
+            beta1, beta2 = group["betas"]
+            lr = float(group["lr"])
+            scalars += [
                 lr / (1 - beta1**self.steps),  # Adam's step size
                 math.sqrt(1 - beta2**self.steps),  # the second moment's correction
-                1 - lr * self.group["weight_decay"],  # decoupled weight decay's factor
-                *self.rows.step_sizes(lr, (beta1, beta2)),
-            ],
-            dtype=torch.float64,
-        )
+                1 - lr * group["weight_decay"],  # decoupled weight decay's factor
+            ]
+        scalars += self.rows.step_sizes(float(self.group["lr"]), self.group["betas"])
+        scalars = torch.tensor(scalars, dtype=torch.float64)
         # torch.func takes the gradients inside: nothing outside needs them
         with torch.no_grad(), self.rows.dense_lookups():
             losses, received, gram, weights, in_combination = self.compiled(
@@ -213,15 +220,17 @@ class CompiledStep:
                 p.view_as(v) for p, v in zip(combined.split(parts), values.values(), strict=True)
             ]
             grads, by_id = send(list(grads), pieces)
-        dense = self.dense  # under no_grad
-        self._adam(
-            [tables[i] for i in dense],
-            [grads[i] for i in dense],
-            [exp_avgs[i] for i in dense],
-            [exp_avg_sqs[i] for i in dense],
-            step_counts,
-            scalars[:3],
-        )
+        for g, positions in enumerate(self.dense_of):  # under no_grad
+            dense = [self.dense[k] for k in positions]
+            self._adam(
+                self.groups[g],
+                [tables[i] for i in dense],
+                [grads[i] for i in dense],
+                [exp_avgs[i] for i in dense],
+                [exp_avg_sqs[i] for i in dense],
+                [step_counts[k] for k in positions],
+                scalars[3 * g : 3 * g + 3],
+            )
         if self.rows:
             self.rows.update(
                 tables,
@@ -232,7 +241,7 @@ class CompiledStep:
                 exp_avg_sqs,
                 ids,
                 sizes,
-                scalars[3:],
+                scalars[3 * len(self.groups) :],
                 self.group,
             )
         out = {name: value.detach() for name, value in out.items()}
@@ -273,16 +282,17 @@ class CompiledStep:
 
         return values, send
 
-    def _adam(self, params, grads, exp_avgs, exp_avg_sqs, step_counts, scalars):
+    def _adam(self, group, params, grads, exp_avgs, exp_avg_sqs, step_counts, scalars):
         """Adam's update (Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR
-        2015) as ``torch.optim.Adam`` and ``AdamW`` compute it for each parameter."""
+        2015) as ``torch.optim.Adam`` and ``AdamW`` compute it for each parameter of
+        ``group`` (its settings)."""
         if not params:
             return
-        beta1, beta2 = self.group["betas"]
-        decay, eps = self.group["weight_decay"], self.group["eps"]
+        beta1, beta2 = group["betas"]
+        decay, eps = group["weight_decay"], group["eps"]
         step_size, correction, shrink = scalars.to(params[0].dtype).unbind()
         torch._foreach_add_(step_counts, 1)
-        if decay and self.decoupled:
+        if decay and group["decoupled_weight_decay"]:  # AdamW's, or Adam's with it set
             torch._foreach_mul_(params, shrink)
         elif decay:
             grads = torch._foreach_add(grads, params, alpha=decay)

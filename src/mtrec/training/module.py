@@ -253,7 +253,9 @@ class RecommenderModule(L.LightningModule):
         for parameter in self.net.task_parameters(task):
             parameter.requires_grad_(False)
             parameter.grad = None  # Adam leaves a parameter without a gradient alone
-        self.compiled_step, self.compile_step = None, False  # its graph trained every task
+        # its graph trained every task: a compiled step is made again after the next step,
+        # without the frozen parameters
+        self.compiled_step = None
 
     def _separate_step(self, batch, optimizer, backward) -> dict[str, torch.Tensor]:
         """One step with its parts apart: the engine's losses and gradients, then the
