@@ -152,13 +152,21 @@ def test_a_net_without_it_is_unchanged():
     assert not [name for name, _ in net.named_parameters() if "item_to_item" in name]
 
 
-def test_runs_train_it(short_run):
+@pytest.mark.parametrize("learned", [True, False])
+def test_runs_train_it_and_checkpoints_keep_only_what_data_cannot_rebuild(short_run, learned):
     run, record = short_run("model.net.item_to_item=true", "model.net.item_to_item_reg=10",
-                            "model.net.item_to_item_neighbours=5")  # fmt: skip
+                            "model.net.item_to_item_neighbours=5",
+                            f"model.net.item_to_item_learned={str(learned).lower()}")  # fmt: skip
     assert 0 < record["final"]["test/mrr"] <= 1 and math.isfinite(record["final"]["test/mse"])
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert state["net.item_to_item.weights"].shape[1] == 5
-    assert "net.item_to_item.history" not in state  # rebuilt from the data
+    saved = {key for key in state if key.startswith("net.item_to_item.")}
+    assert "net.item_to_item.scales.rating" in saved
+    if learned:  # the weights, with the sources they pair with
+        assert state["net.item_to_item.weights"].shape[1] == 5
+        assert {"net.item_to_item.weights", "net.item_to_item.sources"} <= saved
+    else:  # a constant: rebuilt from the data, as the history and the scores are
+        assert saved == {"net.item_to_item.scales.rating"}
+    assert "net.item_to_item.history" not in saved
 
 
 @pytest.mark.parametrize(

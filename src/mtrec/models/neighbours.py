@@ -140,7 +140,8 @@ class ItemToItem(nn.Module):
         strength.diagonal().fill_(-1.0)  # an item never predicts itself
         sources = strength.topk(kept, dim=0).indices.T.contiguous()  # (items, kept)
         start = closed.T.gather(1, sources)  # weights[i, m] = B[sources[i, m], i]
-        self.register_buffer("sources", sources)
+        # learned weights are saved beside the sources they pair with; else both are rebuilt
+        self.register_buffer("sources", sources, persistent=learned)
         self.learned = learned
         if learned:
             self.weights = nn.Parameter(start.clone())
