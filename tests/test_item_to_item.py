@@ -11,7 +11,7 @@ import torch
 from conftest import multitask_net, tasks_named
 from mtrec.data.datamodule import MovieLensDataModule
 from mtrec.data.info import DataInfo
-from mtrec.data.interactions import Interactions
+from mtrec.data.interactions import Interactions, rated
 from mtrec.errors import ConfigError
 from mtrec.models.baselines import EASE
 from mtrec.models.neighbours import ItemToItem, ease_weights
@@ -32,7 +32,7 @@ BY_HAND = train_rows([(0, 0), (0, 1), (1, 0), (2, 1)], num_users=3, num_items=2)
 
 def test_ease_closed_form_by_hand():
     # reg 1: P = (X^T X + I)^-1 = [[3, -1], [-1, 3]] / 8, B = -P / diag(P): 1/3 off the diagonal
-    weights = ease_weights(BY_HAND, 3, 2, reg=1.0)
+    weights = ease_weights(rated(BY_HAND, 3, 2), reg=1.0)
     torch.testing.assert_close(weights, torch.tensor([[0.0, 1 / 3], [1 / 3, 0.0]]))
     for learned in (True, False):
         encoder = ItemToItem(BY_HAND, 3, 2, ["rating"], reg=1.0, learned=learned)
@@ -62,7 +62,7 @@ def test_all_neighbours_are_ease_and_fewer_keep_the_strongest():
     every = ItemToItem(train, 30, 25, [], reg=5.0)
     torch.testing.assert_close(every.catalogue()(users), ease.score_all_items(users))
     kept = ItemToItem(train, 30, 25, [], reg=5.0, neighbours=3)
-    closed = ease_weights(train, 30, 25, 5.0)
+    closed = ease_weights(rated(train, 30, 25), 5.0)
     dense = kept.matrix()
     for item in range(25):
         column = closed[:, item].abs()
@@ -83,7 +83,7 @@ def test_it_holds_training_rows_only(ratings_folder):
     expected = torch.zeros(dm.num_users, dm.num_items)
     expected[split.train.users, split.train.items] = 1.0
     assert torch.equal(net.item_to_item.history, expected)
-    closed = ease_weights(split.train, dm.num_users, dm.num_items, 300.0)
+    closed = ease_weights(rated(split.train, dm.num_users, dm.num_items), 300.0)
     torch.testing.assert_close(net.item_to_item.matrix(), closed)
     # no held-out row changes it: the same training rows with other held-out rows
     info = DataInfo(dm.num_users, dm.num_items, None, split.train)

@@ -53,6 +53,9 @@ def test_a_task_stops_at_its_best_and_the_others_train_on():
     # separate tables: the rating's own are its head's and both of its tables
     assert any(p is mod.net.mixer.table("user", "rating").weight for p in rating_own)
     assert not any(p is mod.net.mixer.table("user", "interaction").weight for p in rating_own)
+    mixed = module("cross_stitch").net  # every task reads every table: none is its own
+    tables = {id(t.weight) for side in ("user", "item") for t in mixed.mixer.tables(side)}
+    assert len(tables) == 4 and not tables & {id(p) for p in mixed.task_parameters("rating")}
     at_best = None
     for epoch, mse in enumerate([1.0, 0.9, 0.95, 0.97], start=1):
         with torch.no_grad():  # "training": every parameter moves each epoch

@@ -42,6 +42,15 @@ class Vocabulary:
     item_ids: np.ndarray
 
 
+def rated(train: Interactions, num_users: int, num_items: int) -> torch.Tensor:
+    """The (users, items) matrix with 1 where the user rated the item in ``train``, else 0
+    (a pair rated twice counts once): what EASE, SVD++'s history and the item-to-item
+    encoder read of the training rows."""
+    matrix = torch.zeros(num_users, num_items)
+    matrix[train.users.cpu(), train.items.cpu()] = 1.0
+    return matrix
+
+
 def index_ratings(ratings: pd.DataFrame) -> tuple[Interactions, Vocabulary]:
     """Map raw user and item ids to ``0..n-1`` (sorted by raw id), keeping file order of rows."""
     user_ids, users = np.unique(ratings.user.to_numpy(), return_inverse=True)

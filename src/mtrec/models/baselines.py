@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from mtrec.data.info import DataInfo
+from mtrec.data.interactions import rated
 from mtrec.errors import ConfigError
 from mtrec.models.embeddings import ScaledEmbedding, ZeroEmbedding, embedding_size
 from mtrec.models.neighbours import ease_weights
@@ -69,10 +70,9 @@ class EASE(Recommender, Ranker):
                 f"{num_items**2 * 8 / 1e9:.1f} GB to fit. It is meant for catalogues of up to "
                 f"{max_items} items (ML-100K, ML-1M); use another model for this one."
             )
-        x = torch.zeros(num_users, num_items)
-        x[train.users, train.items] = 1.0
+        x = rated(train, num_users, num_items)
         self.register_buffer("interactions", x)
-        self.register_buffer("weights", ease_weights(train, num_users, num_items, reg))
+        self.register_buffer("weights", ease_weights(x, reg))
 
     def head(self, task: str):
         return self.interaction_logits

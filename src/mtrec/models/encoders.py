@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtrec.data.interactions import Interactions
+from mtrec.data.interactions import Interactions, rated
 from mtrec.errors import ConfigError
 
 ENCODERS = ("id", "history", "graph")
@@ -60,8 +60,7 @@ def history_weights(train: Interactions | None, num_users: int, num_items: int) 
     if train is None:
         raise _without_training_data("history")
     _check_size("history", "users x items", num_users, num_items)
-    weights = torch.zeros(num_users, num_items)
-    weights[train.users.cpu(), train.items.cpu()] = 1.0  # a pair rated twice counts once
+    weights = rated(train, num_users, num_items)
     counts = weights.sum(1, keepdim=True)
     return weights / counts.clamp(min=1).sqrt()
 

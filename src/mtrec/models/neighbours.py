@@ -32,17 +32,17 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from mtrec.data.interactions import Interactions
+from mtrec.data.interactions import Interactions, rated
 from mtrec.errors import ConfigError, shown
 
 MAX_CELLS = 100_000_000  # of the training matrix X and of the closed form (400 MB of floats)
 
 
-def ease_weights(train: Interactions, num_users: int, num_items: int, reg: float) -> torch.Tensor:
-    """EASE's closed form on ``train``: with ``P = (X^T X + reg I)^-1``, ``B = I - P /
+def ease_weights(x: torch.Tensor, reg: float) -> torch.Tensor:
+    """EASE's closed form for the binary training matrix ``x`` (users x items,
+    :func:`~mtrec.data.interactions.rated`): with ``P = (X^T X + reg I)^-1``, ``B = I - P /
     diag(P)`` (so ``diag(B) = 0``), computed in float64, returned in float32."""
-    x = torch.zeros(num_users, num_items, dtype=torch.float64)
-    x[train.users.cpu(), train.items.cpu()] = 1.0
+    x = x.to(torch.float64)
     gram = x.T @ x
     gram.diagonal().add_(reg)
     p = torch.linalg.inv(gram)
@@ -51,43 +51,34 @@ def ease_weights(train: Interactions, num_users: int, num_items: int, reg: float
     return weights.to(torch.float32)
 
 
+# each number setting: its default, and what it may be (whether 0 is allowed, what to use)
+NUMBERS = {
+    "item_to_item_reg": (300.0, False, "a number > 0, e.g. 300 (EASE's regularisation on ML-100K)"),
+    "item_to_item_scale": (30.0, True, "a number >= 0 (the EASE score's weight, e.g. 30)"),
+    "item_to_item_penalty": (0.0, True, "a number >= 0 (0: no pull toward the closed form)"),
+}
+
+
 def check_item_to_item(settings: Mapping) -> None:
     """The rules of ``model.net.item_to_item*``: one clear error each."""
     get = settings.get
-    enabled = get("item_to_item", False)
-    if not isinstance(enabled, bool):
-        raise ConfigError(
-            f"model.net.item_to_item={shown(enabled)} is not valid: use true or false."
-        )
-    reg = get("item_to_item_reg", 300.0)
-    if isinstance(reg, bool) or not isinstance(reg, int | float) or reg <= 0:
-        raise ConfigError(
-            f"model.net.item_to_item_reg={shown(reg)} is not valid: use a number > 0, e.g. "
-            "300 (EASE's regularisation on ML-100K)."
-        )
+    for name, use in (
+        ("item_to_item", "true or false"),
+        ("item_to_item_learned", "true (learned with the step) or false (the closed form kept)"),
+    ):
+        value = get(name, name == "item_to_item_learned")
+        if not isinstance(value, bool):
+            raise ConfigError(f"model.net.{name}={shown(value)} is not valid: use {use}.")
+    for name, (default, zero_ok, use) in NUMBERS.items():
+        value = get(name, default)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or value < 0 or (value == 0 and not zero_ok):
+            raise ConfigError(f"model.net.{name}={shown(value)} is not valid: use {use}.")
     neighbours = get("item_to_item_neighbours", None)
     if neighbours is not None and (type(neighbours) is not int or neighbours < 1):
         raise ConfigError(
             f"model.net.item_to_item_neighbours={shown(neighbours)} is not valid: use a "
             "positive integer (each item's strongest weights kept), or null (all of them)."
-        )
-    learned = get("item_to_item_learned", True)
-    if not isinstance(learned, bool):
-        raise ConfigError(
-            f"model.net.item_to_item_learned={shown(learned)} is not valid: use true (the "
-            "weights learned with the step) or false (EASE's closed form kept as it is)."
-        )
-    scale = get("item_to_item_scale", 30.0)
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or scale < 0:
-        raise ConfigError(
-            f"model.net.item_to_item_scale={shown(scale)} is not valid: use a number >= 0 "
-            "(the EASE score's weight beside the ranking head's, e.g. 30)."
-        )
-    penalty = get("item_to_item_penalty", 0.0)
-    if isinstance(penalty, bool) or not isinstance(penalty, int | float) or penalty < 0:
-        raise ConfigError(
-            f"model.net.item_to_item_penalty={shown(penalty)} is not valid: use a number "
-            ">= 0 (0: no pull toward EASE's closed form)."
         )
 
 
@@ -131,10 +122,9 @@ class ItemToItem(nn.Module):
                 "was built without training data: build it from a data module's data_info()."
             )
         _check_size(num_users, num_items)
-        history = torch.zeros(num_users, num_items)
-        history[train.users.cpu(), train.items.cpu()] = 1.0
+        history = rated(train, num_users, num_items)
         self.register_buffer("history", history, persistent=False)  # rebuilt from the data
-        closed = ease_weights(train, num_users, num_items, reg)
+        closed = ease_weights(history, reg)
         kept = num_items - 1 if neighbours is None else min(neighbours, num_items - 1)
         strength = closed.abs()
         strength.diagonal().fill_(-1.0)  # an item never predicts itself

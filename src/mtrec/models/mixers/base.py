@@ -158,13 +158,16 @@ class Tables(Mixer):
         return list(self.histories.parameters()) if self.histories is not None else []
 
     def own_parameters(self, task: str) -> list[nn.Parameter]:
-        """``task``'s tables that no other task reads (with their history encoders)."""
+        """The tables ``task`` reads and no other task does (with their history encoders)."""
         found = []
-        for of, tables in ((self.user_of, self.users), (self.item_of, self.items)):
-            name = of[task]
-            if [t for t in self.tasks if of[t] == name] == [task]:
-                found.append(tables[name].weight)
-                if of is self.user_of and self.histories is not None:
+        for side in SIDES:
+            others = {id(t) for o in self.tasks if o != task for t in self.task_tables(side, o)}
+            for table in self.task_tables(side, task):
+                if id(table) in others:
+                    continue
+                found.append(table.weight)
+                if side == "user" and self.histories is not None:
+                    name = next(n for n, t in self.users.items() if t is table)
                     found += list(self.histories[name].parameters())
         return found
 
@@ -210,4 +213,4 @@ class Tables(Mixer):
     def tables_read(self):
         if self.encoded("user") or self.encoded("item"):
             return {}
-        return {t: {side: (self.table(side, t),) for side in SIDES} for t in self.tasks}
+        return {t: {side: tuple(self.task_tables(side, t)) for side in SIDES} for t in self.tasks}

@@ -17,7 +17,7 @@ from torch import nn
 
 from mtrec.data.info import DataInfo
 from mtrec.models.embedding_experts import EmbeddingExperts
-from mtrec.models.mixers.base import SIDES, Tables
+from mtrec.models.mixers.base import Tables
 from mtrec.models.sharing import PLE, CrossStitch, MMoE, SharedBottom
 
 
@@ -152,16 +152,8 @@ class CrossStitchTables(Tables):
             for task in self.tasks
         }
 
-    def tables_read(self):
-        if self.encoded("user") or self.encoded("item"):
-            return {}
-        return {t: {side: tuple(self.tables(side)) for side in SIDES} for t in self.tasks}
-
     def task_tables(self, side, task):
         return self.tables(side)  # every task mixes every table's rows
-
-    def own_parameters(self, task):
-        return []
 
 
 def _counts(train, field: str, size: int) -> torch.Tensor:
