@@ -59,13 +59,13 @@ def batches(count: int, seed: int = 1) -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def build(make_weighting, make_optimizer, sharing="shared"):
+def build(make_weighting, make_optimizer, sharing="shared", tasks=None):
     torch.manual_seed(0)
     net = multitask_net(
         DataInfo(USERS, ITEMS), embedding_dim=4, layer_sizes=(12, 8), sharing=sharing
     )
     weighting = make_weighting()
-    engine = StepEngine(net, Objective(), weighting)
+    engine = StepEngine(net, Objective(tasks), weighting)
     optimizer = make_optimizer([*net.parameters(), *weighting.parameters()])
     return net, weighting, engine, optimizer
 
@@ -156,6 +156,44 @@ def test_the_compiled_step_gives_the_parameters_of_the_separate_one(strategy, op
         assert engine2.diagnostics.epoch_means().keys() == engine.diagnostics.epoch_means().keys()
 
 
+def ranking_tasks(loss: str) -> tuple:
+    """The reference's two tasks, the interaction task with ``loss``."""
+    return Interaction(factorization_loss=loss), Rating()
+
+
+def with_log_q(steps: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """The batches with log Q of their items and negatives, Q a fixed non-uniform
+    distribution over the items (as ``data.negative_alpha`` > 0 gives them)."""
+    generator = torch.Generator().manual_seed(5)
+    log_q = torch.log_softmax(torch.randn(ITEMS, generator=generator), 0)
+    return [
+        batch | {"log_q_items": log_q[batch["items"]], "log_q_negatives": log_q[batch["negatives"]]}
+        for batch in steps
+    ]
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sampled_softmax"])
+def test_the_ranking_losses_on_dense_tables_are_compiled_whole(loss):
+    steps = with_log_q(batches(6))
+    make_weighting, make_optimizer = STRATEGIES["fixed"], OPTIMIZERS["adam"]
+    net, _, engine, reference = build(make_weighting, make_optimizer, tasks=ranking_tasks(loss))
+    engine.use_compiler()
+    for batch in steps:
+        expected = separate_step(engine, reference, batch)
+    net2, _, engine2, optimizer2 = build(make_weighting, make_optimizer, tasks=ranking_tasks(loss))
+    assert unsupported(optimizer2, engine2) is None
+    separate_step(engine2, optimizer2, steps[0])
+    step = CompiledStep(engine2, optimizer2)
+    torch._dynamo.utils.counters.clear()
+    for batch in steps[1:]:
+        losses = step.step(batch)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
+    torch.testing.assert_close(losses[LOSS], expected[LOSS].detach())
+    for (name, p), q in zip(net.named_parameters(), net2.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_a_state_that_starts_again_with_the_width_keeps_one_graph_per_width():
     """ExcessMTL starts again when the rows' width changes (an epoch's last, smaller batch,
     here the fourth): compiled whole, one graph per width, the separate path's parameters."""
@@ -196,9 +234,9 @@ def test_what_the_compiled_step_cannot_serve_is_named():
     )
 
 
-def fit(folder, tmp_path, epochs=2, resume=None, **module_args):
+def fit(folder, tmp_path, epochs=2, resume=None, data=None, **module_args):
     L.seed_everything(0)
-    dm = MovieLensDataModule(path=str(folder), batch_size=16, test_fraction=0.2)
+    dm = MovieLensDataModule(path=str(folder), batch_size=16, test_fraction=0.2, **(data or {}))
     dm.setup()
     net = multitask_net(dm.data_info(), embedding_dim=8, layer_sizes=(24, 16))
     module = RecommenderModule(net, **module_args)
@@ -262,7 +300,7 @@ def test_a_bad_compile_setting_is_named():
         RecommenderModule(net, compile="fast")
 
 
-def sparse_build(make_weighting, sharing, **settings):
+def sparse_build(make_weighting, sharing, tasks=None, **settings):
     """A net whose tables give sparse gradients, with the optimizer sparse rows use."""
     torch.manual_seed(0)
     net = multitask_net(
@@ -272,7 +310,7 @@ def sparse_build(make_weighting, sharing, **settings):
         if isinstance(table, torch.nn.Embedding):
             table.sparse = True
     weighting = make_weighting()
-    engine = StepEngine(net, Objective(), weighting, read_once=True)
+    engine = StepEngine(net, Objective(tasks), weighting, read_once=True)
     optimizer = RowSparseAdam([*net.parameters(), *weighting.parameters()], lr=0.01, compile=False)
     return net, engine, optimizer
 
@@ -293,13 +331,13 @@ def sparse_batches(count: int, collide: bool) -> list[dict[str, torch.Tensor]]:
     return steps
 
 
-def sparse_steps(strategy, sharing, settings, steps):
+def sparse_steps(strategy, sharing, settings, steps, tasks=None):
     """The parameters and optimizer after ``steps`` on the separate path, and the same
     compiled (after the first step, as in a run), with the parameters it started from."""
-    net, engine, reference = sparse_build(STRATEGIES[strategy], sharing, **settings)
+    net, engine, reference = sparse_build(STRATEGIES[strategy], sharing, tasks, **settings)
     for batch in steps:
         separate_step(engine, reference, batch)
-    net2, engine2, optimizer2 = sparse_build(STRATEGIES[strategy], sharing, **settings)
+    net2, engine2, optimizer2 = sparse_build(STRATEGIES[strategy], sharing, tasks, **settings)
     start = {name: p.detach().clone() for name, p in net2.named_parameters()}
     assert unsupported(optimizer2, engine2) is None
     separate_step(engine2, optimizer2, steps[0])
@@ -350,6 +388,53 @@ def test_the_compiled_step_updates_sparse_rows_as_the_separate_path(strategy, sh
             assert torch.equal(p[unread], start[name][unread]), name
 
 
+def ranking_batches(count: int, negatives: int = 3) -> list[dict[str, torch.Tensor]]:
+    """Batches of several negatives per pair, none its pair's item, with log Q by row."""
+    steps = batches(count, seed=3)
+    generator = torch.Generator().manual_seed(4)
+    for batch in steps:
+        shift = torch.randint(1, ITEMS, (BATCH, negatives), generator=generator)
+        batch["negatives"] = (batch["items"].unsqueeze(1) + shift) % ITEMS
+    return with_log_q(steps)
+
+
+@pytest.mark.parametrize(
+    ("loss", "sharing", "strategy"),
+    [
+        ("sampled_softmax", "shared", "fixed"),
+        ("sampled_softmax", "separate", "fixed"),
+        ("sampled_softmax", "shared", "pcgrad"),
+        ("softmax", "shared", "fixed"),  # the rating head's biases: read at the items only
+        ("softmax", "separate", "fixed"),  # the rating head's own tables, too
+        ("softmax", "shared", "pcgrad"),  # each task's copy of the shared rows
+    ],
+)
+def test_the_ranking_losses_update_sparse_rows_inside_the_compiled_step(loss, sharing, strategy):
+    """The sampled softmax (log Q by row) reads the batch's rows; the full softmax reads
+    the item tables whole: both compiled whole, the separate path's parameters and moments,
+    and a row no task read stays bit-identical."""
+    steps = ranking_batches(6)
+    tasks = ranking_tasks(loss)
+    settings = {"rating_biases": True}
+    separate, (net2, optimizer2), start = sparse_steps(strategy, sharing, settings, steps, tasks)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert_same_steps(separate, (net2, optimizer2), steps, {"rtol": 1e-4, "atol": 1e-6})
+    users = {int(u) for b in steps for u in b["users"]}
+    items = {int(i) for b in steps for i in b["items"]}
+    negatives = {int(i) for b in steps for i in b["negatives"].flatten()}
+    every = set(range(ITEMS)) if loss == "softmax" else negatives
+    for name, p in net2.named_parameters():
+        if p.shape[0] not in (USERS, ITEMS) or not name.startswith(("mixer.", "heads.")):
+            continue
+        # the rating head reads its own item tables at the batch's items only
+        read = users if "user" in name else items if "rating" in name else items | every
+        unread = sorted(set(range(p.shape[0])) - read)
+        assert torch.equal(p[unread], start[name][unread]), name
+        if loss == "softmax" and read == items | every:  # every item read, every row moved
+            assert (p != start[name]).any(1).all(), name
+
+
 @pytest.mark.parametrize("sharing", ["shared", "separate"])
 def test_a_row_read_with_a_zero_gradient_moves_as_lazy_adam_moves_it(sharing, monkeypatch):
     """The step's arithmetic run eagerly, in the same float order as the separate path, with
@@ -372,18 +457,40 @@ def test_what_sparse_rows_cannot_compile_is_named():
         "MatrixFactorization does not say which ids index its tables"
     )
     for task, why in [
-        (Interaction(factorization_loss="sampled_softmax"), "the interaction loss reads ids"),
         (Rating(negative_rating_ratio=1), "the rating loss reads ids"),
+        (Interaction(factorization_loss="sampled_softmax"), None),  # log Q by row
+        (Interaction(factorization_loss="softmax"), None),  # the item tables whole
     ]:
         net, _, optimizer = sparse_build(STRATEGIES["fixed"], "shared")
         engine = StepEngine(net, Objective([task]), FixedWeighting({task.name: 1.0}))
-        assert unsupported(optimizer, engine).startswith(why)
+        found = unsupported(optimizer, engine)
+        assert found is None if why is None else found.startswith(why)
 
 
-def test_a_sparse_rows_run_compiled_whole_trains_as_the_separate_path(ratings_folder, tmp_path):
-    whole, trainer = fit(ratings_folder, tmp_path / "whole", compile="step", sparse_rows=True)
+@pytest.mark.parametrize("loss", ["bounded_bpr", "sampled_softmax"])
+def test_a_sparse_rows_run_compiled_whole_trains_as_the_separate_path(
+    ratings_folder, tmp_path, caplog, loss
+):
+    settings = {"sparse_rows": True}
+    if loss != "bounded_bpr":  # popularity negatives: every batch carries log Q by row
+        settings["data"] = {"negative_alpha": 0.75, "num_negatives": 4}
+    with caplog.at_level(logging.INFO, logger="mtrec.training.module"):
+        whole, trainer = fit(
+            ratings_folder,
+            tmp_path / "whole",
+            compile="step",
+            objective=Objective(ranking_tasks(loss)),
+            **settings,
+        )
     assert whole.compiled_step is not None and whole.compiled_step.rows
-    separate, _ = fit(ratings_folder, tmp_path / "separate", compile="loss", sparse_rows=True)
+    assert not [r for r in caplog.records if "model.compile=step" in r.getMessage()]
+    separate, _ = fit(
+        ratings_folder,
+        tmp_path / "separate",
+        compile="loss",
+        objective=Objective(ranking_tasks(loss)),
+        **settings,
+    )
     assert separate.compiled_step is None
     for p, q in zip(separate.parameters(), whole.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-5)

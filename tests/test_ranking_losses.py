@@ -96,12 +96,16 @@ def test_the_interaction_task_reads_the_catalogue_and_the_log_q_it_is_given():
     assert float(full) == pytest.approx(LOG_SUM - 2.0)  # every item, not the one negative
     sampled = Interaction(factorization_loss="sampled_softmax")
     assert float(sampled.loss(net, batch)) == pytest.approx(math.log(math.e + math.e**2) - 2.0)
-    log_q = torch.log(torch.tensor([0.5, 0.25, 0.25]))
-    corrected = float(sampled.loss(net, batch | {"log_q": log_q}))
+    log_q = torch.log(torch.tensor([0.5, 0.25, 0.25]))  # Q of items 0, 1, 2
+    with_q = batch | {
+        "log_q_items": log_q[batch["items"]],
+        "log_q_negatives": log_q[batch["negatives"]],
+    }
+    corrected = float(sampled.loss(net, with_q))
     pos, neg = 2.0 - math.log(0.25), 1.0 - math.log(0.5)
     assert corrected == pytest.approx(math.log(math.exp(pos) + math.exp(neg)) - pos)
     bpr = Interaction(factorization_loss="bpr")  # only the sampled softmax reads log Q
-    assert float(bpr.loss(net, batch | {"log_q": log_q})) == pytest.approx(math.log1p(math.e**-1))
+    assert float(bpr.loss(net, with_q)) == pytest.approx(math.log1p(math.e**-1))
 
 
 def test_the_full_softmax_is_refused_for_a_net_that_does_not_rank_the_catalogue():
@@ -128,10 +132,39 @@ def test_popularity_negatives_are_drawn_with_q_and_their_log_q_rides_along():
     frequencies = torch.bincount(drawn, minlength=4).double() / len(drawn)
     q = torch.tensor([1 / 7, 2 / 7, 4 / 7, 0.0], dtype=torch.float64)
     assert torch.allclose(frequencies, q, atol=0.01) and frequencies[3] == 0
-    batch = next(iter(batches))
-    assert torch.allclose(batch["log_q"][:3].exp().double(), q[:3])
+    batch = next(iter(batches))  # log Q of each row's item and of each of its negatives
+    assert torch.allclose(batch["log_q_items"].exp().double(), q[batch["items"]])
+    assert torch.allclose(batch["log_q_negatives"].exp().double(), q[batch["negatives"]])
+    assert batch["log_q_negatives"].shape == batch["negatives"].shape == (8, 200)
     uniform = next(iter(ShuffledBatches(data, 8, 200, seed=0)))
-    assert "log_q" not in uniform  # the reference's batches, as they were
+    assert not {"log_q_items", "log_q_negatives"} & set(uniform)  # the reference's batches
+
+
+def test_log_q_by_row_gives_the_loss_and_gradients_of_log_q_by_item_id():
+    """The sampled softmax on the batch's log Q per row equals its form on log Q per item
+    id (``log_q[items]``, ``log_q[negatives]``), value and gradients, to the last bit."""
+    data = training_rows([3, 5, 9, 2])
+    batch = next(iter(ShuffledBatches(data, 6, 5, seed=1, negative_alpha=0.75)))
+    counts = torch.bincount(data.items, minlength=4).double().pow(0.75)
+    log_q = (counts / counts.sum()).log().float()
+    task = Interaction(factorization_loss="sampled_softmax")
+    nets = []
+    for _ in range(2):  # the same start
+        torch.manual_seed(0)
+        nets.append(multitask_net(DataInfo(5, 4), embedding_dim=2, layer_sizes=(6, 4)))
+    by_row, by_id = nets
+    loss = task.loss(by_row, batch)
+    loss.backward()
+    head, users = by_id.head("interaction"), batch["users"]
+    positive = head(users, batch["items"]) - log_q[batch["items"]]
+    negative = head(users.unsqueeze(-1), batch["negatives"]) - log_q[batch["negatives"]]
+    expected = losses.sampled_softmax(positive, negative)
+    expected.backward()
+    assert torch.equal(loss, expected)
+    for (name, p), q in zip(by_row.named_parameters(), by_id.parameters(), strict=True):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            assert torch.equal(p.grad, q.grad), name
 
 
 def tiny_net(**settings) -> MultiTaskNet:

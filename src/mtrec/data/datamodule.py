@@ -25,8 +25,17 @@ from mtrec.data.movielens import MovieLens, load_movielens
 from mtrec.lightning_internals import StepBoundaries, step_boundaries
 
 #: what every training batch carries, or may: the rows' ids and ratings, the sampled negatives,
-#: each user's last rated items (``history``), log Q of each item under non-uniform negatives
-BATCH_FIELDS = ("users", "items", "ratings", "negatives", "history", "log_q")
+#: each user's last rated items (``history``), and under non-uniform negatives log Q of each
+#: row's item and of each of its negatives (``log_q_items``, ``log_q_negatives``)
+BATCH_FIELDS = (
+    "users",
+    "items",
+    "ratings",
+    "negatives",
+    "history",
+    "log_q_items",
+    "log_q_negatives",
+)
 
 
 class ShuffledBatches:
@@ -37,8 +46,10 @@ class ShuffledBatches:
     whole catalogue: seen items included, as in the reference, unless ``exclude_seen``, which
     redraws every negative that the user rated in training. ``negative_alpha`` > 0 draws them
     with probability Q(item) ∝ (the item's training rows)^alpha instead (0.75 as in word2vec),
-    and every batch then carries ``log_q``, log Q of each item, for losses that correct for
-    it. Epoch ``e`` uses a generator seeded with ``(seed, e)``, so the batches of a run are
+    and every batch then carries log Q of its items (``log_q_items``, (B,)) and of its
+    negatives (``log_q_negatives``, (B, K)), for losses that correct for it: gathered per
+    row, so a loss reads no value by item id and a step over the batch's rows serves it.
+    Epoch ``e`` uses a generator seeded with ``(seed, e)``, so the batches of a run are
     reproducible. ``rows`` (name -> one value per training row: the history of past items for
     sequence models, a field a data module adds for a task) ride along under their names.
 
@@ -105,7 +116,8 @@ class ShuffledBatches:
             for name, values in self.rows.items():
                 batch[name] = values[rows]
             if self.log_q is not None:
-                batch["log_q"] = self.log_q
+                batch["log_q_items"] = self.log_q[batch["items"]]
+                batch["log_q_negatives"] = self.log_q[batch["negatives"]]
             yield batch
 
     def _draw(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:

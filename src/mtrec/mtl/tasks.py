@@ -88,10 +88,17 @@ class Task(Scored, ABC):
     @property
     def id_fields(self) -> tuple[str, ...] | None:
         """The id fields of :attr:`fields`, which its loss gives its head whole; ``None``
-        where it reads ids beyond them or a part of one (every item, a value per item id,
-        some of the negatives): a step that sees only the batch's rows cannot serve it."""
+        where it reads other ids or a part of one (some of the negatives): a step that sees
+        only the batch's rows cannot serve it."""
         ids = {name for names in ID_FIELDS.values() for name in names}
         return tuple(field for field in self.fields if field in ids)
+
+    @property
+    def reads_every(self) -> frozenset[str]:
+        """The kinds of id (:data:`~mtrec.models.protocol.ID_FIELDS`) at every one of which
+        its loss reads its head (a loss over the whole catalogue, ids ``0 .. n - 1``): a step
+        over the batch's rows then reads those tables whole, each id its own position."""
+        return frozenset()
 
     def check_net(self, net_class: type[Recommender]) -> None:
         """One clear error, when the run is built, for a net this task's settings cannot use."""
@@ -126,9 +133,10 @@ class Interaction(Task):
     ``factorization_loss`` (``bounded_bpr`` = mean(1 - sigmoid(p+ - p-)), the reference);
     ``softmax`` scores it against every item instead (nets that rank the catalogue,
     :class:`~mtrec.models.protocol.Ranker`), and ``sampled_softmax`` corrects each logit by
-    the log-probability the sampler drew the item with (``batch["log_q"]``, one per item,
-    where the negatives are not uniform). Ranked over the whole catalogue: MRR per user
-    (reference), per held-out row, HR@k, NDCG@k."""
+    the log-probability the sampler drew the item with (``batch["log_q_items"]`` and
+    ``batch["log_q_negatives"]``, gathered per row, where the negatives are not uniform).
+    Ranked over the whole catalogue: MRR per user (reference), per held-out row, HR@k,
+    NDCG@k."""
 
     name: ClassVar[str] = "interaction"
     head_kind: ClassVar[HeadKind] = HeadKind.RANKING
@@ -146,8 +154,13 @@ class Interaction(Task):
 
     @property
     def id_fields(self):
-        reads_every_item = self.factorization_loss in losses.CATALOGUE | losses.CORRECTED
-        return None if reads_every_item else super().id_fields
+        if self.factorization_loss in losses.CATALOGUE:  # every item instead of the negatives
+            return tuple(field for field in super().id_fields if field != "negatives")
+        return super().id_fields
+
+    @property
+    def reads_every(self):
+        return frozenset({"item"} if self.factorization_loss in losses.CATALOGUE else ())
 
     def check_net(self, net_class):
         if self.factorization_loss in losses.CATALOGUE and not issubclass(net_class, Ranker):
@@ -158,15 +171,15 @@ class Interaction(Task):
             )
 
     def loss(self, net, batch, rows=None, user_rows=None):
-        head, users, items = net.head(self.name), batch["users"], batch["items"]
-        positive = head(users, items, **head_inputs(batch, rows))
+        head, users = net.head(self.name), batch["users"]
+        positive = head(users, batch["items"], **head_inputs(batch, rows))
         negatives = batch["negatives"]
-        if self.factorization_loss in losses.CATALOGUE:
+        if self.factorization_loss in losses.CATALOGUE:  # every item: see reads_every
             negatives = torch.arange(net.num_items, device=users.device)
         negative = head(users.unsqueeze(-1), negatives, **head_inputs(batch, user_rows))
-        if self.factorization_loss in losses.CORRECTED and "log_q" in batch:
-            log_q = batch["log_q"]
-            positive, negative = positive - log_q[items], negative - log_q[negatives]
+        if self.factorization_loss in losses.CORRECTED and "log_q_items" in batch:
+            positive = positive - batch["log_q_items"]
+            negative = negative - batch["log_q_negatives"]
         return losses.factorization_loss(self.factorization_loss)(positive, negative)
 
 

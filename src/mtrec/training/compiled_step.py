@@ -14,7 +14,8 @@ learning-rate schedules see an ordinary ``torch.optim.Adam``. What this step can
 ``optimizer.step()``), with one log line.
 
 Under sparse rows (:class:`~mtrec.training.optim.RowSparseAdam`) the step sees only the rows
-its batch reads (:mod:`mtrec.training.batch_rows`): no sparse tensor enters the graph.
+its batch reads (:mod:`mtrec.training.batch_rows`), or a table whole where a loss reads every
+id of its kind (the full softmax): no sparse tensor enters the graph.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch.func import functional_call, grad, vjp
 from torch.nn import functional as F
 
 from mtrec.compile import compile_or_eager
+from mtrec.models.encoders import GraphEncoder
 from mtrec.models.protocol import TableRows
 from mtrec.mtl.step import LOSS, StepEngine
 from mtrec.training.batch_rows import BatchRows, table_reads
@@ -48,6 +50,8 @@ def unsupported(optimizer: torch.optim.Optimizer, engine: StepEngine) -> str | N
                 return f"{option}=True"
         if isinstance(group["lr"], torch.Tensor):
             return "the learning rate is a tensor"
+    if any(isinstance(module, GraphEncoder) for module in engine.net.modules()):
+        return "the graph encoder's sparse products do not compile"
     why = table_reads(engine)[1]
     if why is not None:
         return why
@@ -169,9 +173,9 @@ class CompiledStep:
         return functional_call(self.module, named, args, tie_weights=False)
 
     def _step(self, params, exp_avgs, exp_avg_sqs, step_counts, scalars, batch):
-        tables, ids, sizes = params, {}, {}
+        tables, ids, by_field = params, {}, {}
         if self.rows:  # the step sees the batch's rows: ids become their positions
-            batch, ids, sizes = self.rows.positions(batch)
+            batch, ids, by_field = self.rows.positions(batch)
             params = self.rows.gather(params, ids)
         received = gram = in_combination = None
         # sparse rows: the rows the tasks share are read once, as on the separate path, so
@@ -240,7 +244,7 @@ class CompiledStep:
                 exp_avgs,
                 exp_avg_sqs,
                 ids,
-                sizes,
+                by_field,
                 scalars[3 * len(self.groups) :],
                 self.group,
             )
