@@ -38,7 +38,7 @@ def test_each_part_set_is_a_group_of_its_own_and_every_parameter_is_in_one_group
     assert sorted(in_groups) == sorted(id(p) for p in module.parameters())  # each once
     named = net.parts()
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in named["encoders"]}
-    assert named["encoders"] == [net.mixer.histories["interaction"].items]
+    assert named["encoders"] == [net.mixer.histories["interaction"].items.weight]
     assert {id(p) for p in groups[2]["params"]} == {id(p) for p in net.heads["rating"].parameters()}
     assert {id(p) for p in groups[3]["params"]} == {
         id(p) for name, p in net.mixer.named_parameters() if "_mixer." in name

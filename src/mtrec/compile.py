@@ -25,7 +25,9 @@ def compile_or_eager(function: Callable, **options) -> Callable:
         if not eager:
             try:
                 compiled = compiled or torch.compile(function, **options)
-                return compiled(*args, **kwargs)
+                # sizes known only from the data (a batch's history bags) are traced as such
+                with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+                    return compiled(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly
                 log.warning(
                     "torch.compile failed (%s: %s); running eagerly. Set model.compile=false "

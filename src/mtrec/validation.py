@@ -254,17 +254,8 @@ def chosen_tasks(cfg: DictConfig, net: type) -> tuple[Task, ...]:
 
 def sparse_rows_checks(cfg: DictConfig, strategy) -> None:
     """What sparse row updates cannot take: another optimizer than Adam, penalties on all
-    parameters, an encoder that reads more rows than the batch's, per-task gradients
-    (``strategy``'s or the diagnostics') under DDP."""
+    parameters, per-task gradients (``strategy``'s or the diagnostics') under DDP."""
     check_sparse_rows(lookup(cfg, "model.l1") or 0, lookup(cfg, "model.l2") or 0)
-    if lookup(cfg, "model.net.encoder") not in ("id", ABSENT):
-        raise ConfigError(
-            f"model.sparse_rows=true updates only the rows a batch reads, and "
-            f"model.net.encoder={lookup(cfg, 'model.net.encoder')} reads rows beyond the "
-            "batch's (a user's training items, or the training graph): use "
-            "model.net.encoder=id with sparse rows, or "
-            "model.sparse_rows=false."
-        )
     optimizer = lookup(cfg, "optimizer._target_")
     if isinstance(optimizer, str):
         check_sparse_optimizer(optimizer)

@@ -8,18 +8,25 @@ FISM (Kabbur et al., KDD 2013) is its second term alone. ``graph`` is LightGCN's
 "LightGCN: Simplifying and Powering Graph Convolution Network for Recommendation", SIGIR 2020):
 users and items alike become the mean of their K-hop propagations over the training graph.
 Only training rows ever enter a history or the graph.
+
+Both are sparse, as the interactions are: a history is a bag of the user's training items
+(one weighted sum per user, :class:`torch.nn.EmbeddingBag`), the graph a sparse normalised
+adjacency whose products cost its nonzeros, never users x items.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from mtrec.data.interactions import Interactions, rated
+from mtrec.data.interactions import Interactions
 from mtrec.errors import ConfigError
 
 ENCODERS = ("id", "history", "graph")
-MAX_CELLS = 100_000_000  # of a history or propagation matrix (400 MB of floats)
 
 
 def check_encoder(encoder: object) -> None:
@@ -37,15 +44,6 @@ def check_graph_layers(layers: object) -> None:
         )
 
 
-def _check_size(encoder: str, shape: str, rows: int, columns: int) -> None:
-    if rows * columns > MAX_CELLS:
-        raise ConfigError(
-            f"model.net.encoder={encoder} keeps a {shape} matrix: {rows} x {columns} would take "
-            f"{rows * columns * 4 / 1e9:.1f} GB. It is meant for catalogues up to ML-1M's "
-            "size; use model.net.encoder=id for this one."
-        )
-
-
 def _without_training_data(encoder: str) -> ConfigError:
     return ConfigError(
         f"model.net.encoder={encoder} reads each user's training items, and this net was "
@@ -53,84 +51,220 @@ def _without_training_data(encoder: str) -> ConfigError:
     )
 
 
-def history_weights(train: Interactions | None, num_users: int, num_items: int) -> torch.Tensor:
-    """The (users, items) matrix with ``|N(u)|^(-1/2)`` where user u rated item j in ``train``
-    and 0 elsewhere: a user's row times the item table is SVD++'s history term. Dense, so a
-    batch's rows are one gather and one matrix product (compiled like the rest of the step)."""
+def _distinct_pairs(train: Interactions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training (user, item) pairs, a pair rated twice once, sorted by user then item."""
+    pairs = torch.unique(torch.stack([train.users.cpu(), train.items.cpu()]), dim=1)
+    return pairs[0], pairs[1]
+
+
+@dataclass(frozen=True)
+class SparseRows:
+    """A sparse matrix by rows (a CSR matrix's arrays): row r's nonzeros are in columns
+    ``members[starts[r] : starts[r] + counts[r]]``, with values ``weights[...]`` there.
+    ``columns``: how many columns it has."""
+
+    starts: torch.Tensor
+    counts: torch.Tensor
+    members: torch.Tensor
+    weights: torch.Tensor
+    columns: int
+
+    @classmethod
+    def of(cls, rows: torch.Tensor, members: torch.Tensor, weights: torch.Tensor, shape):
+        """From coordinates sorted by row."""
+        counts = torch.bincount(rows, minlength=shape[0])
+        return cls(torch.cumsum(counts, 0) - counts, counts, members, weights, shape[1])
+
+    def csr(self) -> torch.Tensor:
+        crow = torch.cat([self.starts, (self.starts[-1:] + self.counts[-1:])])
+        shape = (len(self.counts), self.columns)
+        return torch.sparse_csr_tensor(
+            crow, self.members, self.weights, shape, check_invariants=False
+        )
+
+    def dense(self) -> torch.Tensor:
+        return self.csr().to_dense()
+
+    def buffers(self, module: nn.Module, prefix: str) -> None:
+        """Held by ``module`` as buffers ``<prefix>_starts``... (rebuilt from the data, never
+        saved), so they follow it to its device."""
+        for name in ("starts", "counts", "members", "weights"):
+            module.register_buffer(f"{prefix}_{name}", getattr(self, name), persistent=False)
+
+
+def bags(rows: tuple[torch.Tensor, ...], ids: torch.Tensor, bag) -> torch.Tensor:
+    """Rows ``ids`` of a sparse matrix (``rows``: its starts, counts, members and weights)
+    times a table: each id's weighted sum of the table's rows at its members, one bag per
+    id (``bag``: an :class:`torch.nn.EmbeddingBag`, or
+    :func:`torch.nn.functional.embedding_bag` with its table given). Shape ``(*ids.shape,
+    columns)``; the bags' sizes depend on the data, and the compiled step traces them as
+    such."""
+    starts, counts, members, weights = rows
+    flat = ids.reshape(-1)
+    sizes = counts[flat]
+    offsets = torch.cumsum(sizes, 0) - sizes
+    owner = torch.repeat_interleave(sizes)  # each entry's position among the ids
+    entry = starts[flat][owner] + torch.arange(owner.shape[0], device=flat.device)
+    entry = entry - offsets[owner]
+    summed = bag(members[entry], offsets=offsets, per_sample_weights=weights[entry])
+    return summed.reshape(*ids.shape, -1)
+
+
+def histories(train: Interactions | None, num_users: int, num_items: int) -> SparseRows:
+    """Each user's distinct training items, each weighted ``|N(u)|^(-1/2)`` (SVD++'s)."""
     if train is None:
         raise _without_training_data("history")
-    _check_size("history", "users x items", num_users, num_items)
-    weights = rated(train, num_users, num_items)
-    counts = weights.sum(1, keepdim=True)
-    return weights / counts.clamp(min=1).sqrt()
+    users, items = _distinct_pairs(train)
+    counts = torch.bincount(users, minlength=num_users)
+    return SparseRows.of(users, items, counts[users].float().rsqrt(), (num_users, num_items))
 
 
 class HistoryEncoder(nn.Module):
-    """Adds SVD++'s history term to a user table's rows: ``rows + W[users] @ Y``, with ``W``
-    from :func:`history_weights` and ``Y`` (items x width) started at zero, so training starts
-    from the plain rows. Rows wider than ``width`` (a mixture's rows, whose last columns are
+    """Adds SVD++'s history term to a user table's rows: ``rows + sum_j w_uj y_j`` over the
+    user's training items (:func:`histories`), one bag per user (``items``, an
+    :class:`torch.nn.EmbeddingBag` of ``width`` columns started at zero, so training starts
+    from the plain rows; under sparse rows only the rows a batch's histories read get a
+    gradient and move). Rows wider than ``width`` (a mixture's rows, whose last columns are
     its gates' logits) get the term on their first ``width`` columns only."""
 
-    def __init__(self, weights: torch.Tensor, width: int):
+    def __init__(self, found: SparseRows, width: int):
         super().__init__()
-        self.register_buffer("weights", weights, persistent=False)  # rebuilt from the data
-        self.items = nn.Parameter(torch.zeros(weights.shape[1], width))
+        found.buffers(self, "history")
+        self.items = nn.EmbeddingBag(
+            found.columns, width, mode="sum", _weight=torch.zeros(found.columns, width)
+        )
+
+    def _load_from_state_dict(self, state, prefix, *args, **kwargs):
+        """Checkpoints from before the bags name the item factors ``items``."""
+        if prefix + "items" in state:
+            state[prefix + "items.weight"] = state.pop(prefix + "items")
+        super()._load_from_state_dict(state, prefix, *args, **kwargs)
+
+    def term(self, users: torch.Tensor) -> torch.Tensor:
+        """The history term of each of ``users`` (any shape): ``(*users.shape, width)``."""
+        found = (
+            self.history_starts,
+            self.history_counts,
+            self.history_members,
+            self.history_weights,
+        )
+        return bags(found, users, self.items)
 
     def forward(self, rows: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-        term = self.weights[users] @ self.items
+        term = self.term(users)
         width = term.shape[-1]
         if rows.shape[-1] == width:
             return rows + term
         return torch.cat([rows[..., :width] + term, rows[..., width:]], -1)
 
 
-def graph_propagation(
-    train: Interactions | None, num_users: int, num_items: int, layers: int
-) -> torch.Tensor:
-    """LightGCN's propagation as one (users + items)-square matrix ``P = (1 / (K + 1))
-    sum_{k=0..K} A^k``, with ``A = D^(-1/2) [[0, R], [R^T, 0]] D^(-1/2)`` the normalised
-    adjacency of the training graph (users first, then items; ``R`` the user-item matrix of
-    ``train``, a pair rated twice counted once). LightGCN's layers are linear, so its final
-    vectors are ``P @ [U; Q]`` for tables ``U``, ``Q``: built once here, a batch's vectors are
-    a gather of ``P``'s rows and one matrix product, compiled with the rest of the step."""
+def normalised_adjacency(train: Interactions | None, num_users: int, num_items: int) -> SparseRows:
+    """LightGCN's ``A = D^(-1/2) [[0, R], [R^T, 0]] D^(-1/2)``: the training graph's
+    normalised adjacency over users then items (``R`` the user-item matrix of ``train``, a
+    pair rated twice counted once), by rows. Symmetric."""
     if train is None:
         raise _without_training_data("graph")
+    users, items = _distinct_pairs(train)
+    items = items + num_users
     nodes = num_users + num_items
-    _check_size("graph", "(users + items) x (users + items)", nodes, nodes)
-    pairs = torch.unique(torch.stack([train.users.cpu(), train.items.cpu() + num_users]), dim=1)
-    edges = torch.cat([pairs, pairs.flip(0)], dim=1)
-    degrees = torch.bincount(edges[0], minlength=nodes).float()
-    scale = degrees.clamp(min=1).rsqrt()
-    adjacency = torch.sparse_coo_tensor(
-        edges, scale[edges[0]] * scale[edges[1]], (nodes, nodes)
-    ).coalesce()
-    power = torch.eye(nodes)
-    total = power.clone()
-    for _ in range(layers):
-        power = torch.sparse.mm(adjacency, power)
-        total += power
-    return total / (layers + 1)
+    rows, columns = torch.cat([users, items]), torch.cat([items, users])
+    scale = torch.bincount(rows, minlength=nodes).float().clamp(min=1).rsqrt()
+    order = torch.argsort(rows * nodes + columns)  # by row, then column
+    rows, columns = rows[order], columns[order]
+    return SparseRows.of(rows, columns, scale[rows] * scale[columns], (nodes, nodes))
+
+
+class _Powers(torch.autograd.Function):
+    """``sum_{k=0..K} A^k x`` for a symmetric sparse ``A`` (CSR arrays): K sparse products
+    forward and K backward (the transpose is ``A`` itself). Written out because autograd's
+    own backward of a sparse product builds ``A``'s transpose at every call (about 8 x slower
+    on the ML-1M graph)."""
+
+    @staticmethod
+    def forward(crow, columns, values, x, powers):
+        adjacency = torch.sparse_csr_tensor(
+            crow, columns, values, (len(x), len(x)), check_invariants=False
+        )
+        total = power = x
+        for _ in range(powers):
+            power = adjacency @ power
+            total = total + power
+        return total
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        # the graph's constant arrays, kept as they are (never freed by a backward pass): a
+        # propagation read by several backward passes, as per-task gradients do, stays valid
+        ctx.adjacency, ctx.powers = inputs[:3], inputs[4]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None, None, _Powers.apply(*ctx.adjacency, grad.contiguous(), ctx.powers), None
 
 
 class GraphEncoder(nn.Module):
-    """LightGCN's vectors of a task's (user table, item table) pair: a node's row of
-    :func:`graph_propagation` times both tables stacked. No parameters of its own: the
-    gradient reaches every row of both tables the propagation mixes in."""
+    """LightGCN's vectors of a task's (user table, item table) pair ``E``: a node's final
+    vector is ``(1 / (K + 1)) sum_{k=0..K} A^k E`` at its row, computed as
+    ``(E + A M) / (K + 1)`` with ``M = sum_{k<K} A^k E``. ``M`` takes K - 1 sparse products
+    of every node's rows (and as many backward), once per step; each lookup then reads its
+    ids' rows of ``A`` as weighted bags of ``M``'s rows, so no lookup pays a product of the
+    whole graph. No parameters of its own.
 
-    def __init__(self, propagation: torch.Tensor, num_users: int):
+    ``M`` of a pair of tables is kept and read by every lookup until either table changes
+    (its version counter) or a backward pass goes through it: the heads of one step
+    (positives, negatives, every task reading those tables) and the chunks of one evaluation
+    share it. Only the net's own tables are kept, never another call's tensors."""
+
+    def __init__(self, adjacency: SparseRows, num_users: int, layers: int):
         super().__init__()
-        self.register_buffer("propagation", propagation, persistent=False)  # rebuilt from data
-        self.num_users = num_users
+        adjacency.buffers(self, "graph")
+        self.num_users, self.layers = num_users, layers
+        # per pair of tables (by identity): the tables, their versions, grad mode, and M
+        self._kept: dict[tuple[int, int], tuple] = {}
+
+    def adjacency(self) -> SparseRows:
+        return SparseRows(
+            self.graph_starts, self.graph_counts, self.graph_members, self.graph_weights,
+            len(self.graph_counts),
+        )  # fmt: skip
+
+    def context(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``M = sum_{k<K} A^k E`` of every node (users, then items)."""
+        tables = torch.cat([users, items])
+        if self.layers == 1:
+            return tables
+        csr = self.adjacency().csr()
+        arrays = csr.crow_indices(), csr.col_indices(), csr.values()
+        if not isinstance(users, nn.Parameter):  # e.g. a functional call's: never kept
+            return _Powers.apply(*arrays, tables, self.layers - 1)
+        pair = (id(users), id(items))
+        state = (users._version, items._version, torch.is_grad_enabled())
+        kept = self._kept.get(pair)
+        if kept is not None and kept[0] is users and kept[1] is items and kept[2] == state:
+            return kept[3]
+        out = _Powers.apply(*arrays, tables, self.layers - 1)
+        self._kept[pair] = (users, items, state, out)
+        if out.requires_grad:  # a later step's forward must not read this step's graph
+            out.register_hook(lambda grad: self._forget(pair))
+        return out
+
+    def _forget(self, pair: tuple[int, int]) -> None:
+        self._kept.pop(pair, None)
 
     def forward(
         self, users: torch.Tensor, items: torch.Tensor, side: str, ids: torch.Tensor
     ) -> torch.Tensor:
         """The vectors of ``ids`` (users or items, by ``side``) from the tables' weights."""
-        tables = torch.cat([users, items])
-        if side == "user":
-            block = self.propagation[: self.num_users]
-        else:
-            block = self.propagation[self.num_users :]
-        if ids.numel() >= len(block):  # e.g. the catalogue: every vector once, then gathered
-            return (block @ tables)[ids]
-        return block[ids] @ tables
+        own = (users if side == "user" else items)[ids]
+        nodes = ids if side == "user" else ids + self.num_users
+        context = self.context(users, items)
+        rows = (self.graph_starts, self.graph_counts, self.graph_members, self.graph_weights)
+        bag = partial(F.embedding_bag, weight=context, mode="sum")
+        return (own + bags(rows, nodes, bag)) / (self.layers + 1)
+
+
+def propagate(adjacency: SparseRows, x: torch.Tensor, layers: int) -> torch.Tensor:
+    """LightGCN's final vectors of every node from their layer-0 rows ``x``."""
+    csr = adjacency.csr()
+    arrays = csr.crow_indices(), csr.col_indices(), csr.values()
+    return _Powers.apply(*arrays, x.contiguous(), layers) / (layers + 1)

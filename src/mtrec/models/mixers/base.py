@@ -23,7 +23,7 @@ from torch import nn
 
 from mtrec.data.info import DataInfo
 from mtrec.models.embeddings import ScaledEmbedding
-from mtrec.models.encoders import GraphEncoder, HistoryEncoder, graph_propagation, history_weights
+from mtrec.models.encoders import GraphEncoder, HistoryEncoder, histories, normalised_adjacency
 from mtrec.models.protocol import Rows, TableRows
 
 SIDES = ("user", "item")
@@ -130,17 +130,15 @@ class Tables(Mixer):
         self.users, self.items = users, items
         self.histories = None  # SVD++: one encoder per distinct user table
         if encoder == "history":
-            weights = history_weights(data.train, data.num_users, data.num_items)
+            found = histories(data.train, data.num_users, data.num_items)
             width = width if encoded is None else encoded
             self.histories = nn.ModuleDict(
-                {name: HistoryEncoder(weights, width) for name in self.users}
+                {name: HistoryEncoder(found, width) for name in self.users}
             )
         self.graph = None
         if encoder == "graph":
-            propagation = graph_propagation(
-                data.train, data.num_users, data.num_items, graph_layers
-            )
-            self.graph = GraphEncoder(propagation, data.num_users)
+            adjacency = normalised_adjacency(data.train, data.num_users, data.num_items)
+            self.graph = GraphEncoder(adjacency, data.num_users, graph_layers)
 
     def table(self, side: str, task: str) -> nn.Embedding:
         """The table ``task`` reads on ``side``."""
