@@ -16,6 +16,10 @@ from mtrec.errors import ConfigError
 from mtrec.models.baselines import EASE
 from mtrec.models.neighbours import ItemToItem, ease_weights
 from mtrec.mtl.objective import PENALTY, Objective
+from mtrec.mtl.step import StepEngine
+from mtrec.mtl.weighting import FixedWeighting
+from mtrec.training.compiled_step import unsupported
+from mtrec.training.optim import RowSparseAdam
 
 
 def train_rows(pairs: list[tuple[int, int]], num_users: int, num_items: int) -> Interactions:
@@ -190,3 +194,18 @@ def test_a_catalogue_too_large_is_refused():
         ItemToItem(train_rows([(0, 0)], 1, 1), 200_000, 60_000, [])
     with pytest.raises(ConfigError, match="built without training data"):
         ItemToItem(None, 3, 2, [])
+
+
+def test_sparse_rows_in_the_compiled_step_leave_it_to_the_separate_path():
+    """It reads each user's training items and each item's weights by id: a step that sees
+    only the batch's rows (ids as positions) would read the wrong ones."""
+    info = DataInfo(30, 25, None, random_rows())
+    net = multitask_net(info, embedding_dim=4, layer_sizes=(12, 4), item_to_item=True)
+    for table in net.modules():
+        if isinstance(table, torch.nn.Embedding):
+            table.sparse = True
+    engine = StepEngine(net, Objective(tasks_named("interaction", "rating")), FixedWeighting())
+    found = unsupported(RowSparseAdam(net.parameters()), engine)
+    assert found == "MultiTaskNet does not say which ids index its tables"
+    plain = multitask_net(info, embedding_dim=4, layer_sizes=(12, 4))
+    assert plain.tables_read() and not net.tables_read()

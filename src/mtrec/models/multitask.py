@@ -250,9 +250,11 @@ class MultiTaskNet(
 
     def tables_read(self) -> dict[str, dict[str, tuple[nn.Embedding, ...]]]:
         """Each head's tables of a side read at that side's ids: the mixer's, then the
-        head's own (its biases); none under an encoder, which reads whole tables."""
+        head's own (its biases); none under an encoder, which reads whole tables, or with the
+        item-to-item term, which reads each user's training items (a step that sees only the
+        batch's rows would read them by position)."""
         read = self.mixer.tables_read()
-        if not read:
+        if not read or self.item_to_item is not None:
             return {}
         for task, head in self.heads.items():
             for side, tables in head.id_tables().items():
