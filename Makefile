@@ -34,8 +34,8 @@ test: lint  ## everything, as CI runs it, one worker per core
 test-fast: $(STAMP)  ## the inner loop: every test but those marked slow
 	$(BIN)/python -m pytest -m "not slow" -x -q
 
-bench: $(STAMP)  ## the scale table (epoch, evaluation, memory per shape), then plain loop vs template
-	$(BIN)/python benchmarks/epoch_time.py $(ARGS)
+bench: $(STAMP)  ## the scale, overhead and levers tables (time, memory), written into docs/performance.md
+	$(BIN)/python benchmarks/epoch_time.py --write docs/performance.md $(ARGS)
 
 # The newest sweep, its runs under their job names; DIR=outputs shows every run, DIR=<folder> one.
 tensorboard: DIR ?= $(or $(patsubst %/,%,$(dir $(firstword $(shell ls -t outputs/sweeps/*/*/multirun.yaml 2>/dev/null)))),outputs)
