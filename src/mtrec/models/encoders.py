@@ -17,11 +17,9 @@ adjacency whose products cost its nonzeros, never users x items.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from mtrec.data.interactions import Interactions
 from mtrec.errors import ConfigError
@@ -95,8 +93,7 @@ class SparseRows:
 def bags(rows: tuple[torch.Tensor, ...], ids: torch.Tensor, bag) -> torch.Tensor:
     """Rows ``ids`` of a sparse matrix (``rows``: its starts, counts, members and weights)
     times a table: each id's weighted sum of the table's rows at its members, one bag per
-    id (``bag``: an :class:`torch.nn.EmbeddingBag`, or
-    :func:`torch.nn.functional.embedding_bag` with its table given). Shape ``(*ids.shape,
+    id (``bag``: an :class:`torch.nn.EmbeddingBag` over the table). Shape ``(*ids.shape,
     columns)``; the bags' sizes depend on the data, and the compiled step traces them as
     such."""
     starts, counts, members, weights = rows
@@ -174,52 +171,56 @@ def normalised_adjacency(train: Interactions | None, num_users: int, num_items: 
     return SparseRows.of(rows, columns, scale[rows] * scale[columns], (nodes, nodes))
 
 
-class _Powers(torch.autograd.Function):
-    """``sum_{k=0..K} A^k x`` for a symmetric sparse ``A`` (CSR arrays): K sparse products
-    forward and K backward (the transpose is ``A`` itself). Written out because autograd's
-    own backward of a sparse product builds ``A``'s transpose at every call (about 8 x slower
-    on the ML-1M graph)."""
+class _Propagate(torch.autograd.Function):
+    """``P x = (1 / (K + 1)) sum_{k=0..K} A^k x`` for a symmetric sparse ``A`` (its CSR
+    arrays): K sparse products forward, and K backward (``P^T g = P g``). Written out because
+    autograd's own backward of a sparse product builds ``A``'s transpose at every call (about
+    8 x slower on the ML-1M graph). It keeps no tensor that a backward pass frees: a
+    propagation read by several backward passes, as per-task gradients do, stays valid."""
 
     @staticmethod
-    def forward(crow, columns, values, x, powers):
+    def forward(crow, columns, values, x, layers):
         adjacency = torch.sparse_csr_tensor(
             crow, columns, values, (len(x), len(x)), check_invariants=False
         )
         total = power = x
-        for _ in range(powers):
+        for _ in range(layers):
             power = adjacency @ power
             total = total + power
-        return total
+        return total / (layers + 1)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        # the graph's constant arrays, kept as they are (never freed by a backward pass): a
-        # propagation read by several backward passes, as per-task gradients do, stays valid
-        ctx.adjacency, ctx.powers = inputs[:3], inputs[4]
+        ctx.adjacency, ctx.layers = inputs[:3], inputs[4]  # constants of the data
 
     @staticmethod
     def backward(ctx, grad):
-        return None, None, None, _Powers.apply(*ctx.adjacency, grad.contiguous(), ctx.powers), None
+        return (
+            None,
+            None,
+            None,
+            _Propagate.apply(*ctx.adjacency, grad.contiguous(), ctx.layers),
+            None,
+        )
 
 
 class GraphEncoder(nn.Module):
-    """LightGCN's vectors of a task's (user table, item table) pair ``E``: a node's final
-    vector is ``(1 / (K + 1)) sum_{k=0..K} A^k E`` at its row, computed as
-    ``(E + A M) / (K + 1)`` with ``M = sum_{k<K} A^k E``. ``M`` takes K - 1 sparse products
-    of every node's rows (and as many backward), once per step; each lookup then reads its
-    ids' rows of ``A`` as weighted bags of ``M``'s rows, so no lookup pays a product of the
-    whole graph. No parameters of its own.
+    """LightGCN's vectors of a task's (user table, item table) pair ``E``: every node's
+    final vector ``(1 / (K + 1)) sum_{k=0..K} A^k E`` by K sparse products of the tables
+    (:func:`propagate`; as many backward), then the ids' rows gathered. No parameters of its
+    own.
 
-    ``M`` of a pair of tables is kept and read by every lookup until either table changes
-    (its version counter) or a backward pass goes through it: the heads of one step
-    (positives, negatives, every task reading those tables) and the chunks of one evaluation
-    share it. Only the net's own tables are kept, never another call's tensors."""
+    The propagation of a pair of tables is kept and read by every lookup until either table
+    changes (its version counter) or a backward pass goes through it: the six or so lookups
+    of one step (positives, negatives, every task reading those tables) and the chunks of one
+    evaluation share one propagation. Only the net's own tables are kept, never another
+    call's tensors."""
 
     def __init__(self, adjacency: SparseRows, num_users: int, layers: int):
         super().__init__()
         adjacency.buffers(self, "graph")
         self.num_users, self.layers = num_users, layers
-        # per pair of tables (by identity): the tables, their versions, grad mode, and M
+        # per pair of tables (by identity): the tables, their versions, grad mode, the output
         self._kept: dict[tuple[int, int], tuple] = {}
 
     def adjacency(self) -> SparseRows:
@@ -228,21 +229,17 @@ class GraphEncoder(nn.Module):
             len(self.graph_counts),
         )  # fmt: skip
 
-    def context(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """``M = sum_{k<K} A^k E`` of every node (users, then items)."""
+    def propagated(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Every node's final vector (users, then items) from the tables' weights."""
         tables = torch.cat([users, items])
-        if self.layers == 1:
-            return tables
-        csr = self.adjacency().csr()
-        arrays = csr.crow_indices(), csr.col_indices(), csr.values()
         if not isinstance(users, nn.Parameter):  # e.g. a functional call's: never kept
-            return _Powers.apply(*arrays, tables, self.layers - 1)
+            return propagate(self.adjacency(), tables, self.layers)
         pair = (id(users), id(items))
         state = (users._version, items._version, torch.is_grad_enabled())
         kept = self._kept.get(pair)
         if kept is not None and kept[0] is users and kept[1] is items and kept[2] == state:
             return kept[3]
-        out = _Powers.apply(*arrays, tables, self.layers - 1)
+        out = propagate(self.adjacency(), tables, self.layers)
         self._kept[pair] = (users, items, state, out)
         if out.requires_grad:  # a later step's forward must not read this step's graph
             out.register_hook(lambda grad: self._forget(pair))
@@ -255,16 +252,12 @@ class GraphEncoder(nn.Module):
         self, users: torch.Tensor, items: torch.Tensor, side: str, ids: torch.Tensor
     ) -> torch.Tensor:
         """The vectors of ``ids`` (users or items, by ``side``) from the tables' weights."""
-        own = (users if side == "user" else items)[ids]
-        nodes = ids if side == "user" else ids + self.num_users
-        context = self.context(users, items)
-        rows = (self.graph_starts, self.graph_counts, self.graph_members, self.graph_weights)
-        bag = partial(F.embedding_bag, weight=context, mode="sum")
-        return (own + bags(rows, nodes, bag)) / (self.layers + 1)
+        every = self.propagated(users, items)
+        return every[ids if side == "user" else ids + self.num_users]
 
 
 def propagate(adjacency: SparseRows, x: torch.Tensor, layers: int) -> torch.Tensor:
     """LightGCN's final vectors of every node from their layer-0 rows ``x``."""
     csr = adjacency.csr()
     arrays = csr.crow_indices(), csr.col_indices(), csr.values()
-    return _Powers.apply(*arrays, x.contiguous(), layers) / (layers + 1)
+    return _Propagate.apply(*arrays, x.contiguous(), layers)
