@@ -88,3 +88,10 @@ def test_a_tables_rows_start_as_separate_tables_with_even_gates():
     mixture.reset_rows(weight)
     assert weight[:, 16:].abs().sum() == 0
     assert weight[:, :16].std().item() == pytest.approx(1 / 4, rel=0.05)
+
+
+def test_stem_takes_one_level_of_gates():
+    """A PLE level above mixes the tables' weights linearly: a gradient stopped at level 0
+    for one task's path only has no such weights."""
+    with pytest.raises(ValueError, match="one level"):
+        EmbeddingExperts(2, shared=1, own=1, tasks=TASKS, levels=2, stop_gradient=True)

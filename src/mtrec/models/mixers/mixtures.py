@@ -34,12 +34,8 @@ class Mixture(Tables):
         return self.user_mixer if side == "user" else self.item_mixer
 
     def vector(self, side, task, ids, rows=None):
-        unique = not self.training and rows is None  # held-out rows repeat ids: each once
-        if unique:
-            ids, position = ids.unique(return_inverse=True)
         copy = rows[side] if rows is not None and side in rows else None  # a task's own copy
-        vectors = self.side_mixer(side).vector(task, self.lookup(side, task, ids), copy)
-        return vectors[position] if unique else vectors
+        return self.side_mixer(side).vector(task, self.lookup(side, task, ids), copy)
 
     def shared(self, user_ids, item_ids):
         """Each side's shared experts' output (or rows)."""
@@ -126,6 +122,15 @@ class DenseMixture(Mixture):
             )
 
         self.user_mixer, self.item_mixer = side(), side()
+
+    def vector(self, side, task, ids, rows=None):
+        """In evaluation each id's vector once: held-out rows repeat ids, and the dense
+        experts' products cost more per id than finding the repeats (a mix of table rows
+        costs less: :class:`TableMixture` mixes rows as they come)."""
+        if self.training or rows is not None:
+            return super().vector(side, task, ids, rows)
+        ids, position = ids.unique(return_inverse=True)
+        return super().vector(side, task, ids)[position]
 
 
 class CrossStitchTables(Tables):
