@@ -25,6 +25,10 @@ from mtrec.data.interactions import Interactions
 from mtrec.errors import ConfigError
 
 ENCODERS = ("id", "history", "graph")
+#: the most cells of a dense history (users x items) or propagation ((users + items)^2) kept:
+#: up to ML-1M's size a dense row is one gather and one matrix product, compiled with the
+#: step, and cheaper than the sparse forms there (docs/performance.md); past it, sparse only
+DENSE_CELLS = 100_000_000
 
 
 def check_encoder(encoder: object) -> None:
@@ -130,6 +134,9 @@ class HistoryEncoder(nn.Module):
         self.items = nn.EmbeddingBag(
             found.columns, width, mode="sum", _weight=torch.zeros(found.columns, width)
         )
+        # where it fits, the same weights as a dense users x items matrix (rebuilt from data)
+        fits = len(found.counts) * found.columns <= DENSE_CELLS
+        self.register_buffer("dense", found.dense() if fits else None, persistent=False)
 
     def _load_from_state_dict(self, state, prefix, *args, **kwargs):
         """Checkpoints from before the bags name the item factors ``items``."""
@@ -138,7 +145,11 @@ class HistoryEncoder(nn.Module):
         super()._load_from_state_dict(state, prefix, *args, **kwargs)
 
     def term(self, users: torch.Tensor) -> torch.Tensor:
-        """The history term of each of ``users`` (any shape): ``(*users.shape, width)``."""
+        """The history term of each of ``users`` (any shape): ``(*users.shape, width)``. A
+        dense row and a matrix product where the matrix fits and the item rows move whole;
+        bags otherwise (under sparse rows: only the bags' rows get a gradient)."""
+        if self.dense is not None and not self.items.sparse:
+            return self.dense[users] @ self.items.weight
         found = (
             self.history_starts,
             self.history_counts,
@@ -222,6 +233,18 @@ class GraphEncoder(nn.Module):
         self.num_users, self.layers = num_users, layers
         # per pair of tables (by identity): the tables, their versions, grad mode, the output
         self._kept: dict[tuple[int, int], tuple] = {}
+        # where it fits, the propagation as one dense matrix P (rebuilt from the data): a
+        # lookup is a gather of P's rows and one product, compiled with the step
+        nodes = adjacency.columns
+        dense = None
+        if nodes * nodes <= DENSE_CELLS:
+            dense = propagate(adjacency, torch.eye(nodes), layers)
+        self.register_buffer("dense", dense, persistent=False)
+
+    @property
+    def sparse(self) -> bool:
+        """Whether lookups propagate by sparse products (which do not compile)."""
+        return self.dense is None
 
     def adjacency(self) -> SparseRows:
         return SparseRows(
@@ -252,8 +275,13 @@ class GraphEncoder(nn.Module):
         self, users: torch.Tensor, items: torch.Tensor, side: str, ids: torch.Tensor
     ) -> torch.Tensor:
         """The vectors of ``ids`` (users or items, by ``side``) from the tables' weights."""
-        every = self.propagated(users, items)
-        return every[ids if side == "user" else ids + self.num_users]
+        nodes = ids if side == "user" else ids + self.num_users
+        if self.dense is not None:
+            tables = torch.cat([users, items])
+            if nodes.numel() >= len(self.dense):  # e.g. the catalogue: every vector once
+                return (self.dense @ tables)[nodes]
+            return self.dense[nodes] @ tables
+        return self.propagated(users, items)[nodes]
 
 
 def propagate(adjacency: SparseRows, x: torch.Tensor, layers: int) -> torch.Tensor:

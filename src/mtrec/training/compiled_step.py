@@ -50,7 +50,7 @@ def unsupported(optimizer: torch.optim.Optimizer, engine: StepEngine) -> str | N
                 return f"{option}=True"
         if isinstance(group["lr"], torch.Tensor):
             return "the learning rate is a tensor"
-    if any(isinstance(module, GraphEncoder) for module in engine.net.modules()):
+    if any(isinstance(m, GraphEncoder) and m.sparse for m in engine.net.modules()):
         return "the graph encoder's sparse products do not compile"
     why = table_reads(engine)[1]
     if why is not None:
