@@ -108,7 +108,8 @@ def test_the_dot_score_head_reads_the_history_term_under_svdpp():
     with torch.no_grad():
         net.mixer.table("user", "interaction").weight.zero_()
         net.mixer.table("item", "interaction").weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
-        net.mixer.histories["interaction"].items.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 4.0]]))
+        history = net.mixer.histories["interaction"].items.weight
+        history.copy_(torch.tensor([[2.0, 0.0], [0.0, 4.0]]))
     # user 0 rated both items: its vector is (y_0 + y_1) / sqrt(2) = (2, 4) / sqrt(2); mu = 3
     expected = 3 + torch.tensor([2.0, 4.0]) / 2**0.5
     torch.testing.assert_close(
